@@ -1,0 +1,1 @@
+"""fedsim's Flower ClientApp (`fedsim.clients.app`) and its local trainers."""

@@ -1,0 +1,87 @@
+"""fedsim's one Flower ClientApp: local training and evaluation on the node's partition.
+
+Every handler reads its instructions from the Message's ConfigRecord and its data from
+`context.node_config["partition-id"]`; the scenario (data, model) comes from `context.run_config`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsim.clients.train import LocalTraining, train_locally
+from fedsim.data import FederatedData, federated_data
+from fedsim.evaluation import evaluate, task_loss
+from fedsim.models import build_model
+from fedsim.scenario import Scenario
+from fedsim.seeding import derive_seed
+
+SCENARIO_KEY = "fedsim-scenario"  # run_config entry holding the resolved scenario as JSON
+REPORT_TRAIN_LOSS = "report-train-loss"  # config flag: also report the global model's loss before training
+
+app = ClientApp()
+
+
+class _Workspace:
+    """Per-process state shared by all virtual clients of one scenario: data cache and one model instance."""
+
+    def __init__(self, scenario_json: str) -> None:
+        self.scenario = Scenario.model_validate(json.loads(scenario_json))
+        self.data: FederatedData = federated_data(self.scenario.data, self.scenario.run.seed)
+        self.model = build_model(self.scenario.model, self.data.info)
+        self._last_arrays: ArrayRecord | None = None
+        self._last_state: dict[str, torch.Tensor] = {}
+
+    @property
+    def task(self) -> str:
+        return self.data.info.task
+
+    def load_global(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """Load the received global model; the same ArrayRecord object is deserialised only once."""
+        if arrays is not self._last_arrays:
+            self._last_state = arrays.to_torch_state_dict()
+            self._last_arrays = arrays
+        self.model.load_state_dict(self._last_state)
+        return self.model
+
+
+@functools.lru_cache(maxsize=4)
+def workspace(scenario_json: str) -> _Workspace:
+    return _Workspace(scenario_json)
+
+
+def _partition(context: Context, ws: _Workspace) -> tuple[int, torch.Tensor, torch.Tensor]:
+    pid = int(context.node_config["partition-id"])
+    x, y = ws.data.partition(pid)
+    return pid, x, y
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    ws = workspace(str(context.run_config[SCENARIO_KEY]))
+    config: ConfigRecord = msg.content["config"]
+    pid, x, y = _partition(context, ws)
+    model = ws.load_global(msg.content["arrays"])
+    metrics: dict[str, float] = {}
+    if config.get(REPORT_TRAIN_LOSS, False):
+        with torch.no_grad():
+            metrics["train_loss"] = task_loss(ws.task, model(x), y).item()
+    generator = torch.Generator().manual_seed(derive_seed(ws.scenario.run.seed, int(config["server-round"]), pid))
+    metrics.update(train_locally(model, x, y, LocalTraining.from_config(config), ws.task, generator))
+    metrics["num-examples"] = len(x)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Federated evaluation: the global model on this node's partition."""
+    ws = workspace(str(context.run_config[SCENARIO_KEY]))
+    _, x, y = _partition(context, ws)
+    metrics = evaluate(ws.load_global(msg.content["arrays"]), x, y, ws.task)
+    metrics["num-examples"] = len(x)
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,67 @@
+"""Local training: SGD or Adam over shuffled mini-batches, with FedProx's proximal term when mu > 0."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ConfigRecord
+from torch import nn
+
+from fedsim.evaluation import task_loss
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """A client's training instructions, as sent in the train ConfigRecord."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({k.replace("_", "-"): v for k, v in self.__dict__.items()})
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> LocalTraining:
+        known = {k.replace("_", "-") for k in cls.__dataclass_fields__}
+        return cls(**{k.replace("-", "_"): v for k, v in config.items() if k in known})
+
+
+def make_optimizer(model: nn.Module, cfg: LocalTraining) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTraining, task: str,
+                  generator: torch.Generator) -> dict[str, float]:
+    """Train `model` in place; returns the mean training loss (and accuracy) over all local steps."""
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            xb, yb = x[idx], y[idx]
+            outputs = model(xb)
+            loss = task_loss(task, outputs, yb)
+            total_loss += loss.item() * len(idx)
+            seen += len(idx)
+            if task == "classification":
+                correct += int((outputs.argmax(1) == yb).sum())
+            if anchor is not None:
+                loss = loss + cfg.proximal_mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    metrics = {"loss": total_loss / max(seen, 1)}
+    if task == "classification":
+        metrics["accuracy"] = correct / max(seen, 1)
+    return metrics

@@ -1,0 +1,178 @@
+"""Client partitions and the central test set of a scenario, via flwr-datasets partitioners.
+
+`federated_data(cfg, seed)` builds a source once per (data section, seed) and caches it; `partition(i)`
+loads and caches only partition i (the partitioner computes its index assignment once).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from flwr_datasets import partitioner as fp
+
+from fedsim.errors import DataError
+from fedsim.scenario import DataSection, FeatureSkewSection, PartitionerSection
+from fedsim.sources import SourceInfo, class_count, load_embedded, load_file, split_train_test, standardise_columns
+
+LABEL_PARTITIONERS = {"dirichlet", "pathological"}
+
+
+def make_partitioner(p: PartitionerSection, seed: int) -> fp.Partitioner:
+    """The flwr-datasets partitioner named by the scenario, partitioning by the "label" column."""
+    n = p.num_partitions
+    if p.name == "iid":
+        return fp.IidPartitioner(n)
+    if p.name == "dirichlet":
+        return fp.DirichletPartitioner(n, "label", p.alpha, p.min_partition_size, p.self_balancing, seed=seed)
+    if p.name == "pathological":
+        return fp.PathologicalPartitioner(n, "label", p.classes_per_partition, seed=seed)
+    if p.name == "shard":
+        shards = None if p.shard_size else p.shards_per_partition
+        return fp.ShardPartitioner(n, "label", shards, p.shard_size, seed=seed)
+    if p.name == "size":
+        if not p.sizes or len(p.sizes) != n:
+            raise DataError("data.partitioner.sizes", f"need {n} sizes (one per partition)",
+                            "set sizes = [n_0, n_1, ...] with num_partitions entries")
+        return fp.SizePartitioner(p.sizes)
+    if p.name == "natural":
+        return fp.NaturalIdPartitioner("client")
+    return {"linear": fp.LinearPartitioner, "square": fp.SquarePartitioner,
+            "exponential": fp.ExponentialPartitioner}[p.name](n)
+
+
+def skew_features(x: np.ndarray, skew: FeatureSkewSection, partition_id: int, num_partitions: int,
+                  seed: int) -> np.ndarray:
+    """Per-client feature skew: Gaussian noise growing with the client index, or a random affine map."""
+    rng = np.random.default_rng([seed, partition_id, 7])
+    if skew.kind == "noise":
+        std = skew.noise_std_max * partition_id / max(1, num_partitions - 1)
+        return (x + rng.normal(0, std, x.shape)).astype(np.float32)
+    scale = rng.uniform(1 - skew.scale_max, 1 + skew.scale_max, x.shape[1])
+    shift = rng.normal(0, skew.shift_std, x.shape[1])
+    return (x * scale + shift).astype(np.float32)
+
+
+def to_tensors(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    table = ds.with_format("numpy")
+    return np.asarray(table["x"], dtype=np.float32), np.asarray(table["label"])
+
+
+class FederatedData:
+    """The partitions (loaded on demand, cached) and central test set of one scenario."""
+
+    def __init__(self, cfg: DataSection, seed: int, partitioner: fp.Partitioner, test: Dataset,
+                 info: SourceInfo, load_partition=None) -> None:
+        self.cfg, self.seed, self.partitioner, self.info = cfg, seed, partitioner, info
+        self._load_partition = load_partition or partitioner.load_partition
+        x, y = to_tensors(test)
+        self.test = torch.from_numpy(x), torch.from_numpy(y)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def num_partitions(self) -> int:
+        return self.cfg.partitioner.num_partitions
+
+    def partition(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if partition_id not in self._cache:
+            try:
+                x, y = to_tensors(self._load_partition(partition_id))
+            except (ValueError, KeyError) as exc:
+                raise DataError("data.partitioner", f"partitioning failed: {exc}", _partition_fix(self.cfg)) from None
+            if self.cfg.feature_skew is not None:
+                x = skew_features(x, self.cfg.feature_skew, partition_id, self.num_partitions, self.seed)
+            self._cache[partition_id] = torch.from_numpy(x), torch.from_numpy(y)
+        return self._cache[partition_id]
+
+    def label_counts(self) -> np.ndarray:
+        """(num_partitions, num_classes) example counts; for regression one column of sizes."""
+        width = max(1, self.info.num_classes)
+        counts = np.zeros((self.num_partitions, width), dtype=int)
+        for i in range(self.num_partitions):
+            y = self.partition(i)[1].numpy()
+            counts[i] = np.bincount(y, minlength=width) if self.info.num_classes else len(y)
+        return counts
+
+
+def _partition_fix(cfg: DataSection) -> str:
+    if cfg.partitioner.name == "dirichlet":
+        return "raise data.partitioner.alpha or lower min_partition_size / num_partitions"
+    return "lower data.partitioner.num_partitions or change the partitioner's settings"
+
+
+def _check(cfg: DataSection, n_train: int, info: SourceInfo, has_client: bool) -> None:
+    p = cfg.partitioner
+    if info.task == "regression" and p.name in LABEL_PARTITIONERS:
+        raise DataError("data.partitioner.name", f"'{p.name}' needs class labels but '{cfg.dataset}' is regression",
+                        "use iid, shard or a quantity-skew partitioner (size, linear, square, exponential)")
+    if p.name == "natural" and not has_client:
+        raise DataError("data.partitioner.name", f"'natural' needs per-device data, which '{cfg.dataset}' lacks",
+                        "use it with dataset = 'leaf-synthetic', or pick another partitioner")
+    if p.num_partitions > n_train:
+        raise DataError("data.partitioner.num_partitions",
+                        f"{p.num_partitions} partitions but only {n_train} training examples",
+                        f"use at most {n_train}")
+    if p.name == "pathological" and p.classes_per_partition > info.num_classes:
+        raise DataError("data.partitioner.classes_per_partition",
+                        f"{p.classes_per_partition} classes per partition but the data has {info.num_classes}",
+                        f"use at most {info.num_classes}")
+    if p.name == "size" and p.sizes and sum(p.sizes) > n_train:
+        raise DataError("data.partitioner.sizes", f"sizes add up to {sum(p.sizes)} > {n_train} training examples",
+                        "make them smaller")
+
+
+def _load_hf(cfg: DataSection, seed: int) -> FederatedData:
+    """`hf:<name>` through flwr-datasets' FederatedDataset (a local `data_files` works too, e.g. hf:parquet)."""
+    from flwr_datasets import FederatedDataset
+
+    partitioner = make_partitioner(cfg.partitioner, seed)
+    info: dict[str, SourceInfo] = {}
+
+    def preprocess(dd: DatasetDict) -> DatasetDict:
+        test_split = cfg.hf_test_split if cfg.hf_test_split in dd else None
+        parts = [dd["train"]] + ([dd[test_split]] if test_split else [])
+        from datasets import concatenate_datasets
+
+        both, shape, regression = standardise_columns(concatenate_datasets(parts), cfg)
+        info["info"] = SourceInfo(shape, 0 if regression else class_count(both))
+        if not test_split:
+            return split_train_test(both, cfg.test_fraction, seed)
+        n = len(dd["train"])
+        return DatasetDict(train=both.select(range(n)), test=both.select(range(n, len(both))))
+
+    kwargs = {"data_files": cfg.data_files} if cfg.data_files else {}
+    fds = FederatedDataset(dataset=cfg.dataset[3:], subset=cfg.hf_subset, preprocessor=preprocess,
+                           partitioners={"train": partitioner}, seed=seed, **kwargs)
+    try:
+        test = fds.load_split("test")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hub / file failures are the user's to fix
+        raise DataError(f"data.dataset: {cfg.dataset}", f"cannot load: {exc}",
+                        "check the name, data_files and network access") from None
+    _check(cfg, len(partitioner.dataset), info["info"], False)
+    return FederatedData(cfg, seed, partitioner, test, info["info"], lambda i: fds.load_partition(i, "train"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(cfg_json: str, seed: int) -> FederatedData:
+    cfg = DataSection.model_validate_json(cfg_json)
+    if cfg.dataset.startswith("hf:"):
+        return _load_hf(cfg, seed)
+    dd, info = load_file(cfg, seed) if cfg.dataset.startswith("file:") else load_embedded(cfg, seed)
+    _check(cfg, len(dd["train"]), info, "client" in dd["train"].column_names)
+    partitioner = make_partitioner(cfg.partitioner, seed)
+    partitioner.dataset = dd["train"]
+    return FederatedData(cfg, seed, partitioner, dd["test"], info)
+
+
+def federated_data(cfg: DataSection, seed: int) -> FederatedData:
+    """The scenario's partitions and test set, built once per (data section, seed) in this process."""
+    return _cached(cfg.model_dump_json(), seed)
+
+
+def data_fingerprint(cfg: DataSection, seed: int) -> str:
+    return hashlib.sha256(f"{cfg.model_dump_json()}|{seed}".encode()).hexdigest()[:12]

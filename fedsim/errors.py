@@ -1,0 +1,43 @@
+"""Errors a user can cause, printed by the CLI as one line: `error: <where>: <what>; <fix>`."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FedsimError(Exception):
+    """A problem with user input (scenario, CLI arguments, files); exit code 2."""
+
+    def __init__(self, where: str, what: str, fix: str = "") -> None:
+        self.where, self.what, self.fix = where, what, fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        return f"{text}; {self.fix}" if self.fix else text
+
+
+class ScenarioError(FedsimError):
+    """The scenario file or an override is invalid."""
+
+
+class DataError(FedsimError):
+    """A dataset cannot be loaded or partitioned as asked."""
+
+
+class RunDirError(FedsimError):
+    """A run directory is missing or unreadable."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """'did you mean X?' or the list of choices, for a fix message."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f"did you mean '{close[0]}'? (choose from: {', '.join(choices)})"
+    return f"choose from: {', '.join(choices)}"
+
+
+class ClientFailure(FedsimError):
+    """Every client of a round failed, so the run cannot make progress."""

@@ -1,0 +1,58 @@
+"""Model factories by name: linear/logistic, MLP, small CNN; sizes inferred from the dataset."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fedsim.scenario import ModelSection
+from fedsim.sources import SourceInfo
+
+
+class SmallCNN(nn.Module):
+    """Conv(3x3)-ReLU-MaxPool blocks then a linear head; input is flat and reshaped to (C, H, W)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], channels: list[int], outputs: int) -> None:
+        super().__init__()
+        self.input_shape = input_shape
+        layers: list[nn.Module] = []
+        c, h, w = input_shape
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            c, h, w = out, math.ceil(h / 2), math.ceil(w / 2)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c * h * w, outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x.view(-1, *self.input_shape))
+        return self.head(x.flatten(1))
+
+
+def build_model(cfg: ModelSection, info: SourceInfo) -> nn.Module:
+    """A fresh model for `info`'s inputs; one output per class, or one for regression."""
+    inputs = math.prod(info.input_shape)
+    outputs = info.num_classes or 1
+    if cfg.name == "linear":
+        return nn.Linear(inputs, outputs)
+    if cfg.name == "mlp":
+        layers: list[nn.Module] = []
+        width = inputs
+        for hidden in cfg.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        return nn.Sequential(*layers, nn.Linear(width, outputs))
+    if len(info.input_shape) != 3:
+        from fedsim.errors import ScenarioError
+
+        raise ScenarioError("model.name", f"'cnn' needs image inputs but the data has shape {info.input_shape}",
+                            "use model.name = 'mlp' or 'linear'")
+    return SmallCNN(info.input_shape, cfg.channels, outputs)
+
+
+def initial_model(cfg: ModelSection, info: SourceInfo, seed: int) -> nn.Module:
+    """The run's initial global model, seeded so every runtime starts from the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg, info)

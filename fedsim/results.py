@@ -1,0 +1,166 @@
+"""Run directories: what a run writes (scenario.toml, metrics.jsonl, summary.json, model.pt) and reading it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Message, MetricRecord
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.errors import ClientFailure, RunDirError
+from fedsim.scenario import Scenario
+
+TIMING_KEYS = ("time_s",)
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced, as in its run dir."""
+
+    run_dir: Path
+    scenario: Scenario
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.summary["final"]
+
+
+def new_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
+    """`out` if given, else runs/<name>-<timestamp> (suffixed if taken); not created here."""
+    if out is not None:
+        return Path(out)
+    base = Path(scenario.output.dir) / f"{scenario.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _metrics(record: MetricRecord | None) -> dict[str, float]:
+    return {k: v for k, v in (record or {}).items()}
+
+
+class RunRecorder:
+    """Writes the run dir round by round and collects what each round's replies said.
+
+    `watch(strategy)` wraps the strategy's aggregate methods (on this instance only) to see the replies
+    and the aggregated client metrics; `record_round` is called from central evaluation after each round.
+    """
+
+    def __init__(self, run_dir: Path, scenario: Scenario, on_round: Callable[[dict], None] | None = None) -> None:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunDirError(str(run_dir), "already exists and is not empty", "pick another --out or remove it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir, self.scenario, self.on_round = run_dir, scenario, on_round
+        (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
+        self.rows: list[dict[str, Any]] = []
+        self.initial: dict[str, float] = {}
+        self._round: dict[str, Any] = {}
+        self._start = self._last = time.perf_counter()
+
+    def watch(self, strategy: Strategy) -> None:
+        aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+
+        def train(server_round: int, replies: list[Message]):
+            replies = list(replies)
+            errors = [m for m in replies if m.has_error()]
+            self._round.update(replies=len(replies) - len(errors), failures=len(errors))
+            if errors:
+                self._round["first_error"] = errors[0].error.reason
+                if len(errors) == len(replies):
+                    raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: "
+                                        f"{errors[0].error.reason}", "fix the cause above and run again")
+            arrays, metrics = aggregate_train(server_round, replies)
+            self._round["train"] = _metrics(metrics)
+            return arrays, metrics
+
+        def evaluate(server_round: int, replies: list[Message]):
+            metrics = aggregate_evaluate(server_round, replies)
+            if metrics is not None:
+                self._round["clients_eval"] = _metrics(metrics)
+            return metrics
+
+        strategy.aggregate_train, strategy.aggregate_evaluate = train, evaluate
+
+    def record_round(self, server_round: int, central: dict[str, float]) -> None:
+        if server_round == 0:
+            self.initial = central
+            self._last = time.perf_counter()
+            return
+        now = time.perf_counter()
+        row = {"round": server_round, "train": self._round.get("train", {}), "eval": central}
+        if "clients_eval" in self._round:
+            row["clients_eval"] = self._round["clients_eval"]
+        row.update(replies=self._round.get("replies", 0), failures=self._round.get("failures", 0))
+        if "first_error" in self._round:
+            row["first_error"] = self._round["first_error"]
+        row["time_s"] = round(now - self._last, 6)
+        self._last, self._round = now, {}
+        self.rows.append(row)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.on_round:
+            self.on_round(row)
+
+    def finish(self, state_dict: dict[str, torch.Tensor], task: str) -> RunResult:
+        key = "mse" if task == "regression" else "accuracy"
+        best_row = (min if task == "regression" else max)(self.rows, key=lambda r: r["eval"][key])
+        summary = {
+            "scenario": self.scenario.run.name,
+            "task": task,
+            "rounds": len(self.rows),
+            "initial": self.initial,
+            "final": self.rows[-1]["eval"] if self.rows else self.initial,
+            "best": {"round": best_row["round"], key: best_row["eval"][key]},
+            "failures": sum(r["failures"] for r in self.rows),
+            "wall_time_s": round(time.perf_counter() - self._start, 3),
+        }
+        _atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+        state = {k: v.detach().clone() for k, v in state_dict.items()}
+        if self.scenario.output.save_model:
+            _atomic_write(self.run_dir / "model.pt", lambda p: torch.save(state, p))
+        return RunResult(self.run_dir, self.scenario, self.rows, summary, state)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    """Read a finished run dir back (the model with weights_only=True)."""
+    path = Path(run_dir)
+    needed = ["scenario.toml", "metrics.jsonl", "summary.json"]
+    missing = [n for n in needed if not (path / n).is_file()]
+    if missing:
+        raise RunDirError(str(path), f"not a finished run dir (missing {', '.join(missing)})",
+                          "pass a directory written by `fedsim run`")
+    try:
+        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary = json.loads((path / "summary.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RunDirError(str(path), f"corrupt metrics or summary: {exc}", "re-run the scenario") from None
+    model_file = path / "model.pt"
+    state = torch.load(model_file, weights_only=True) if model_file.is_file() else {}
+    return RunResult(path, Scenario.from_toml(path / "scenario.toml"), rows, summary, state)
+
+
+def without_timings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics rows with wall-clock fields removed, for comparing runs."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]

@@ -1,0 +1,306 @@
+"""Scenario files: the pydantic schema, TOML loading, `--set` overrides and readable errors."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedsim.errors import ScenarioError, suggest
+
+EMBEDDED_DATASETS = {
+    "digits": "8x8 handwritten digits, 10 classes (scikit-learn)",
+    "breast_cancer": "Wisconsin breast cancer, 2 classes (scikit-learn)",
+    "wine": "wine cultivars, 3 classes (scikit-learn)",
+    "diabetes": "diabetes progression, regression (scikit-learn)",
+    "leaf-synthetic": "Synthetic(alpha, beta) of the FedProx paper, one device per client",
+    "gaussian-regression": "y = x.theta + noise, x ~ N(0, I_d)",
+}
+PARTITIONERS = (
+    "iid", "dirichlet", "pathological", "shard", "size", "linear", "square", "exponential", "natural",
+)
+MODELS = ("linear", "mlp", "cnn")
+RUNTIMES = ("inline", "ray", "flower")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "fedsim"
+    seed: int = 0
+    rounds: int = Field(10, ge=1)
+    runtime: Literal["inline", "ray", "flower"] = "inline"
+
+
+class PartitionerSection(Section):
+    name: str = "iid"
+    num_partitions: int = Field(10, ge=1)
+    alpha: float = Field(0.5, gt=0)
+    min_partition_size: int = Field(10, ge=0)
+    self_balancing: bool = False
+    classes_per_partition: int = Field(2, ge=1)
+    shards_per_partition: int = Field(2, ge=1)
+    shard_size: int | None = Field(None, ge=1)
+    sizes: list[int] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in PARTITIONERS:
+            raise ValueError(f"unknown partitioner '{v}'; {suggest(v, PARTITIONERS)}")
+        return v
+
+
+class FeatureSkewSection(Section):
+    kind: Literal["noise", "affine"] = "noise"
+    noise_std_max: float = Field(0.5, ge=0)
+    scale_max: float = Field(0.5, ge=0, lt=1)
+    shift_std: float = Field(0.5, ge=0)
+
+
+class GeneratorSection(Section):
+    """Parameters of the synthetic datasets (leaf-synthetic, gaussian-regression)."""
+
+    n_samples: int = Field(2000, ge=2)
+    n_features: int = Field(60, ge=1)
+    noise_std: float = Field(1.0, ge=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    num_classes: int = Field(10, ge=2)
+
+
+class DataSection(Section):
+    dataset: str = "digits"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    data_files: str | None = None
+    hf_subset: str | None = None
+    hf_test_split: str = "test"
+    partitioner: PartitionerSection = Field(default_factory=PartitionerSection)
+    feature_skew: FeatureSkewSection | None = None
+    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in EMBEDDED_DATASETS or v.startswith(("hf:", "file:")) and len(v.split(":", 1)[1]) > 0:
+            return v
+        raise ValueError(f"unknown dataset '{v}'; {suggest(v, [*EMBEDDED_DATASETS, 'hf:<name>', 'file:<path>'])}")
+
+
+class ModelSection(Section):
+    name: str = "mlp"
+    hidden: list[int] = [64]
+    channels: list[int] = [16, 32]
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(f"unknown model '{v}'; {suggest(v, MODELS)}")
+        return v
+
+
+class ClientSection(Section):
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    proximal_mu: float = Field(0.0, ge=0)
+
+
+class StrategySection(BaseModel):
+    """Flower strategy by name; keys other than the ones below are passed to its constructor."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "fedavg"
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(0.0, ge=0, le=1)
+    min_train_nodes: int | None = Field(None, ge=1)
+    min_evaluate_nodes: int | None = Field(None, ge=0)
+    min_available_nodes: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> StrategySection:
+        from fedsim.strategies import check_strategy  # flwr import kept off the schema's import path
+
+        check_strategy(self.name, self.params)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OutputSection(Section):
+    dir: str = "runs"
+    save_model: bool = True
+
+
+class Scenario(Section):
+    """A whole simulation: what to train, on which data, with which strategy, for how long."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    client: ClientSection = Field(default_factory=ClientSection)
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        n = self.data.partitioner.num_partitions
+        for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+            value = getattr(self.strategy, key)
+            if value is not None and value > n:
+                raise ValueError(
+                    f"strategy.{key} = {value} exceeds data.partitioner.num_partitions = {n} "
+                    f"(the round would wait forever); use at most {n}"
+                )
+        return self
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+        path = Path(path)
+        if not path.is_file():
+            raise ScenarioError(str(path), "file not found", "check the path or run `fedsim list`")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ScenarioError(str(path), f"TOML syntax error: {exc}", "fix the TOML at that line") from None
+        except UnicodeDecodeError:
+            raise ScenarioError(str(path), "not a UTF-8 text file", "pass a TOML scenario file") from None
+        return cls.from_dict(raw, source=str(path), overrides=overrides)
+
+    @classmethod
+    def from_dict(
+        cls, raw: dict[str, Any], source: str = "scenario", overrides: list[str] | dict[str, Any] | None = None
+    ) -> Scenario:
+        override_map = parse_overrides(overrides)
+        raw = apply_overrides(raw, override_map)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise _readable(exc, source, override_map) from None
+
+    @classmethod
+    def load(cls, name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+        """A scenario file path, or the name of a shipped scenario (`fedsim list`)."""
+        path = Path(name_or_path)
+        if not path.exists() and name_or_path in shipped_scenarios():
+            path = shipped_scenarios()[name_or_path]
+        elif not path.exists():
+            names = list(shipped_scenarios())
+            raise ScenarioError(name_or_path, "no such file or shipped scenario", suggest(name_or_path, names))
+        return cls.from_toml(path, overrides)
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Scenario:
+        return Scenario.from_dict(self.to_dict(), source="scenario", overrides=overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @property
+    def task(self) -> str:
+        """'regression' or 'classification', from the dataset."""
+        from fedsim.sources import is_regression
+
+        return "regression" if is_regression(self.data) else "classification"
+
+
+# ---- overrides ---------------------------------------------------------------------------
+def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """`["a.b=1", ...]` or `{"a.b": 1}` -> `{"a.b": 1}`; string values are read as TOML literals."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"--set {item}", "expected KEY=VALUE", "write e.g. --set run.rounds=5")
+        parsed[key.strip()] = _literal(value.strip())
+    return parsed
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = _deep_copy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ScenarioError(f"--set {dotted}", f"'{part}' is a value, not a section", "check the key path")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+# ---- errors ------------------------------------------------------------------------------
+def _readable(exc: ValidationError, source: str, overrides: dict[str, Any]) -> ScenarioError:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    where = f"--set {loc}" if loc in overrides else (f"{source}: {loc}" if loc else source)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"][:-1])
+        return ScenarioError(where, f"unknown key '{err['loc'][-1]}'", suggest(str(err["loc"][-1]), allowed))
+    if kind == "value_error":
+        what, _, fix = str(err["ctx"]["error"]).partition("; ")
+        return ScenarioError(where, what, fix or "fix this value")
+    got = err.get("input")
+    what = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {got!r})" if not isinstance(got, dict) else err["msg"]
+    fix = err["msg"].replace("Input should be", "use a value that is", 1) if "should be" in err["msg"] else "fix it"
+    return ScenarioError(where, what, fix)
+
+
+def _allowed_keys(path: tuple) -> list[str]:
+    model: type[BaseModel] = Scenario
+    for part in path:
+        annotation = model.model_fields[str(part)].annotation
+        model = next(a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type))
+    return list(model.model_fields)
+
+
+# ---- shipped scenarios -------------------------------------------------------------------
+def shipped_scenarios() -> dict[str, Path]:
+    folder = resources.files("fedsim.scenarios")
+    return {p.name[:-5]: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
+
+
+def describe(path: Path) -> str:
+    """The first comment line of a scenario file: its one-line description."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""

@@ -1,0 +1,105 @@
+"""The server side of a run: strategy from the scenario, seeded client sampling, central evaluation, start().
+
+`server_main` is what a Flower ServerApp's main does; fedsim's runtimes only supply the Grid.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+from torch import nn
+
+from fedsim.clients.app import REPORT_TRAIN_LOSS
+from fedsim.clients.train import LocalTraining
+from fedsim.data import FederatedData, federated_data
+from fedsim.errors import ScenarioError
+from fedsim.evaluation import evaluate
+from fedsim.models import initial_model
+from fedsim.results import RunRecorder
+from fedsim.scenario import Scenario
+from fedsim.seeding import derive_seed
+from fedsim.strategies import build_strategy
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built (and so validated) before anything is written."""
+
+    scenario: Scenario
+    data: FederatedData
+    model: nn.Module
+    strategy: Strategy
+
+
+def make_strategy(scenario: Scenario) -> Strategy:
+    s, n = scenario.strategy, scenario.data.partitioner.num_partitions
+    try:
+        return build_strategy(
+            s.name,
+            s.params,
+            fraction_train=s.fraction_train,
+            fraction_evaluate=s.fraction_evaluate,
+            min_train_nodes=s.min_train_nodes or min(2, n),
+            min_evaluate_nodes=s.min_evaluate_nodes if s.min_evaluate_nodes is not None else
+            (min(2, n) if s.fraction_evaluate > 0 else 0),
+            min_available_nodes=s.min_available_nodes or min(2, n),
+            defaults={"proximal_mu": scenario.client.proximal_mu, "client_learning_rate": scenario.client.lr},
+        )
+    except ValueError as exc:
+        what, _, fix = str(exc).partition("; ")
+        raise ScenarioError("strategy", what, fix) from None
+
+
+def prepare(scenario: Scenario) -> Prepared:
+    """Load data (all partitions), build the initial model and the strategy; raises FedsimError on bad input."""
+    data = federated_data(scenario.data, scenario.run.seed)
+    for pid in range(data.num_partitions):
+        data.partition(pid)
+    model = initial_model(scenario.model, data.info, scenario.run.seed)
+    return Prepared(scenario, data, model, make_strategy(scenario))
+
+
+def train_config(scenario: Scenario) -> ConfigRecord:
+    config = LocalTraining(**scenario.client.model_dump()).to_config()
+    if scenario.strategy.name == "qfedavg":
+        config[REPORT_TRAIN_LOSS] = True
+    return config
+
+
+def seed_sampling(strategy: Strategy, seed: int) -> None:
+    """Make Flower's node sampling (module-level `random`) depend only on (seed, round, phase)."""
+    for phase, name in enumerate(("configure_train", "configure_evaluate")):
+        method = getattr(strategy, name)
+
+        def seeded(server_round, arrays, config, grid, _method=method, _phase=phase):
+            random.seed(derive_seed(seed, server_round, _phase))
+            return _method(server_round, arrays, config, grid)
+
+        setattr(strategy, name, seeded)
+
+
+def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> Result:
+    """Run the strategy for `run.rounds` rounds on `grid`, evaluating centrally after every round."""
+    scenario, data, model = prepared.scenario, prepared.data, prepared.model
+    x_test, y_test = data.test
+
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        metrics = evaluate(model, x_test, y_test, data.info.task)
+        recorder.record_round(server_round, metrics)
+        return MetricRecord(metrics)
+
+    strategy = prepared.strategy
+    seed_sampling(strategy, scenario.run.seed)
+    recorder.watch(strategy)
+    return strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=scenario.run.rounds,
+        train_config=train_config(scenario),
+        evaluate_fn=central_evaluation,
+    )

@@ -1,0 +1,177 @@
+"""Dataset sources: embedded (scikit-learn, synthetic), Hugging Face via flwr-datasets, local files.
+
+Every source becomes a `datasets.DatasetDict` with a "train" and a "test" split and two columns:
+"x" (flattened float32 features) and "label" (int64 class or float32 target). leaf-synthetic adds a
+"client" column (the device that generated the example) for the `natural` partitioner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Value
+
+from fedsim.errors import DataError
+from fedsim.scenario import DataSection, GeneratorSection
+
+REGRESSION_DATASETS = {"diabetes", "gaussian-regression"}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What models and metrics need to know about a dataset."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int  # 0 for regression
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.num_classes == 0 else "classification"
+
+
+# ---- embedded -----------------------------------------------------------------------------
+def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    from sklearn import datasets as skd
+
+    if name == "digits":
+        bunch = skd.load_digits()
+        return bunch.data / 16.0, bunch.target, (1, 8, 8)
+    loader = {"breast_cancer": skd.load_breast_cancer, "wine": skd.load_wine, "diabetes": skd.load_diabetes}[name]
+    bunch = loader()
+    x = bunch.data
+    x = (x - x.mean(0)) / x.std(0)  # tabular features on very different scales
+    y = bunch.target
+    if name == "diabetes":
+        y = (y - y.mean()) / y.std()  # standardised target: mse is relative to the target's variance
+    return x, y, (x.shape[1],)
+
+
+def leaf_synthetic(gen: GeneratorSection, num_devices: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Synthetic(alpha, beta) of the FedProx paper: each device k has its own softmax model and feature mean.
+
+    u_k ~ N(0, alpha), W_k, b_k ~ N(u_k, 1); B_k ~ N(0, beta), v_k ~ N(B_k, 1);
+    x ~ N(v_k, diag(j^-1.2)); y = argmax softmax(W_k x + b_k). Device sizes: lognormal(4, 2) + 50, scaled so the
+    total is about `n_samples` (at least 10 per device).
+    """
+    rng = np.random.default_rng(seed)
+    d, c = gen.n_features, gen.num_classes
+    raw_sizes = rng.lognormal(4, 2, num_devices) + 50
+    sizes = np.maximum(10, np.round(raw_sizes / raw_sizes.sum() * gen.n_samples)).astype(int)
+    cov_diag = np.arange(1, d + 1, dtype=float) ** -1.2
+    xs, ys, clients = [], [], []
+    for k, n_k in enumerate(sizes):
+        u = rng.normal(0, np.sqrt(gen.alpha))
+        big_b = rng.normal(0, np.sqrt(gen.beta))
+        w = rng.normal(u, 1, (d, c))
+        b = rng.normal(u, 1, c)
+        v = rng.normal(big_b, 1, d)
+        x = rng.normal(v, np.sqrt(cov_diag), (n_k, d))
+        xs.append(x)
+        ys.append(np.argmax(x @ w + b, axis=1))
+        clients.append(np.full(n_k, k))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(clients)
+
+
+def gaussian_regression(gen: GeneratorSection, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """x ~ N(0, I_d), y = x . theta + N(0, noise_std^2), theta ~ N(0, I_d / d)."""
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(0, 1 / np.sqrt(gen.n_features), gen.n_features)
+    x = rng.normal(size=(gen.n_samples, gen.n_features))
+    return x, x @ theta + rng.normal(0, gen.noise_std, gen.n_samples)
+
+
+def _embedded(cfg: DataSection, seed: int) -> tuple[Dataset, tuple[int, ...]]:
+    client = None
+    if cfg.dataset == "leaf-synthetic":
+        x, y, client = leaf_synthetic(cfg.generator, cfg.partitioner.num_partitions, seed)
+        shape = (x.shape[1],)
+    elif cfg.dataset == "gaussian-regression":
+        x, y = gaussian_regression(cfg.generator, seed)
+        shape = (x.shape[1],)
+    else:
+        x, y, shape = _sklearn(cfg.dataset)
+    regression = cfg.dataset in REGRESSION_DATASETS
+    columns = {"x": x.reshape(len(x), -1).astype(np.float32), "label": y.astype(np.float32 if regression else np.int64)}
+    if client is not None:
+        columns["client"] = client
+    return Dataset.from_dict(columns), shape
+
+
+# ---- outside data -------------------------------------------------------------------------
+def _read_file(path_text: str) -> Dataset:
+    path = Path(path_text)
+    if not path.is_file():
+        raise DataError(f"data.dataset: file:{path_text}", "file not found", "check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return Dataset.from_parquet(str(path))
+        if suffix == ".csv":
+            return Dataset.from_csv(str(path))
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                return Dataset.from_dict({k: arrays[k] for k in arrays.files})
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise DataError(f"data.dataset: file:{path_text}", f"cannot read: {exc}", "pass a valid parquet/csv/npz file") from None
+    raise DataError(f"data.dataset: file:{path_text}", f"unsupported file type '{suffix}'", "use .parquet, .csv or .npz")
+
+
+def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[Dataset, tuple[int, ...], bool]:
+    """Any table -> columns x (float32 features) and label; returns (dataset, input shape, is_regression)."""
+    label = cfg.label_column
+    if label not in ds.column_names:
+        raise DataError("data.label_column", f"no column '{label}' (columns: {', '.join(ds.column_names)})",
+                        "set data.label_column to the label's column")
+    feature_cols = cfg.feature_columns or [c for c in ds.column_names if c != label]
+    missing = [c for c in feature_cols if c not in ds.column_names]
+    if missing or not feature_cols:
+        raise DataError("data.feature_columns", f"unknown or empty columns {missing}",
+                        f"choose from: {', '.join(ds.column_names)}")
+    feature = ds.features[label]
+    if isinstance(feature, Value) and feature.dtype == "string":
+        ds = ds.class_encode_column(label)
+        feature = ds.features[label]
+    regression = isinstance(feature, Value) and feature.dtype.startswith("float")
+    table = ds.with_format("numpy")
+    parts, shape = [], None
+    for col in feature_cols:
+        values = np.asarray(table[col], dtype=np.float32)
+        if values.ndim >= 3 and values.max() > 1.0:  # image pixels
+            values = values / 255.0
+        if values.ndim == 3:  # (n, h, w) greyscale images
+            values = values[:, None]
+        elif values.ndim == 4 and values.shape[-1] in (1, 3):  # (n, h, w, c) -> channels first
+            values = values.transpose(0, 3, 1, 2)
+        shape = values.shape[1:] if len(feature_cols) == 1 else None
+        parts.append(values.reshape(len(values), -1))
+    x = np.concatenate(parts, axis=1)
+    y = np.asarray(table[label]).astype(np.float32 if regression else np.int64)
+    return Dataset.from_dict({"x": x, "label": y}), tuple(shape or (x.shape[1],)), regression
+
+
+# ---- the entry point ----------------------------------------------------------------------
+def split_train_test(ds: Dataset, test_fraction: float, seed: int) -> DatasetDict:
+    split = ds.train_test_split(test_size=test_fraction, seed=seed)
+    return DatasetDict(train=split["train"], test=split["test"])
+
+
+def class_count(ds: Dataset) -> int:
+    feature = ds.features["label"]
+    if isinstance(feature, ClassLabel):
+        return feature.num_classes
+    return int(max(ds["label"])) + 1
+
+
+def load_embedded(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]:
+    ds, shape = _embedded(cfg, seed)
+    num_classes = 0 if cfg.dataset in REGRESSION_DATASETS else class_count(ds)
+    return split_train_test(ds, cfg.test_fraction, seed), SourceInfo(shape, num_classes)
+
+
+def load_file(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]:
+    ds, shape, regression = standardise_columns(_read_file(cfg.dataset.split(":", 1)[1]), cfg)
+    return split_train_test(ds, cfg.test_fraction, seed), SourceInfo(shape, 0 if regression else class_count(ds))

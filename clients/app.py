@@ -10,10 +10,10 @@ import functools
 import json
 
 import torch
+from fedsim.clients.train import LocalTraining, train_locally
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.clients.train import LocalTraining, train_locally
 from fedsim.data import FederatedData, federated_data
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.models import build_model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 
+import datasets
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
@@ -17,6 +18,8 @@ from flwr_datasets import partitioner as fp
 from fedsim.errors import DataError
 from fedsim.scenario import DataSection, FeatureSkewSection, PartitionerSection
 from fedsim.sources import SourceInfo, class_count, load_embedded, load_file, split_train_test, standardise_columns
+
+datasets.disable_progress_bars()  # fedsim shows its own progress
 
 LABEL_PARTITIONERS = {"dirichlet", "pathological"}
 

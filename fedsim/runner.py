@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,6 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
         raise ScenarioError("run.runtime", f"'{scenario.run.runtime}' is not available in this version",
                             "use runtime = 'inline'")
     prepared = prepare(scenario)
-    logging.getLogger("flwr").setLevel(logging.ERROR)  # fedsim reports rounds itself
     recorder = RunRecorder(new_run_dir(scenario, out), scenario, on_round)
     try:
         grid = InlineGrid(client_app, prepared.data.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()})

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ def make_strategy(scenario: Scenario) -> Strategy:
 
 def prepare(scenario: Scenario) -> Prepared:
     """Load data (all partitions), build the initial model and the strategy; raises FedsimError on bad input."""
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # fedsim reports rounds itself
     data = federated_data(scenario.data, scenario.run.seed)
     for pid in range(data.num_partitions):
         data.partition(pid)

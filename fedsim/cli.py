@@ -1,0 +1,166 @@
+"""The `fedsim` command: run, list, validate, show, plot, partition.
+
+Errors a user can cause print one line `error: <where>: <what>; <fix>` on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedsim.errors import FedsimError
+from fedsim.scenario import Scenario, describe, shipped_scenarios
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Federated-learning and privacy simulation on Flower.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+ScenarioArg = Annotated[str, typer.Argument(help="Scenario file, or the name of a shipped scenario (fedsim list).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a field: --set data.partitioner.alpha=0.1")]
+
+
+SHORT = {"accuracy": "acc"}
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _metric_table(rows: list[dict], title: str, max_rows: int | None = None) -> Table:
+    if max_rows and len(rows) > max_rows:
+        step = -(-len(rows) // max_rows)
+        rows = [r for r in rows if (r["round"] - 1) % step == 0 or r is rows[-1]]
+    train_keys = sorted({k for r in rows for k in r["train"]})
+    eval_keys = sorted({k for r in rows for k in r["eval"]})
+    table = Table(title=title)
+    table.add_column("round", justify="right")
+    for k in train_keys:
+        table.add_column(f"train {SHORT.get(k, k)}", justify="right")
+    for k in eval_keys:
+        table.add_column(f"test {SHORT.get(k, k)}", justify="right", style="bold" if k in ("accuracy", "mse") else None)
+    table.add_column("clients", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("time s", justify="right")
+    for r in rows:
+        table.add_row(str(r["round"]), *(_fmt(r["train"].get(k, "")) for k in train_keys),
+                      *(_fmt(r["eval"].get(k, "")) for k in eval_keys),
+                      str(r.get("replies", "")), str(r.get("failures", "")), f"{r['time_s']:.2f}")
+    return table
+
+
+@app.command()
+def run(
+    scenario: ScenarioArg,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>-<timestamp>).")] = None,
+    runtime: Annotated[str | None, typer.Option(help="inline (more runtimes arrive later).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
+) -> None:
+    """Run a scenario and write its run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.runner import run as run_scenario
+
+    overrides = list(set_ or []) + ([f"run.runtime={runtime!r}".replace("'", '"')] if runtime else [])
+    sc = Scenario.load(scenario, overrides)
+    if quiet:
+        result = run_scenario(sc, out)
+        out_console.print(str(result.run_dir))
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[metrics]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(f"{sc.run.name} round", total=sc.run.rounds, metrics="preparing")
+
+        def on_round(row: dict) -> None:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in row["eval"].items())
+            progress.update(task, completed=row["round"], metrics=shown)
+
+        result = run_scenario(sc, out, on_round)
+    out_console.print(_metric_table(result.metrics, f"{sc.run.name}: central evaluation", max_rows=10))
+    final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
+    out_console.print(f"final: {final} | wall time {result.summary['wall_time_s']:.1f} s | run dir: {result.run_dir}")
+
+
+@app.command(name="list")
+def list_scenarios() -> None:
+    """List the shipped scenarios."""
+    table = Table(title="shipped scenarios (fedsim run NAME)")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, path in shipped_scenarios().items():
+        table.add_row(name, describe(path))
+    out_console.print(table)
+
+
+@app.command()
+def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
+    """Check a scenario (schema, data, model, strategy) without running it."""
+    from fedsim.server import prepare
+
+    sc = Scenario.load(scenario, list(set_ or []))
+    prepared = prepare(sc)
+    out_console.print(
+        f"ok: {scenario}: {sc.data.dataset} ({prepared.data.info.task}), {prepared.data.num_partitions} clients "
+        f"({sc.data.partitioner.name}), {sc.model.name}, {sc.strategy.name}, {sc.run.rounds} rounds"
+    )
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Print a run's metrics per round and its summary."""
+    from fedsim.results import load_run
+
+    result = load_run(run_dir)
+    out_console.print(_metric_table(result.metrics, f"{result.scenario.run.name} ({run_dir})"))
+    best = result.summary["best"]
+    out_console.print(f"final: {result.final} | best: {best} | wall time {result.summary['wall_time_s']} s")
+
+
+@app.command()
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write RUN_DIR/plots/metrics.png (test accuracy or mse, and loss, per round)."""
+    from fedsim.plots import plot_run
+    from fedsim.results import load_run
+
+    out_console.print(str(plot_run(load_run(run_dir))))
+
+
+@app.command()
+def partition(
+    scenario: ScenarioArg,
+    set_: SetOpt = None,
+    png: Annotated[Path | None, typer.Option(help="Heatmap path (default: <output.dir>/<name>-partitions.png).")] = None,
+) -> None:
+    """Per-client label counts as a table, and a label-distribution heatmap PNG."""
+    from fedsim.data import federated_data
+    from fedsim.plots import plot_partitions
+
+    sc = Scenario.load(scenario, list(set_ or []))
+    data = federated_data(sc.data, sc.run.seed)
+    counts = data.label_counts()
+    table = Table(title=f"{sc.run.name}: {sc.data.dataset}, {sc.data.partitioner.name} partitioner")
+    table.add_column("client", justify="right")
+    table.add_column("examples", justify="right", style="bold")
+    classification = data.info.task == "classification"
+    for c in range(counts.shape[1] if classification else 0):
+        table.add_column(f"class {c}", justify="right")
+    for i, row in enumerate(counts):
+        table.add_row(str(i), str(int(row.sum())), *([str(int(v)) for v in row] if classification else []))
+    out_console.print(table)
+    path = png or Path(sc.output.dir) / f"{sc.run.name}-partitions.png"
+    out_console.print(f"heatmap: {plot_partitions(data, path, f'{sc.run.name}: examples per client and class')}")
+
+
+def main() -> None:
+    try:
+        app()
+    except FedsimError as exc:
+        err_console.print(f"error: {exc.line()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -20,6 +20,7 @@ from fedsim.scenario import DataSection, FeatureSkewSection, PartitionerSection
 from fedsim.sources import SourceInfo, class_count, load_embedded, load_file, split_train_test, standardise_columns
 
 datasets.disable_progress_bars()  # fedsim shows its own progress
+fp.natural_id_partitioner.tqdm = functools.partial(fp.natural_id_partitioner.tqdm, disable=True)
 
 LABEL_PARTITIONERS = {"dirichlet", "pathological"}
 
@@ -32,7 +33,7 @@ def make_partitioner(p: PartitionerSection, seed: int) -> fp.Partitioner:
     if p.name == "dirichlet":
         return fp.DirichletPartitioner(n, "label", p.alpha, p.min_partition_size, p.self_balancing, seed=seed)
     if p.name == "pathological":
-        return fp.PathologicalPartitioner(n, "label", p.classes_per_partition, seed=seed)
+        return fp.PathologicalPartitioner(n, "label", p.classes_per_partition, p.class_assignment, seed=seed)
     if p.name == "shard":
         shards = None if p.shard_size else p.shards_per_partition
         return fp.ShardPartitioner(n, "label", shards, p.shard_size, seed=seed)
@@ -150,13 +151,14 @@ def _load_hf(cfg: DataSection, seed: int) -> FederatedData:
     fds = FederatedDataset(dataset=cfg.dataset[3:], subset=cfg.hf_subset, preprocessor=preprocess,
                            partitioners={"train": partitioner}, seed=seed, **kwargs)
     try:
-        test = fds.load_split("test")
+        train, test = fds.load_split("train"), fds.load_split("test")
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - hub / file failures are the user's to fix
         raise DataError(f"data.dataset: {cfg.dataset}", f"cannot load: {exc}",
                         "check the name, data_files and network access") from None
-    _check(cfg, len(partitioner.dataset), info["info"], False)
+    _check(cfg, len(train), info["info"], False)
+    partitioner.dataset = train  # what FederatedDataset would assign; done here so plots can use it too
     return FederatedData(cfg, seed, partitioner, test, info["info"], lambda i: fds.load_partition(i, "train"))
 
 

@@ -45,6 +45,7 @@ class PartitionerSection(Section):
     min_partition_size: int = Field(10, ge=0)
     self_balancing: bool = False
     classes_per_partition: int = Field(2, ge=1)
+    class_assignment: Literal["random", "deterministic", "first-deterministic"] = "random"
     shards_per_partition: int = Field(2, ge=1)
     shard_size: int | None = Field(None, ge=1)
     sizes: list[int] | None = None

@@ -1,0 +1,89 @@
+"""Every kind of bad input: one line `error: <where>: <what>; <fix>`, exit code 2, no run dir."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOOD = """
+[run]
+name = "bad"
+rounds = 2
+[data]
+dataset = "digits"
+[data.partitioner]
+name = "iid"
+num_partitions = 4
+[model]
+name = "mlp"
+[strategy]
+name = "fedavg"
+"""
+
+CASES = {
+    "toml-syntax": (GOOD.replace('rounds = 2', 'rounds = = 2'), [], r"TOML syntax error.*line 4"),
+    "unknown-key": (GOOD.replace("rounds = 2", "rounds = 2\nrouns = 3"), [], r"run\.rouns: unknown key 'rouns'; did you mean 'rounds'"),
+    "unknown-section": (GOOD + "\n[clinet]\nlr = 0.1\n", [], r"unknown key 'clinet'; did you mean 'client'"),
+    "wrong-type": (GOOD.replace("rounds = 2", 'rounds = "many"'), [], r"run\.rounds: input should be a valid integer"),
+    "alpha-zero": (GOOD, ["data.partitioner.alpha=0"], r"--set data\.partitioner\.alpha: input should be greater than 0"),
+    "fraction-above-one": (GOOD, ["strategy.fraction_train=1.5"], r"strategy\.fraction_train: input should be less than or equal to 1"),
+    "fraction-zero": (GOOD, ["strategy.fraction_train=0"], r"strategy\.fraction_train: input should be greater than 0"),
+    "rounds-zero": (GOOD.replace("rounds = 2", "rounds = 0"), [], r"run\.rounds: input should be greater than or equal to 1"),
+    "too-many-partitions": (GOOD, ["data.partitioner.num_partitions=5000"], r"5000 partitions but only 1437 training examples; use at most 1437"),
+    "unknown-dataset": (GOOD.replace('"digits"', '"digitz"'), [], r"unknown dataset 'digitz'; did you mean 'digits'"),
+    "unknown-model": (GOOD.replace('"mlp"', '"mpl"'), [], r"unknown model 'mpl'; did you mean 'mlp'"),
+    "unknown-strategy": (GOOD.replace('"fedavg"', '"fedadm"'), [], r"unknown strategy 'fedadm'; did you mean 'fedadam'"),
+    "unknown-partitioner": (GOOD.replace('"iid"', '"dirichlet2"'), [], r"unknown partitioner 'dirichlet2'; did you mean 'dirichlet'"),
+    "regression-label-skew": (GOOD.replace('"digits"', '"diabetes"'), ["data.partitioner.name=dirichlet"], r"needs class labels"),
+    "cnn-on-tabular": (GOOD.replace('"digits"', '"wine"').replace('"mlp"', '"cnn"'), [], r"'cnn' needs image inputs"),
+    "bad-set-syntax": (GOOD, ["runrounds"], r"expected KEY=VALUE"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_scenario(case, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text, overrides, pattern = CASES[case]
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    code, out, err = cli("run", str(path), *sets, "--out", str(tmp_path / "run"))
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    assert ";" in lines[0]  # a fix is always offered
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_missing_file(cli, tmp_path):
+    code, _, err = cli("run", str(tmp_path / "nope.toml"))
+    assert code == 2 and err.startswith("error: ") and "no such file or shipped scenario" in err
+
+
+def test_missing_data_file(cli, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace('"digits"', f'"file:{tmp_path}/absent.csv"'))
+    code, _, err = cli("validate", str(path))
+    assert code == 2 and "file not found" in err
+
+
+def test_not_a_run_dir(cli, tmp_path):
+    code, _, err = cli("show", str(tmp_path))
+    assert code == 2 and "not a finished run dir" in err
+
+
+def test_real_entry_point_exit_code(tmp_path):
+    """The installed console script itself: one line on stderr, exit 2."""
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace("rounds = 2", "rounds = 0"))
+    fedsim = Path(sys.executable).with_name("fedsim")
+    proc = subprocess.run([str(fedsim), "validate", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")

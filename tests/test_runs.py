@@ -1,0 +1,74 @@
+"""End-to-end runs: determinism, run dir contents, every strategy, every shipped scenario, the quickstart."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import small_scenario
+
+import fedsim
+from fedsim.results import load_run, without_timings
+from fedsim.scenario import Scenario, shipped_scenarios
+from fedsim.strategies import STRATEGIES
+
+
+def test_same_seed_same_metrics(tmp_path):
+    scenario = small_scenario(strategy__fraction_train=0.6, data__partitioner__name="dirichlet",
+                              data__partitioner__min_partition_size=5, strategy__fraction_evaluate=0.5)
+    a = fedsim.run(scenario, out=tmp_path / "a")
+    b = fedsim.run(scenario, out=tmp_path / "b")
+    read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert without_timings(read(tmp_path / "a")) == without_timings(read(tmp_path / "b"))
+    assert all(r["replies"] == 3 for r in a.metrics)  # int(5 * 0.6) clients per round
+    c = fedsim.run(scenario.with_overrides({"run.seed": 2}), out=tmp_path / "c")
+    assert without_timings(a.metrics) != without_timings(c.metrics)
+
+
+def test_run_dir_contents(tmp_path):
+    result = fedsim.run(small_scenario(strategy__fraction_evaluate=1.0), out=tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert files == {"scenario.toml", "metrics.jsonl", "summary.json", "model.pt"}
+    rows = result.metrics
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert set(rows[0]) >= {"round", "train", "eval", "clients_eval", "time_s", "replies", "failures"}
+    assert set(rows[0]["eval"]) == {"accuracy", "loss"}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["final"] == rows[-1]["eval"] and summary["wall_time_s"] > 0
+    again = load_run(tmp_path / "run")
+    assert again.metrics == rows and again.summary == summary and again.scenario == result.scenario
+
+
+def test_regression_metrics(tmp_path):
+    result = fedsim.run(small_scenario(data__dataset="diabetes", model__name="linear", client__lr=0.05,
+                                       run__rounds=10), out=tmp_path / "r")
+    assert set(result.final) == {"loss", "mse", "mae"}
+    assert result.final["mse"] < 0.7  # standardised target: variance 1
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_flower_strategy_runs(name, tmp_path):
+    params = {"krum": {"num_malicious_nodes": 1}, "fedtrimmedavg": {"beta": 0.2}}.get(name, {})
+    scenario = small_scenario(strategy__name=name, run__rounds=3,
+                              **{f"strategy__{k}": v for k, v in params.items()})
+    result = fedsim.run(scenario, out=tmp_path / name)
+    accuracies = [r["eval"]["accuracy"] for r in result.metrics]
+    assert all(math.isfinite(a) for a in accuracies)
+    assert accuracies[-1] > 0.3, (name, accuracies)  # it learned something
+    if name == "qfedavg":
+        assert "train_loss" in result.metrics[0]["train"]
+
+
+@pytest.mark.parametrize("name", sorted(shipped_scenarios()))
+def test_shipped_scenario_runs(name, tmp_path):
+    scenario = Scenario.load(name, ["run.rounds=2"])
+    result = fedsim.run(scenario, out=tmp_path / name)
+    assert len(result.metrics) == 2 and result.summary["failures"] == 0
+
+
+def test_quickstart_reaches_093(cli, tmp_path):
+    code, out, _ = cli("run", "quickstart", "--out", str(tmp_path / "qs"))
+    assert code == 0 and "final:" in out
+    summary = json.loads((tmp_path / "qs" / "summary.json").read_text())
+    assert summary["rounds"] == 30 and summary["final"]["accuracy"] >= 0.93, summary

@@ -145,12 +145,13 @@ def partition(
     sc = Scenario.load(scenario, list(set_ or []))
     data = federated_data(sc.data, sc.run.seed)
     counts = data.label_counts()
-    table = Table(title=f"{sc.run.name}: {sc.data.dataset}, {sc.data.partitioner.name} partitioner")
-    table.add_column("client", justify="right")
-    table.add_column("examples", justify="right", style="bold")
     classification = data.info.task == "classification"
+    per_class = ", columns: examples per class" if classification else ""
+    table = Table(title=f"{sc.run.name}: {sc.data.dataset}, {sc.data.partitioner.name} partitioner{per_class}")
+    table.add_column("client", justify="right")
+    table.add_column("total", justify="right", style="bold")
     for c in range(counts.shape[1] if classification else 0):
-        table.add_column(f"class {c}", justify="right")
+        table.add_column(str(c), justify="right")
     for i, row in enumerate(counts):
         table.add_row(str(i), str(int(row.sum())), *([str(int(v)) for v in row] if classification else []))
     out_console.print(table)

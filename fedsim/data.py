@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 
 import datasets
 import numpy as np
@@ -83,7 +84,9 @@ class FederatedData:
     def partition(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         if partition_id not in self._cache:
             try:
-                x, y = to_tensors(self._load_partition(partition_id))
+                with warnings.catch_warnings():  # Dirichlet resampling chatter; a final failure still raises
+                    warnings.filterwarnings("ignore", message="The specified min_partition_size")
+                    x, y = to_tensors(self._load_partition(partition_id))
             except (ValueError, KeyError) as exc:
                 raise DataError("data.partitioner", f"partitioning failed: {exc}", _partition_fix(self.cfg)) from None
             if self.cfg.feature_skew is not None:

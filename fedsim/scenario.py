@@ -27,6 +27,12 @@ MODELS = ("linear", "mlp", "cnn")
 RUNTIMES = ("inline", "ray", "flower")
 
 
+def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} '{value}'; {suggest(value, choices)}")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -50,12 +56,7 @@ class PartitionerSection(Section):
     shard_size: int | None = Field(None, ge=1)
     sizes: list[int] | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in PARTITIONERS:
-            raise ValueError(f"unknown partitioner '{v}'; {suggest(v, PARTITIONERS)}")
-        return v
+    _known = field_validator("name")(lambda v: _one_of(v, PARTITIONERS, "partitioner"))
 
 
 class FeatureSkewSection(Section):
@@ -101,12 +102,7 @@ class ModelSection(Section):
     hidden: list[int] = [64]
     channels: list[int] = [16, 32]
 
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model '{v}'; {suggest(v, MODELS)}")
-        return v
+    _known = field_validator("name")(lambda v: _one_of(v, MODELS, "model"))
 
 
 class ClientSection(Section):

@@ -42,7 +42,7 @@ def test_partitioners_split_the_training_set(name, extra):
 def test_label_skew_is_real():
     iid = federated_data(data(partitioner={"name": "iid", "num_partitions": 10}), 0).label_counts()
     skew = federated_data(data(partitioner={"name": "dirichlet", "num_partitions": 10, "alpha": 0.1}), 0).label_counts()
-    spread = lambda c: (c / c.sum(1, keepdims=True)).max(1).mean()  # noqa: E731 - mean share of the top class
+    spread = lambda c: (c / c.sum(1, keepdims=True)).max(1).mean()
     assert spread(skew) > 2 * spread(iid)
     patho = federated_data(data(partitioner={"name": "pathological", "num_partitions": 10}), 0).label_counts()
     assert ((patho > 0).sum(1) <= 2).all()

@@ -1,43 +1,15 @@
-"""FedAvg through fedsim (Flower's FedAvg, InlineGrid, ClientApp) == a hand-written PyTorch FedAvg loop."""
+"""FedAvg through fedsim (Flower's FedAvg, InlineGrid, ClientApp) == a hand-written PyTorch FedAvg loop
+(benchmarks/plain_fedavg.py, also the speed baseline of `make bench`)."""
 
 from __future__ import annotations
 
 import torch
 from conftest import small_scenario
+from plain_fedavg import plain_fedavg
 
 import fedsim
 from fedsim.data import federated_data
 from fedsim.models import initial_model
-from fedsim.seeding import derive_seed
-
-
-def hand_written_fedavg(scenario) -> dict[str, torch.Tensor]:
-    """Plain PyTorch: same partitions, initial weights and batch order; example-weighted average."""
-    data = federated_data(scenario.data, scenario.run.seed)
-    global_model = initial_model(scenario.model, data.info, scenario.run.seed)
-    c = scenario.client
-    for rnd in range(1, scenario.run.rounds + 1):
-        states, sizes = [], []
-        for pid in range(data.num_partitions):
-            x, y = data.partition(pid)
-            model = initial_model(scenario.model, data.info, 0)
-            model.load_state_dict(global_model.state_dict())
-            opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-            g = torch.Generator().manual_seed(derive_seed(scenario.run.seed, rnd, pid))
-            for _ in range(c.local_epochs):
-                order = torch.randperm(len(x), generator=g)
-                for i in range(0, len(x), c.batch_size):
-                    idx = order[i : i + c.batch_size]
-                    loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            states.append(model.state_dict())
-            sizes.append(len(x))
-        total = sum(sizes)
-        averaged = {k: sum(s[k].double() * n / total for s, n in zip(states, sizes)).float() for k in states[0]}
-        global_model.load_state_dict(averaged)
-    return global_model.state_dict()
 
 
 def test_fedavg_matches_hand_written_loop(tmp_path):
@@ -45,7 +17,7 @@ def test_fedavg_matches_hand_written_loop(tmp_path):
                               data__partitioner__name="dirichlet", data__partitioner__alpha=0.5,
                               data__partitioner__min_partition_size=5)
     result = fedsim.run(scenario, out=tmp_path / "run")
-    expected = hand_written_fedavg(scenario)
+    expected, _ = plain_fedavg(scenario)
     assert result.state_dict.keys() == expected.keys()
     worst = max((result.state_dict[k] - expected[k]).abs().max().item() for k in expected)
     assert worst <= 1e-6, worst
@@ -60,5 +32,5 @@ def test_fedprox_term_pulls_towards_the_global_model(tmp_path):
     prox = fedsim.run(base.with_overrides({"strategy.name": "fedprox", "strategy.proximal_mu": 5.0}),
                       out=tmp_path / "prox")
     start = initial_model(base.model, federated_data(base.data, base.run.seed).info, base.run.seed).state_dict()
-    moved = lambda state: sum((state[k] - start[k]).norm() for k in start)  # noqa: E731
+    moved = lambda state: sum((state[k] - start[k]).norm() for k in start)
     assert moved(prox.state_dict) < 0.2 * moved(free.state_dict)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import small_scenario
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from conftest import small_scenario
 
 import fedsim
 from fedsim.errors import ClientFailure

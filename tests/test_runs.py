@@ -7,19 +7,19 @@ import math
 
 import pytest
 from conftest import small_scenario
+from fedsim.strategies import STRATEGIES
 
 import fedsim
 from fedsim.results import load_run, without_timings
 from fedsim.scenario import Scenario, shipped_scenarios
-from fedsim.strategies import STRATEGIES
 
 
 def test_same_seed_same_metrics(tmp_path):
     scenario = small_scenario(strategy__fraction_train=0.6, data__partitioner__name="dirichlet",
                               data__partitioner__min_partition_size=5, strategy__fraction_evaluate=0.5)
     a = fedsim.run(scenario, out=tmp_path / "a")
-    b = fedsim.run(scenario, out=tmp_path / "b")
-    read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    fedsim.run(scenario, out=tmp_path / "b")
+    read = lambda d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert without_timings(read(tmp_path / "a")) == without_timings(read(tmp_path / "b"))
     assert all(r["replies"] == 3 for r in a.metrics)  # int(5 * 0.6) clients per round
     c = fedsim.run(scenario.with_overrides({"run.seed": 2}), out=tmp_path / "c")

@@ -1,0 +1,32 @@
+# fedsim: `make run` (set-up + quickstart) · `make test` (set-up + pytest) · `make bench` · `make lint`
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"   # the CPU build; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/fedsim run quickstart
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	cd benchmarks && ../$(BIN)/python quickstart.py
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache

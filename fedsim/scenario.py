@@ -285,7 +285,8 @@ def _allowed_keys(path: tuple) -> list[str]:
     model: type[BaseModel] = Scenario
     for part in path:
         annotation = model.model_fields[str(part)].annotation
-        model = next(a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type))
+        model = next(a for a in getattr(annotation, "__args__", (annotation,))
+                     if isinstance(a, type) and issubclass(a, BaseModel))
     return list(model.model_fields)
 
 

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedsim.data import FederatedData, federated_data
+from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.models import build_model
 from fedsim.scenario import Scenario
@@ -26,15 +27,40 @@ REPORT_TRAIN_LOSS = "report-train-loss"  # config flag: also report the global m
 app = ClientApp()
 
 
+def select_device(preference: str, cuda_available: bool | None = None) -> torch.device:
+    """'auto': CUDA when this process sees a GPU (a Ray actor given num_gpus > 0), else CPU."""
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if preference == "cuda" and not available:
+        raise FedsimError("client.device", "'cuda' but no GPU is visible to this client",
+                          "use device = 'auto', or give clients GPUs with run.resources.num_gpus")
+    return torch.device("cuda" if preference != "cpu" and available else "cpu")
+
+
 class _Workspace:
     """Per-process state shared by all virtual clients of one scenario: data cache and one model instance."""
 
     def __init__(self, scenario_json: str) -> None:
         self.scenario = Scenario.model_validate(json.loads(scenario_json))
+        torch.set_num_threads(max(1, int(self.scenario.run.resources.num_cpus)))
+        self.device = select_device(self.scenario.client.device)
         self.data: FederatedData = federated_data(self.scenario.data, self.scenario.run.seed)
-        self.model = build_model(self.scenario.model, self.data.info)
+        self.model = build_model(self.scenario.model, self.data.info).to(self.device)
+        self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._last_arrays: ArrayRecord | None = None
         self._last_state: dict[str, torch.Tensor] = {}
+
+    def partition(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Partition `pid` on this workspace's device (cached there too when that is a GPU)."""
+        if self.device.type == "cpu":
+            return self.data.partition(pid)
+        if pid not in self._on_device:
+            self._on_device[pid] = tuple(t.to(self.device) for t in self.data.partition(pid))
+        return self._on_device[pid]
+
+    def release(self) -> None:
+        """Free cached CUDA memory after a task (the next client may be on another actor's share)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def task(self) -> str:
@@ -56,7 +82,7 @@ def workspace(scenario_json: str) -> _Workspace:
 
 def _partition(context: Context, ws: _Workspace) -> tuple[int, torch.Tensor, torch.Tensor]:
     pid = int(context.node_config["partition-id"])
-    x, y = ws.data.partition(pid)
+    x, y = ws.partition(pid)
     return pid, x, y
 
 
@@ -74,6 +100,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics.update(train_locally(model, x, y, LocalTraining.from_config(config), ws.task, generator))
     metrics["num-examples"] = len(x)
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    ws.release()
     return Message(content=content, reply_to=msg)
 
 
@@ -84,4 +111,5 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     _, x, y = _partition(context, ws)
     metrics = evaluate(ws.load_global(msg.content["arrays"]), x, y, ws.task)
     metrics["num-examples"] = len(x)
+    ws.release()
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

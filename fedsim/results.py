@@ -120,7 +120,7 @@ class RunRecorder:
         if self.on_round:
             self.on_round(row)
 
-    def finish(self, state_dict: dict[str, torch.Tensor], task: str) -> RunResult:
+    def finish(self, state_dict: dict[str, torch.Tensor], task: str, runtime: dict | None = None) -> RunResult:
         key = "mse" if task == "regression" else "accuracy"
         best_row = (min if task == "regression" else max)(self.rows, key=lambda r: r["eval"][key])
         summary = {
@@ -132,6 +132,7 @@ class RunRecorder:
             "best": {"round": best_row["round"], key: best_row["eval"][key]},
             "failures": sum(r["failures"] for r in self.rows),
             "wall_time_s": round(time.perf_counter() - self._start, 3),
+            "runtime": runtime or {},
         }
         _atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
         state = {k: v.detach().clone() for k, v in state_dict.items()}

@@ -1,30 +1,49 @@
-"""`fedsim.run(scenario)`: prepare, pick the runtime, run the server loop, write the run dir."""
+"""`fedsim.run(scenario)`: prepare, start the runtime, run the server loop, write the run dir."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from fedsim.clients.app import SCENARIO_KEY
 from fedsim.clients.app import app as client_app
-from fedsim.errors import FedsimError, ScenarioError
+from fedsim.errors import ScenarioError
 from fedsim.results import RunRecorder, RunResult, new_run_dir
-from fedsim.runtime import InlineGrid
+from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
 from fedsim.server import prepare, server_main
 
 
+def make_grid(scenario: Scenario) -> VirtualNodesGrid:
+    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS)."""
+    run_config = {SCENARIO_KEY: scenario.model_dump_json()}
+    n = scenario.data.partitioner.num_partitions
+    if scenario.run.runtime == "inline":
+        if scenario.run.round_timeout_s is not None:
+            raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
+                                "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
+        return InlineGrid(client_app, n, run_config)
+    if scenario.run.runtime == "ray":
+        from fedsim.runtime.ray_grid import RayGrid
+
+        address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
+        return RayGrid(n, run_config, scenario.run.resources, address=address)
+    raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
+                        "run `flwr run . --run-config scenario=\\\"NAME\\\"` from the project root")
+
+
 def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None) -> RunResult:
     """Run `scenario` to the end; returns what the run dir holds. Nothing is written if the input is bad."""
-    if scenario.run.runtime != "inline":
-        raise ScenarioError("run.runtime", f"'{scenario.run.runtime}' is not available in this version",
-                            "use runtime = 'inline'")
     prepared = prepare(scenario)
-    recorder = RunRecorder(new_run_dir(scenario, out), scenario, on_round)
+    grid = make_grid(scenario)
     try:
-        grid = InlineGrid(client_app, prepared.data.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()})
-        result = server_main(grid, prepared, recorder)
-    except (FedsimError, KeyboardInterrupt):
-        recorder.discard()
-        raise
-    return recorder.finish(result.arrays.to_torch_state_dict(), prepared.data.info.task)
+        recorder = RunRecorder(new_run_dir(scenario, out), scenario, on_round)
+        try:
+            result = server_main(grid, prepared, recorder)
+        except BaseException:  # bad input, Ctrl-C or a crash: leave no half-written run dir
+            recorder.discard()
+            raise
+        return recorder.finish(result.arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
+    finally:
+        grid.close()

@@ -24,7 +24,6 @@ PARTITIONERS = (
     "iid", "dirichlet", "pathological", "shard", "size", "linear", "square", "exponential", "natural",
 )
 MODELS = ("linear", "mlp", "cnn")
-RUNTIMES = ("inline", "ray", "flower")
 
 
 def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -37,11 +36,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ResourcesSection(Section):
+    """Per virtual client, for the Ray runtime; num_cpus is also the torch thread count of a client."""
+
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    max_actors: int | None = Field(None, ge=1)
+
+
 class RunSection(Section):
     name: str = "fedsim"
     seed: int = 0
     rounds: int = Field(10, ge=1)
     runtime: Literal["inline", "ray", "flower"] = "inline"
+    ray_address: str | None = None
+    round_timeout_s: float | None = Field(None, gt=0)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
 
 class PartitionerSection(Section):
@@ -113,6 +123,7 @@ class ClientSection(Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     proximal_mu: float = Field(0.0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class StrategySection(BaseModel):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -59,14 +60,13 @@ def prepare(scenario: Scenario) -> Prepared:
     """Load data (all partitions), build the initial model and the strategy; raises FedsimError on bad input."""
     logging.getLogger("flwr").setLevel(logging.ERROR)  # fedsim reports rounds itself
     data = federated_data(scenario.data, scenario.run.seed)
-    for pid in range(data.num_partitions):
-        data.partition(pid)
+    data.partition(0)  # computes the partitioning (and its errors); other partitions load when sampled
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     return Prepared(scenario, data, model, make_strategy(scenario))
 
 
 def train_config(scenario: Scenario) -> ConfigRecord:
-    config = LocalTraining(**scenario.client.model_dump()).to_config()
+    config = LocalTraining(**scenario.client.model_dump(exclude={"device"})).to_config()
     if scenario.strategy.name == "qfedavg":
         config[REPORT_TRAIN_LOSS] = True
     return config
@@ -102,6 +102,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> Result
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=scenario.run.rounds,
+        timeout=scenario.run.round_timeout_s or math.inf,
         train_config=train_config(scenario),
         evaluate_fn=central_evaluation,
     )

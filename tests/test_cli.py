@@ -43,6 +43,6 @@ def test_partition_table_and_heatmap(cli, tmp_path):
     assert code == 0 and (tmp_path / "r.png").is_file()
 
 
-def test_runtime_not_yet_available_is_a_clear_error(cli, tmp_path):
-    code, _, err = cli("run", "quickstart", "--runtime", "ray", "--out", str(tmp_path / "x"))
-    assert code == 2 and "run.runtime: 'ray' is not available" in err and not (tmp_path / "x").exists()
+def test_flower_runtime_points_to_flwr_run(cli, tmp_path):
+    code, _, err = cli("run", "quickstart", "--runtime", "flower", "--out", str(tmp_path / "x"))
+    assert code == 2 and "run.runtime: 'flower' runs through Flower's own CLI" in err and not (tmp_path / "x").exists()

@@ -1,0 +1,103 @@
+"""What fedsim's Grids share: virtual nodes registered up front, each with its own persistent Context.
+
+Node ids are stable (1000 + partition id); replies come back ordered by node id; a client that raises
+becomes an error reply (as in Flower), never a crashed run. Subclasses only decide where ClientApps execute.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import abstractmethod
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: stable, and clear of Flower's server node id (1)
+
+
+def node_id_of(partition_id: int) -> int:
+    return NODE_ID_OFFSET + partition_id
+
+
+def run_client(app: ClientApp, msg: Message, context: Context) -> Message:
+    """Execute one message; an exception becomes an error reply naming it."""
+    try:
+        return app(msg, context)
+    except Exception as exc:  # noqa: BLE001 - a failing client is a failed reply, never a crashed run
+        return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
+
+
+def error_reply(msg: Message, code: int, reason: str) -> Message:
+    return Message(Error(code, reason), reply_to=msg)
+
+
+class VirtualNodesGrid(Grid):
+    """A Grid over `num_nodes` virtual nodes whose ClientApp runs wherever `_execute` puts it."""
+
+    def __init__(self, num_nodes: int, run_config: dict, run_id: int = 1) -> None:
+        self._run = Run.create_empty(run_id)
+        # Messages created in this process are the server's (as in Flower's own ServerApp runner).
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+        self.contexts = {
+            node_id_of(pid): Context(
+                run_id=run_id,
+                node_id=node_id_of(pid),
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for pid in range(num_nodes)
+        }
+        self._node_ids = list(self.contexts)
+        self._ids = itertools.count(1)
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def push_messages(self, messages: Iterable[Message], timeout: float | None = None) -> list[str]:
+        batch = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"msg-{next(self._ids)}"  # as Flower's own grids do
+            batch.append(msg)
+        known = [m for m in batch if m.metadata.dst_node_id in self.contexts]
+        for msg in batch:
+            if msg.metadata.dst_node_id not in self.contexts:
+                self._replies[msg.metadata.message_id] = error_reply(
+                    msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}")
+        self._replies.update(self._execute(known, timeout))
+        return [m.metadata.message_id for m in batch]
+
+    @abstractmethod
+    def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
+        """Run the ClientApp for each message (updating `self.contexts`); returns replies by message id."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = self.pull_messages(self.push_messages(messages, timeout))
+        return sorted(replies, key=lambda m: m.metadata.src_node_id)
+
+    def describe(self) -> dict:
+        """What ran the clients, for summary.json."""
+        return {"kind": "inline"}
+
+    def close(self) -> None:
+        """Release what the runtime holds."""

@@ -1,0 +1,240 @@
+"""RayGrid: fedsim's ClientApp in a pool of long-lived Ray actors, locally or on an existing cluster.
+
+Each actor hosts the ClientApp, its cached partitions and one model instance, and serves many virtual
+clients. Per push, each distinct message content (the global model) is `ray.put` once and shared by
+reference; messages go to actors in chunks (one Ray call per chunk, not per client). Contexts live on the
+driver and travel with their task, so `context.state` persists whichever actor serves a node.
+
+Faults: a client that raises is an error reply; an actor that dies is replaced and its chunk retried once;
+with a timeout, unfinished chunks become error replies and their actors are replaced, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+from flwr.app import Context, Message, Metadata, RecordDict
+from flwr.common.constant import ErrorCode
+
+from fedsim.errors import FedsimError
+from fedsim.runtime.base import VirtualNodesGrid, error_reply, run_client
+from fedsim.scenario import ResourcesSection
+
+
+def load_object(spec: str):
+    """'package.module:attribute' -> the attribute."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class ClientWorker:
+    """A Ray actor hosting the ClientApp; it deserialises each round's shared content once."""
+
+    def __init__(self, client_app: str, num_threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+        self.app = load_object(client_app)
+        self._content_key: str | None = None
+        self._content: RecordDict | None = None
+
+    def where(self) -> tuple[str, str]:
+        """(Ray node id, directory fedsim was imported from) of this actor."""
+        import fedsim
+
+        return ray.get_runtime_context().get_node_id(), str(Path(fedsim.__file__).parent)
+
+    def run(self, content_ref: list, tasks: list[tuple[Metadata, Context]]) -> list[tuple[Message, RecordDict]]:
+        """Execute a chunk of virtual clients; returns each reply and the node's updated state."""
+        ref = content_ref[0]  # wrapped in a list so Ray hands us the reference, not a fresh copy per call
+        if ref.hex() != self._content_key:
+            self._content, self._content_key = ray.get(ref), ref.hex()
+        out = []
+        for metadata, context in tasks:
+            msg = Message(content=self._content, metadata=metadata)
+            out.append((run_client(self.app, msg, context), context.state))
+        return out
+
+
+@dataclass
+class _Chunk:
+    content_ref: ray.ObjectRef
+    messages: list[Message]
+    attempts: int = 0
+    actor: int = -1
+    started: float = field(default=0.0)
+
+
+class RayGrid(VirtualNodesGrid):
+    """Virtual clients served by `pool size` Ray actors (from per-client `resources` and the cluster's size)."""
+
+    def __init__(self, num_nodes: int, run_config: dict, resources: ResourcesSection, address: str | None = None,
+                 client_app: str = "fedsim.clients.app:app", runtime_env: dict | None = None,
+                 chunks_per_actor: int = 2, ship_code: bool | None = None) -> None:
+        super().__init__(num_nodes, run_config)
+        self.resources, self.address, self.client_app = resources, address, client_app
+        self.chunks_per_actor = chunks_per_actor
+        self._owns_connection = not ray.is_initialized()
+        self._snapshot: Path | None = None
+        self._connect(runtime_env, ship_code)
+        self.shipped_code = self._snapshot is not None
+        self.num_actors = pool_size(resources, ray.cluster_resources())
+        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "max_restarts": 0}
+        self._actor_cls = ray.remote(ClientWorker).options(**options)
+        self.actors = [self._spawn() for _ in range(self.num_actors)]
+        where = ray.get([a.where.remote() for a in self.actors])
+        self.ray_node_ids = sorted({node for node, _ in where})
+        self.worker_code = sorted({code for _, code in where})
+        self.retries = 0
+
+    def _connect(self, runtime_env: dict | None, ship_code: bool | None) -> None:
+        """Start a local Ray sized to this machine, or attach to `address` (shipping fedsim if its workers lack it)."""
+        if ray.is_initialized():
+            return
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        if not self.address:
+            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env, **kwargs)
+            return
+        try:  # an existing cluster: Ray refuses num_cpus / num_gpus here
+            ray.init(address=self.address, runtime_env=runtime_env, **kwargs)
+            if ship_code is None:
+                ship_code = not _cluster_has_fedsim()
+            if ship_code:  # code can only be uploaded per job, so reconnect with it
+                ray.shutdown()
+                self._snapshot = package_snapshot()
+                env = dict(runtime_env or {})
+                env["py_modules"] = [*env.get("py_modules", []), str(self._snapshot)]
+                ray.init(address=self.address, runtime_env=env, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise FedsimError("run.ray_address", f"cannot attach to Ray at '{self.address}': {exc}",
+                              "start the cluster (`ray start --head`) or fix the address") from None
+
+    def _spawn(self):
+        threads = max(1, int(self.resources.num_cpus))
+        return self._actor_cls.remote(self.client_app, threads)
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self._spawn()
+
+    # ---- executing a batch of messages ---------------------------------------------------------
+    def _chunks(self, messages: list[Message]) -> deque[_Chunk]:
+        groups: dict[int, list[Message]] = {}
+        for msg in messages:  # messages sharing one content object share one object-store entry
+            groups.setdefault(id(msg.content), []).append(msg)
+        chunks: deque[_Chunk] = deque()
+        for group in groups.values():
+            ref = ray.put(group[0].content)
+            size = max(1, math.ceil(len(group) / (self.num_actors * self.chunks_per_actor)))
+            chunks.extend(_Chunk(ref, group[i : i + size]) for i in range(0, len(group), size))
+        return chunks
+
+    def _submit(self, chunk: _Chunk, actor: int) -> ray.ObjectRef:
+        chunk.actor, chunk.started = actor, time.monotonic()
+        chunk.attempts += 1
+        tasks = [(m.metadata, self.contexts[m.metadata.dst_node_id]) for m in chunk.messages]
+        return self.actors[actor].run.remote([chunk.content_ref], tasks)
+
+    def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
+        replies: dict[str, Message] = {}
+        waiting = self._chunks(messages)
+        running: dict[ray.ObjectRef, _Chunk] = {}
+        idle = deque(range(self.num_actors))
+        deadline = time.monotonic() + timeout if timeout is not None and math.isfinite(timeout) else None
+        while waiting or running:
+            while waiting and idle:
+                chunk = waiting.popleft()
+                running[self._submit(chunk, idle.popleft())] = chunk
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=left)
+            if not done:  # the round's time is up: give up on what is still running
+                for chunk in running.values():
+                    self._replace(chunk.actor)
+                    for msg in chunk.messages:
+                        replies[msg.metadata.message_id] = error_reply(
+                            msg, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, f"timed out after {timeout:g} s")
+                break
+            chunk = running.pop(done[0])
+            try:
+                results = ray.get(done[0])
+            except ray.exceptions.RayActorError as exc:
+                self._replace(chunk.actor)
+                idle.append(chunk.actor)
+                if chunk.attempts < 2:
+                    self.retries += 1
+                    waiting.appendleft(chunk)
+                else:
+                    for msg in chunk.messages:
+                        replies[msg.metadata.message_id] = error_reply(
+                            msg, ErrorCode.CLIENT_APP_CRASHED, f"client process died twice: {exc}")
+                continue
+            idle.append(chunk.actor)
+            for msg, (reply, state) in zip(chunk.messages, results):
+                self.contexts[msg.metadata.dst_node_id].state = state
+                replies[msg.metadata.message_id] = reply
+        return replies
+
+    def describe(self) -> dict:
+        return {"kind": "ray", "address": self.address or "local", "actors": self.num_actors,
+                "ray_node_ids": self.ray_node_ids, "actor_retries": self.retries,
+                "shipped_code": self.shipped_code, "worker_code": self.worker_code}
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self._snapshot:
+            shutil.rmtree(self._snapshot.parent, ignore_errors=True)
+        if self._owns_connection:
+            ray.shutdown()  # stops a local instance we started; only disconnects from an existing cluster
+
+
+def pool_size(resources: ResourcesSection, cluster: dict[str, float]) -> int:
+    """How many actors fit the cluster given each one's CPU and GPU share (at least 1)."""
+    fits = [cluster.get("CPU", 1) / resources.num_cpus]
+    if resources.num_gpus > 0:
+        if cluster.get("GPU", 0) <= 0:
+            raise FedsimError("run.resources.num_gpus", f"{resources.num_gpus} GPUs per client but the Ray cluster "
+                              "has none", "set num_gpus = 0, or run on a machine with a GPU")
+        fits.append(cluster["GPU"] / resources.num_gpus)
+    size = max(1, int(min(fits) + 1e-9))
+    return min(size, resources.max_actors) if resources.max_actors else size
+
+
+@ray.remote(num_cpus=0)
+def _import_fedsim() -> bool:
+    try:
+        importlib.import_module("fedsim.clients.app")
+    except ImportError:
+        return False
+    return True
+
+
+def _cluster_has_fedsim() -> bool:
+    """Can the cluster's workers import fedsim as they are (same machine / same environment)?"""
+    return ray.get(_import_fedsim.remote())
+
+
+def package_snapshot() -> Path:
+    """An importable copy of fedsim (strategies/, clients/, scenarios/ folded in) to ship as a Ray py_module."""
+    import fedsim
+
+    root = Path(tempfile.mkdtemp(prefix="fedsim-code-")) / "fedsim"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(Path(fedsim.__file__).parent, root, ignore=skip)
+    for sub in ("strategies", "clients", "scenarios"):  # separate folders in a source checkout
+        if not (root / sub).exists():
+            source = Path(importlib.import_module(f"fedsim.{sub}").__file__).parent
+            shutil.copytree(source, root / sub, ignore=skip)
+    return root

@@ -1,0 +1,53 @@
+"""CI exercises a real external Ray cluster: `ray start --head` on a free port, fedsim attaches, the cluster stays."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import ray
+from conftest import small_scenario
+
+import fedsim
+from fedsim.runtime.ray_grid import RayGrid
+from fedsim.scenario import ResourcesSection
+
+
+@ray.remote(num_cpus=0)
+def _shipped_fedsim() -> list[str]:
+    return [p for p in sys.path if "py_modules" in p and Path(p, "fedsim").is_dir()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path):
+    assert not ray.is_initialized()
+    port = _free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        address = f"127.0.0.1:{port}"
+        scenario = small_scenario(run__runtime="ray", run__ray_address=address)
+        result = fedsim.run(scenario, out=tmp_path / "run")
+        runtime = result.summary["runtime"]
+        assert runtime["address"] == address and runtime["shipped_code"] is False
+        ray.init(address=address)  # the cluster is still up after the run, and it is the one that did the work
+        cluster_nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        ray.shutdown()
+        assert runtime["ray_node_ids"] == cluster_nodes
+        grid = RayGrid(4, {}, ResourcesSection(), address=address, ship_code=True)
+        try:  # workers see the shipped copy on their path (here the venv's editable install would win anyway)
+            shipped = ray.get(_shipped_fedsim.remote())
+            assert shipped and all(Path(p, "fedsim", "clients", "app.py").is_file() for p in shipped)
+            assert grid.describe()["shipped_code"] is True
+        finally:
+            grid.close()
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)

@@ -1,0 +1,94 @@
+"""RayGrid: same results as inline, faults never hang a round, attaching to an existing cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+from conftest import small_scenario
+
+import fedsim
+from fedsim.errors import FedsimError
+from fedsim.results import RunRecorder, without_timings
+from fedsim.runtime.ray_grid import RayGrid, pool_size
+from fedsim.scenario import ResourcesSection
+from fedsim.server import prepare, server_main
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray instance for the module; workers can import tests/ray_helpers.py."""
+    marker = tmp_path_factory.mktemp("marker") / "died"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS), "FEDSIM_TEST_MARKER": str(marker)}})
+    yield marker
+    ray.shutdown()
+
+
+def scenario_for_ray(**kw):
+    settings = {"run__runtime": "ray", "strategy__fraction_train": 0.8, "strategy__fraction_evaluate": 0.4,
+                "data__partitioner__name": "dirichlet", "data__partitioner__min_partition_size": 5}
+    return small_scenario(**(settings | kw))
+
+
+def run_with_app(scenario, out: Path, client_app: str):
+    """fedsim.run, but with a test ClientApp on the Ray workers."""
+    prepared = prepare(scenario)
+    from fedsim.clients.app import SCENARIO_KEY
+
+    grid = RayGrid(scenario.data.partitioner.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()},
+                   scenario.run.resources, client_app=client_app)
+    try:
+        recorder = RunRecorder(out, scenario)
+        result = server_main(grid, prepared, recorder)
+        return recorder.finish(result.arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
+    finally:
+        grid.close()
+
+
+def test_ray_gives_bit_identical_metrics_to_inline(local_ray, tmp_path):
+    scenario = scenario_for_ray()
+    on_ray = fedsim.run(scenario, out=tmp_path / "ray")
+    inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
+    assert without_timings(on_ray.metrics) == without_timings(inline.metrics)
+    assert on_ray.summary["runtime"]["kind"] == "ray" and on_ray.summary["runtime"]["actors"] == 2
+    assert all(r["replies"] == 4 and "clients_eval" in r for r in on_ray.metrics)
+
+
+def test_a_dead_actor_is_replaced_and_its_work_retried(local_ray, tmp_path):
+    scenario = scenario_for_ray()
+    result = run_with_app(scenario, tmp_path / "run", "ray_helpers:dies_once")
+    assert local_ray.exists()  # an actor really died
+    assert result.summary["runtime"]["actor_retries"] == 1 and result.summary["failures"] == 0
+    inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
+    assert without_timings(result.metrics) == without_timings(inline.metrics)
+
+
+def test_a_raising_client_is_a_counted_failure(local_ray, tmp_path):
+    scenario = scenario_for_ray(strategy__fraction_train=1.0)
+    result = run_with_app(scenario, tmp_path / "run", "ray_helpers:raises")
+    assert [r["failures"] for r in result.metrics] == [1, 1, 1]
+    assert all(r["replies"] == 4 for r in result.metrics)
+    assert "client 1 always fails" in result.metrics[0]["first_error"]
+
+
+def test_a_stuck_client_is_bounded_by_the_round_timeout(local_ray, tmp_path):
+    scenario = scenario_for_ray(strategy__fraction_train=1.0, strategy__fraction_evaluate=0.0,
+                                run__round_timeout_s=8.0)
+    result = run_with_app(scenario, tmp_path / "run", "ray_helpers:hangs")
+    rows = result.metrics
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["failures"] == 0 and rows[2]["failures"] == 0
+    assert rows[1]["failures"] >= 1 and "timed out after 8 s" in rows[1]["first_error"]
+    assert rows[1]["time_s"] < 30
+
+
+def test_pool_size_from_resources():
+    assert pool_size(ResourcesSection(), {"CPU": 2.0}) == 2
+    assert pool_size(ResourcesSection(num_cpus=0.5, max_actors=3), {"CPU": 2.0}) == 3
+    assert pool_size(ResourcesSection(num_gpus=0.25), {"CPU": 16.0, "GPU": 1.0}) == 4
+    with pytest.raises(FedsimError, match="has none"):
+        pool_size(ResourcesSection(num_gpus=0.5), {"CPU": 4.0})

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.errors import FedsimError
-from fedsim.scenario import Scenario, describe, shipped_scenarios
+from fedsim.scenario import Scenario, describe, parse_overrides, shipped_scenarios
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Federated-learning and privacy simulation on Flower.")
@@ -59,7 +59,9 @@ def run(
     scenario: ScenarioArg,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>-<timestamp>).")] = None,
-    runtime: Annotated[str | None, typer.Option(help="inline (more runtimes arrive later).")] = None,
+    runtime: Annotated[str | None, typer.Option(help="inline | ray (overrides run.runtime).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Attach to an existing Ray cluster: auto | HOST:PORT (also $RAY_ADDRESS, run.ray_address).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
 ) -> None:
     """Run a scenario and write its run directory."""
@@ -67,7 +69,12 @@ def run(
 
     from fedsim.runner import run as run_scenario
 
-    overrides = list(set_ or []) + ([f"run.runtime={runtime!r}".replace("'", '"')] if runtime else [])
+    overrides: dict = dict(parse_overrides(set_))
+    if runtime:
+        overrides["run.runtime"] = runtime
+    if ray_address:
+        overrides["run.ray_address"] = ray_address
+        overrides.setdefault("run.runtime", "ray")
     sc = Scenario.load(scenario, overrides)
     if quiet:
         result = run_scenario(sc, out)

@@ -13,12 +13,20 @@ import warnings
 import datasets
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from flwr_datasets import partitioner as fp
 
 from fedsim.errors import DataError
 from fedsim.scenario import DataSection, FeatureSkewSection, PartitionerSection
-from fedsim.sources import SourceInfo, class_count, load_embedded, load_file, split_train_test, standardise_columns
+from fedsim.sources import (
+    SourceInfo,
+    class_count,
+    load_embedded,
+    load_file,
+    make_dataset,
+    split_train_test,
+    standardise_columns,
+)
 
 datasets.disable_progress_bars()  # fedsim shows its own progress
 fp.natural_id_partitioner.tqdm = functools.partial(fp.natural_id_partitioner.tqdm, disable=True)
@@ -61,9 +69,11 @@ def skew_features(x: np.ndarray, skew: FeatureSkewSection, partition_id: int, nu
     return (x * scale + shift).astype(np.float32)
 
 
-def to_tensors(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    table = ds.with_format("numpy")
-    return np.asarray(table["x"], dtype=np.float32), np.asarray(table["label"])
+def to_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Columns x (n, d) and label (n,) as numpy, through Arrow (no per-row Python work)."""
+    table = ds.with_format("arrow")[:]
+    x = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return x.reshape(len(table), -1).astype(np.float32, copy=False), table.column("label").to_numpy()
 
 
 class FederatedData:
@@ -73,8 +83,8 @@ class FederatedData:
                  info: SourceInfo, load_partition=None) -> None:
         self.cfg, self.seed, self.partitioner, self.info = cfg, seed, partitioner, info
         self._load_partition = load_partition or partitioner.load_partition
-        x, y = to_tensors(test)
-        self.test = torch.from_numpy(x), torch.from_numpy(y)
+        x, y = to_arrays(test)
+        self.test = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -86,12 +96,12 @@ class FederatedData:
             try:
                 with warnings.catch_warnings():  # Dirichlet resampling chatter; a final failure still raises
                     warnings.filterwarnings("ignore", message="The specified min_partition_size")
-                    x, y = to_tensors(self._load_partition(partition_id))
+                    x, y = to_arrays(self._load_partition(partition_id))
             except (ValueError, KeyError) as exc:
                 raise DataError("data.partitioner", f"partitioning failed: {exc}", _partition_fix(self.cfg)) from None
             if self.cfg.feature_skew is not None:
                 x = skew_features(x, self.cfg.feature_skew, partition_id, self.num_partitions, self.seed)
-            self._cache[partition_id] = torch.from_numpy(x), torch.from_numpy(y)
+            self._cache[partition_id] = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
         return self._cache[partition_id]
 
     def label_counts(self) -> np.ndarray:
@@ -141,14 +151,13 @@ def _load_hf(cfg: DataSection, seed: int) -> FederatedData:
     def preprocess(dd: DatasetDict) -> DatasetDict:
         test_split = cfg.hf_test_split if cfg.hf_test_split in dd else None
         parts = [dd["train"]] + ([dd[test_split]] if test_split else [])
-        from datasets import concatenate_datasets
-
-        both, shape, regression = standardise_columns(concatenate_datasets(parts), cfg)
-        info["info"] = SourceInfo(shape, 0 if regression else class_count(both))
+        columns, shape, regression = standardise_columns(concatenate_datasets(parts), cfg)
+        info["info"] = SourceInfo(shape, 0 if regression else class_count(columns["label"]))
         if not test_split:
-            return split_train_test(both, cfg.test_fraction, seed)
+            return split_train_test(columns, cfg.test_fraction, seed)
         n = len(dd["train"])
-        return DatasetDict(train=both.select(range(n)), test=both.select(range(n, len(both))))
+        return DatasetDict(train=make_dataset({k: v[:n] for k, v in columns.items()}),
+                           test=make_dataset({k: v[n:] for k, v in columns.items()}))
 
     kwargs = {"data_files": cfg.data_files} if cfg.data_files else {}
     fds = FederatedDataset(dataset=cfg.dataset[3:], subset=cfg.hf_subset, preprocessor=preprocess,

@@ -7,11 +7,13 @@ Every source becomes a `datasets.DatasetDict` with a "train" and a "test" split 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Value
+import pyarrow as pa
+from datasets import Dataset, DatasetDict, Value
 
 from fedsim.errors import DataError
 from fedsim.scenario import DataSection, GeneratorSection
@@ -82,7 +84,7 @@ def gaussian_regression(gen: GeneratorSection, seed: int) -> tuple[np.ndarray, n
     return x, x @ theta + rng.normal(0, gen.noise_std, gen.n_samples)
 
 
-def _embedded(cfg: DataSection, seed: int) -> tuple[Dataset, tuple[int, ...]]:
+def _embedded(cfg: DataSection, seed: int) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
     client = None
     if cfg.dataset == "leaf-synthetic":
         x, y, client = leaf_synthetic(cfg.generator, cfg.partitioner.num_partitions, seed)
@@ -96,7 +98,7 @@ def _embedded(cfg: DataSection, seed: int) -> tuple[Dataset, tuple[int, ...]]:
     columns = {"x": x.reshape(len(x), -1).astype(np.float32), "label": y.astype(np.float32 if regression else np.int64)}
     if client is not None:
         columns["client"] = client
-    return Dataset.from_dict(columns), shape
+    return columns, shape
 
 
 # ---- outside data -------------------------------------------------------------------------
@@ -120,8 +122,8 @@ def _read_file(path_text: str) -> Dataset:
     raise DataError(f"data.dataset: file:{path_text}", f"unsupported file type '{suffix}'", "use .parquet, .csv or .npz")
 
 
-def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[Dataset, tuple[int, ...], bool]:
-    """Any table -> columns x (float32 features) and label; returns (dataset, input shape, is_regression)."""
+def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.ndarray], tuple[int, ...], bool]:
+    """Any table -> columns x (float32 features) and label; returns (columns, input shape, is_regression)."""
     label = cfg.label_column
     if label not in ds.column_names:
         raise DataError("data.label_column", f"no column '{label}' (columns: {', '.join(ds.column_names)})",
@@ -150,28 +152,42 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[Dataset, tuple[i
         parts.append(values.reshape(len(values), -1))
     x = np.concatenate(parts, axis=1)
     y = np.asarray(table[label]).astype(np.float32 if regression else np.int64)
-    return Dataset.from_dict({"x": x, "label": y}), tuple(shape or (x.shape[1],)), regression
+    return {"x": x, "label": y}, tuple(shape or (x.shape[1],)), regression
 
 
 # ---- the entry point ----------------------------------------------------------------------
-def split_train_test(ds: Dataset, test_fraction: float, seed: int) -> DatasetDict:
-    split = ds.train_test_split(test_size=test_fraction, seed=seed)
-    return DatasetDict(train=split["train"], test=split["test"])
+def make_dataset(columns: dict[str, np.ndarray]) -> Dataset:
+    """numpy columns -> a datasets.Dataset through Arrow (2-D x becomes a fixed-size list column)."""
+    arrays = {}
+    for name, values in columns.items():
+        if values.ndim == 2:
+            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), values.shape[1])
+        else:
+            arrays[name] = pa.array(values)
+    return Dataset.from_dict(arrays)
 
 
-def class_count(ds: Dataset) -> int:
-    feature = ds.features["label"]
-    if isinstance(feature, ClassLabel):
-        return feature.num_classes
-    return int(max(ds["label"])) + 1
+def split_train_test(columns: dict[str, np.ndarray], test_fraction: float, seed: int) -> DatasetDict:
+    """A seeded random hold-out of `test_fraction` of the rows (at least one) for central evaluation."""
+    n = len(columns["label"])
+    order = np.random.default_rng([seed, 17]).permutation(n)
+    n_test = min(n - 1, max(1, math.ceil(n * test_fraction)))
+    test, train = order[:n_test], np.sort(order[n_test:])
+    return DatasetDict(train=make_dataset({k: v[train] for k, v in columns.items()}),
+                       test=make_dataset({k: v[test] for k, v in columns.items()}))
+
+
+def class_count(labels: np.ndarray) -> int:
+    return int(labels.max()) + 1
 
 
 def load_embedded(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]:
-    ds, shape = _embedded(cfg, seed)
-    num_classes = 0 if cfg.dataset in REGRESSION_DATASETS else class_count(ds)
-    return split_train_test(ds, cfg.test_fraction, seed), SourceInfo(shape, num_classes)
+    columns, shape = _embedded(cfg, seed)
+    num_classes = 0 if cfg.dataset in REGRESSION_DATASETS else class_count(columns["label"])
+    return split_train_test(columns, cfg.test_fraction, seed), SourceInfo(shape, num_classes)
 
 
 def load_file(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]:
-    ds, shape, regression = standardise_columns(_read_file(cfg.dataset.split(":", 1)[1]), cfg)
-    return split_train_test(ds, cfg.test_fraction, seed), SourceInfo(shape, 0 if regression else class_count(ds))
+    columns, shape, regression = standardise_columns(_read_file(cfg.dataset.split(":", 1)[1]), cfg)
+    info = SourceInfo(shape, 0 if regression else class_count(columns["label"]))
+    return split_train_test(columns, cfg.test_fraction, seed), info

@@ -50,12 +50,12 @@ def test_regression_metrics(tmp_path):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_flower_strategy_runs(name, tmp_path):
     params = {"krum": {"num_malicious_nodes": 1}, "fedtrimmedavg": {"beta": 0.2}}.get(name, {})
-    scenario = small_scenario(strategy__name=name, run__rounds=3,
+    scenario = small_scenario(strategy__name=name, run__rounds=5,
                               **{f"strategy__{k}": v for k, v in params.items()})
     result = fedsim.run(scenario, out=tmp_path / name)
     accuracies = [r["eval"]["accuracy"] for r in result.metrics]
     assert all(math.isfinite(a) for a in accuracies)
-    assert accuracies[-1] > 0.3, (name, accuracies)  # it learned something
+    assert accuracies[-1] > result.summary["initial"]["accuracy"] + 0.15, (name, accuracies)  # it learned
     if name == "qfedavg":
         assert "train_loss" in result.metrics[0]["train"]
 

@@ -14,6 +14,7 @@ from fedsim.clients.train import LocalTraining, train_locally
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.arrays import state_to_record
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
@@ -99,7 +100,7 @@ def train(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(derive_seed(ws.scenario.run.seed, int(config["server-round"]), pid))
     metrics.update(train_locally(model, x, y, LocalTraining.from_config(config), ws.task, generator))
     metrics["num-examples"] = len(x)
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": state_to_record(model.state_dict()), "metrics": MetricRecord(metrics)})
     ws.release()
     return Message(content=content, reply_to=msg)
 

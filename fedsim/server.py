@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from torch import nn
 
+from fedsim.arrays import state_to_record
 from fedsim.clients.app import REPORT_TRAIN_LOSS
 from fedsim.clients.train import LocalTraining
 from fedsim.data import FederatedData, federated_data
@@ -100,7 +101,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> Result
     recorder.watch(strategy)
     return strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=state_to_record(model.state_dict()),
         num_rounds=scenario.run.rounds,
         timeout=scenario.run.round_timeout_s or math.inf,
         train_config=train_config(scenario),

@@ -23,7 +23,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	cd benchmarks && ../$(BIN)/python quickstart.py
+	$(BIN)/python benchmarks/bench.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ Same partitions, initial weights and per-(round, client) batch order as fedsim; 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 
@@ -58,4 +59,4 @@ def timed_plain_fedavg(scenario: Scenario) -> tuple[list[float], dict[str, float
     """Seconds per round and final metrics."""
     stamps = [time.perf_counter()]
     _, metrics = plain_fedavg(scenario, lambda _: stamps.append(time.perf_counter()))
-    return [b - a for a, b in zip(stamps, stamps[1:])], metrics
+    return [b - a for a, b in itertools.pairwise(stamps)], metrics

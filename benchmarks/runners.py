@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Self
 
 import fedsim
 
@@ -48,7 +49,7 @@ class PeakRss:
             self.peak = max(self.peak, _tree_rss_mb(os.getpid()))
             self._stop.wait(0.1)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

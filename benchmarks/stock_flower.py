@@ -6,6 +6,7 @@ reach the same accuracy; only the machinery around training differs.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -60,4 +61,4 @@ def stock_flower(scenario: Scenario) -> tuple[list[float], dict[str, float]]:
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n, backend_config=backend)
-    return [b - a for a, b in zip(stamps, stamps[1:])], final
+    return [b - a for a, b in itertools.pairwise(stamps)], final

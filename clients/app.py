@@ -77,8 +77,19 @@ class _Workspace:
 
 
 @functools.lru_cache(maxsize=4)
-def workspace(scenario_json: str) -> _Workspace:
+def _workspace(scenario_json: str) -> _Workspace:
     return _Workspace(scenario_json)
+
+
+@functools.lru_cache(maxsize=4)
+def _resolve(name_or_path: str) -> str:
+    return Scenario.load(name_or_path).model_dump_json()
+
+
+def workspace(context: Context) -> _Workspace:
+    """fedsim's runtimes put the resolved scenario in the run config; `flwr run` puts its name or path."""
+    scenario_json = context.run_config.get(SCENARIO_KEY) or _resolve(str(context.run_config["scenario"]))
+    return _workspace(str(scenario_json))
 
 
 def _partition(context: Context, ws: _Workspace) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -89,7 +100,7 @@ def _partition(context: Context, ws: _Workspace) -> tuple[int, torch.Tensor, tor
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    ws = workspace(str(context.run_config[SCENARIO_KEY]))
+    ws = workspace(context)
     config: ConfigRecord = msg.content["config"]
     pid, x, y = _partition(context, ws)
     model = ws.load_global(msg.content["arrays"])
@@ -108,7 +119,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Federated evaluation: the global model on this node's partition."""
-    ws = workspace(str(context.run_config[SCENARIO_KEY]))
+    ws = workspace(context)
     _, x, y = _partition(context, ws)
     metrics = evaluate(ws.load_global(msg.content["arrays"]), x, y, ws.task)
     metrics["num-examples"] = len(x)

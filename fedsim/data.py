@@ -71,7 +71,8 @@ def skew_features(x: np.ndarray, skew: FeatureSkewSection, partition_id: int, nu
 
 def to_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Columns x (n, d) and label (n,) as numpy, through Arrow (no per-row Python work)."""
-    table = ds.with_format("arrow")[:]
+    # contiguous selections (most partitioners' output) need no indices mapping: read the table directly
+    table = ds.data if getattr(ds, "_indices", None) is None else ds.with_format("arrow")[:]
     x = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return x.reshape(len(table), -1).astype(np.float32, copy=False), table.column("label").to_numpy()
 

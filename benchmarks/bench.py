@@ -1,0 +1,101 @@
+"""`make bench`: the same workloads through stock Flower, fedsim inline, fedsim ray (2 actors) and a plain
+PyTorch loop; prints a table per workload and writes benchmarks/RESULTS.md.
+
+Each run is a fresh subprocess (`runners.py`), so wall time includes interpreter start, imports and Ray
+start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R. Ratios are to the plain loop.
+  W1  scenarios/bench-w1.toml  digits MLP 64-64-10, 100 clients, all train every round, 10 rounds
+  W2  scenarios/bench-w2.toml  10,000 leaf-synthetic devices, 100 sampled per round (and the same with 1,000)
+  W3  scenarios/bench-w3.toml  CNN on digits, 10 clients, training dominates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+W2_SMALL = ["data.partitioner.num_partitions=1000", "data.generator.n_samples=20000", "strategy.fraction_train=0.1"]
+WORKLOADS = {
+    "W1": ("bench-w1", [], ["plain", "stock-flower", "fedsim-inline", "fedsim-ray"]),
+    "W2 (10,000 clients)": ("bench-w2", [], ["fedsim-inline", "fedsim-ray"]),
+    "W2 (1,000 clients)": ("bench-w2", W2_SMALL, ["fedsim-inline", "fedsim-ray"]),
+    "W3": ("bench-w3", [], ["plain", "fedsim-inline", "fedsim-ray"]),
+}
+
+
+def run_one(runner: str, scenario: str, sets: list[str]) -> dict:
+    cmd = [sys.executable, str(HERE / "runners.py"), runner, scenario, *[a for s in sets for a in ("--set", s)]]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{runner} on {scenario} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    result["steady_s"] = statistics.mean(result["round_s"][1:])
+    return result
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), 0)
+    import flwr
+    import ray
+    import torch
+
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, flwr {flwr.__version__}, ray {ray.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="workload names to run (default: all)")
+    args = parser.parse_args()
+    console = Console()
+    about = (f"Command: `make bench` ({time.strftime('%Y-%m-%d')}). Wall time includes imports and Ray start-up; "
+             "steady-state is the mean seconds per round over rounds 2..R; ratios are to the plain PyTorch loop "
+             "(or to fedsim inline where there is no plain loop). Peak RSS is the whole process tree (Ray's "
+             "processes included).")
+    lines = ["# Benchmark results", "", f"Machine: {machine()}", "", about, ""]
+    for name, (scenario, sets, runners) in WORKLOADS.items():
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        results = {r: run_one(r, scenario, sets) for r in runners}
+        base = results.get("plain") or results["fedsim-inline"]
+        accuracies = {r: res["final"].get("accuracy") for r, res in results.items()}
+        same = max(accuracies.values()) - min(accuracies.values()) <= 0.01
+        table = Table(title=f"{name}: {scenario} {' '.join(sets)}")
+        header = ["runner", "wall s", "x base", "steady s/round", "x base", "peak RSS MB", "final accuracy"]
+        for col in header:
+            table.add_column(col, justify="left" if col == "runner" else "right")
+        lines += [f"## {name}: `{scenario}` {' '.join(sets)}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for runner, res in results.items():
+            row = [runner, f"{res['wall_s']:.1f}", f"{res['wall_s'] / base['wall_s']:.2f}", f"{res['steady_s']:.4f}",
+                   f"{res['steady_s'] / base['steady_s']:.2f}", f"{res['peak_rss_mb']:.0f}",
+                   f"{accuracies[runner]:.4f}"]
+            table.add_row(*row)
+            lines.append("| " + " | ".join(row) + " |")
+        verdict = "all runners reach the same final accuracy (within 0.01)" if same else "ACCURACIES DIFFER"
+        console.print(table)
+        console.print(verdict)
+        lines += ["", verdict, ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    console.print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import ray
-from conftest import small_scenario
 
-import fedsim
 from fedsim.runtime.ray_grid import RayGrid
 from fedsim.scenario import ResourcesSection
 
@@ -26,7 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path):
+def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path, cli):
     assert not ray.is_initialized()
     port = _free_port()
     ray_cli = str(Path(sys.executable).with_name("ray"))
@@ -34,9 +33,10 @@ def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path):
                     "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
     try:
         address = f"127.0.0.1:{port}"
-        scenario = small_scenario(run__runtime="ray", run__ray_address=address)
-        result = fedsim.run(scenario, out=tmp_path / "run")
-        runtime = result.summary["runtime"]
+        code, _, err = cli("run", "quickstart", "--set", "run.rounds=2", "--set", "data.partitioner.num_partitions=4",
+                           "--ray-address", address, "--out", str(tmp_path / "run"), "-q")
+        assert code == 0, err
+        runtime = json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"]
         assert runtime["address"] == address and runtime["shipped_code"] is False
         ray.init(address=address)  # the cluster is still up after the run, and it is the one that did the work
         cluster_nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])

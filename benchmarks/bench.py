@@ -68,7 +68,7 @@ def main() -> None:
     about = (f"Command: `make bench` ({time.strftime('%Y-%m-%d')}). Wall time includes imports and Ray start-up; "
              "steady-state is the mean seconds per round over rounds 2..R; ratios are to the plain PyTorch loop "
              "(or to fedsim inline where there is no plain loop). Peak RSS is the whole process tree (Ray's "
-             "processes included).")
+             "processes included). Every runner trains with `run.resources.num_cpus` (1) torch threads per client.")
     lines = ["# Benchmark results", "", f"Machine: {machine()}", "", about, ""]
     for name, (scenario, sets, runners) in WORKLOADS.items():
         if args.only and not any(name.startswith(o) for o in args.only):

@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
     scenario = fedsim.Scenario.load(args.scenario, args.sets)
+    import torch
+
+    torch.set_num_threads(max(1, int(scenario.run.resources.num_cpus)))  # what each fedsim client uses
     with PeakRss() as rss:
         if args.runner == "plain":
             from plain_fedavg import timed_plain_fedavg

@@ -30,14 +30,29 @@ class NpyArray(Array):
 
     @classmethod
     def from_numpy_ndarray(cls, ndarray: np.ndarray) -> NpyArray:
-        ndarray = np.ascontiguousarray(ndarray)
+        if not ndarray.flags.c_contiguous:
+            ndarray = ndarray.copy(order="C")  # (np.ascontiguousarray would turn 0-d arrays into 1-d)
         shape = tuple(int(s) for s in ndarray.shape)
-        data = npy_header(ndarray.dtype.str, shape) + ndarray.tobytes()
-        return cls(dtype=str(ndarray.dtype), shape=shape, stype="numpy.ndarray", data=data)
+        # the state Array's own constructor leaves, without its argument dispatch
+        return _npy_array(str(ndarray.dtype), shape, npy_header(ndarray.dtype.str, shape) + ndarray.tobytes())
+
+    def __reduce__(self):  # pickled (e.g. by Ray) as itself, whatever __qualname__ says
+        return _npy_array, (self.dtype, tuple(self.shape), self.data)
 
     def numpy(self) -> np.ndarray:
         offset = len(npy_header(np.dtype(self.dtype).str, tuple(self.shape)))
         return np.frombuffer(self.data, dtype=self.dtype, offset=offset).reshape(self.shape).copy()
+
+
+# In Flower's wire format (object heads, content-addressed ids) an NpyArray is an Array: receivers inflate a plain
+# Array from the same bytes, and object ids match Flower's own.
+NpyArray.__qualname__ = "Array"
+
+
+def _npy_array(dtype: str, shape: tuple[int, ...], data: bytes) -> NpyArray:
+    array = NpyArray.__new__(NpyArray)
+    array.__dict__.update(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data, _is_dirty=True)
+    return array
 
 
 def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:

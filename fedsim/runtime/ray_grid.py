@@ -54,14 +54,16 @@ class ClientWorker:
 
         return ray.get_runtime_context().get_node_id(), str(Path(fedsim.__file__).parent)
 
-    def run(self, content_ref: list, tasks: list[tuple[Metadata, Context]]) -> list[tuple[Message, RecordDict]]:
-        """Execute a chunk of virtual clients; returns each reply and the node's updated state."""
+    def run(self, content_ref: list, run_config: dict, tasks: list[tuple[Metadata, dict, RecordDict]],
+            ) -> list[tuple[Message, RecordDict]]:
+        """Execute a chunk of virtual clients (metadata, node config, node state); returns replies and new states."""
         ref = content_ref[0]  # wrapped in a list so Ray hands us the reference, not a fresh copy per call
         if ref.hex() != self._content_key:
             self._content, self._content_key = ray.get(ref), ref.hex()
         out = []
-        for metadata, context in tasks:
+        for metadata, node_config, state in tasks:
             msg = Message(content=self._content, metadata=metadata)
+            context = Context(metadata.run_id, metadata.dst_node_id, node_config, state, run_config)
             out.append((run_client(self.app, msg, context), context.state))
         return out
 
@@ -80,8 +82,9 @@ class RayGrid(VirtualNodesGrid):
 
     def __init__(self, num_nodes: int, run_config: dict, resources: ResourcesSection, address: str | None = None,
                  client_app: str = "fedsim.clients.app:app", runtime_env: dict | None = None,
-                 chunks_per_actor: int = 2, ship_code: bool | None = None) -> None:
+                 chunks_per_actor: int = 1, ship_code: bool | None = None) -> None:
         super().__init__(num_nodes, run_config)
+        self.run_config = dict(run_config)  # shared by every node; sent once per chunk, not per client
         self.resources, self.address, self.client_app = resources, address, client_app
         self.chunks_per_actor = chunks_per_actor
         self._owns_connection = not ray.is_initialized()
@@ -136,15 +139,19 @@ class RayGrid(VirtualNodesGrid):
         chunks: deque[_Chunk] = deque()
         for group in groups.values():
             ref = ray.put(group[0].content)
-            size = max(1, math.ceil(len(group) / (self.num_actors * self.chunks_per_actor)))
-            chunks.extend(_Chunk(ref, group[i : i + size]) for i in range(0, len(group), size))
+            start = 0
+            while start < len(group):  # guided self-scheduling: big chunks first, small ones to even out the end
+                size = max(1, math.ceil((len(group) - start) / (self.num_actors * self.chunks_per_actor)))
+                chunks.append(_Chunk(ref, group[start : start + size]))
+                start += size
         return chunks
 
     def _submit(self, chunk: _Chunk, actor: int) -> ray.ObjectRef:
         chunk.actor, chunk.started = actor, time.monotonic()
         chunk.attempts += 1
-        tasks = [(m.metadata, self.contexts[m.metadata.dst_node_id]) for m in chunk.messages]
-        return self.actors[actor].run.remote([chunk.content_ref], tasks)
+        contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk.messages]
+        tasks = [(m.metadata, c.node_config, c.state) for m, c in zip(chunk.messages, contexts)]
+        return self.actors[actor].run.remote([chunk.content_ref], self.run_config, tasks)
 
     def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
         replies: dict[str, Message] = {}

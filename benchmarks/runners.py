@@ -1,6 +1,7 @@
 """One benchmark run in this process: `python runners.py RUNNER SCENARIO [--set k=v ...]` prints a JSON line.
 
-RUNNER: plain (PyTorch loop) | stock-flower (Flower's Ray simulation) | fedsim-inline | fedsim-ray (2 actors).
+RUNNER: plain (PyTorch loop) | stock-flower (Flower's Ray simulation) | fedsim-inline | fedsim-ray (2 actors unless
+run.resources.max_actors says otherwise).
 Reports seconds per round, final central test metrics, and the peak RSS of this process tree (Ray's workers
 included), sampled every 0.1 s from /proc.
 """
@@ -86,7 +87,8 @@ def main() -> None:
         elif args.runner == "fedsim-inline":
             rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "inline"}))
         else:
-            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "ray", "run.resources.max_actors": 2}))
+            actors = scenario.run.resources.max_actors or 2
+            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "ray", "run.resources.max_actors": actors}))
     print(json.dumps({"round_s": rounds, "final": final, "peak_rss_mb": round(rss.peak, 1)}))
 
 

@@ -1,4 +1,5 @@
-"""Local training: SGD or Adam over shuffled mini-batches, with FedProx's proximal term when mu > 0."""
+"""Local training: SGD or Adam over shuffled mini-batches, FedProx's proximal term when mu > 0, and FedLD's
+margin-control loss when asked for. The reported loss is the task loss (CE / MSE) alone."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class LocalTraining:
     momentum: float = 0.0
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
+    loss: str = "ce"  # "ce" | "fedld-margin"
+    margin_lambda: float = 0.1
+    margin_reduction: str = "batch"  # "batch" (reference: Frobenius norm over the batch) | "mean"
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord({k.replace("_", "-"): v for k, v in self.__dict__.items()})
@@ -30,6 +34,14 @@ class LocalTraining:
     def from_config(cls, config: ConfigRecord) -> LocalTraining:
         known = {k.replace("_", "-") for k in cls.__dataclass_fields__}
         return cls(**{k.replace("-", "_"): v for k, v in config.items() if k in known})
+
+
+def margin_penalty(outputs: torch.Tensor, reduction: str) -> torch.Tensor:
+    """FedLD's margin control: log(1 + |softmax(z)|^2), the norm over the whole batch or per sample (mean)."""
+    squared = torch.softmax(outputs, dim=1).pow(2)
+    if reduction == "batch":
+        return torch.log1p(squared.sum())
+    return torch.log1p(squared.sum(dim=1)).mean()
 
 
 def make_optimizer(model: nn.Module, cfg: LocalTraining) -> torch.optim.Optimizer:
@@ -53,6 +65,8 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Local
             outputs = model(xb)
             loss = task_loss(task, outputs, yb)
             total_loss += loss.item() * len(idx)
+            if cfg.loss == "fedld-margin":
+                loss = loss + cfg.margin_lambda * margin_penalty(outputs, cfg.margin_reduction)
             seen += len(idx)
             if task == "classification":
                 correct += int((outputs.argmax(1) == yb).sum())

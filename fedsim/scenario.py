@@ -124,6 +124,9 @@ class ClientSection(Section):
     weight_decay: float = Field(0.0, ge=0)
     proximal_mu: float = Field(0.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loss: Literal["ce", "fedld-margin"] = "ce"
+    margin_lambda: float = Field(0.1, ge=0)
+    margin_reduction: Literal["batch", "mean"] = "batch"
 
 
 class StrategySection(BaseModel):

@@ -50,7 +50,9 @@ def make_strategy(scenario: Scenario) -> Strategy:
             min_evaluate_nodes=s.min_evaluate_nodes if s.min_evaluate_nodes is not None else
             (min(2, n) if s.fraction_evaluate > 0 else 0),
             min_available_nodes=s.min_available_nodes or min(2, n),
-            defaults={"proximal_mu": scenario.client.proximal_mu, "client_learning_rate": scenario.client.lr},
+            defaults={"proximal_mu": scenario.client.proximal_mu, "client_learning_rate": scenario.client.lr,
+                      "margin_lambda": scenario.client.margin_lambda,
+                      "margin_reduction": scenario.client.margin_reduction},
         )
     except ValueError as exc:
         what, _, fix = str(exc).partition("; ")
@@ -62,6 +64,9 @@ def prepare(scenario: Scenario) -> Prepared:
     logging.getLogger("flwr").setLevel(logging.ERROR)  # fedsim reports rounds itself
     data = federated_data(scenario.data, scenario.run.seed)
     data.partition(0)  # computes the partitioning (and its errors); other partitions load when sampled
+    if scenario.client.loss == "fedld-margin" and data.info.task == "regression":
+        raise ScenarioError("client.loss", "'fedld-margin' is a classification loss but the data is regression",
+                            "use loss = 'ce' (mse is used for regression)")
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     return Prepared(scenario, data, model, make_strategy(scenario))
 

@@ -1,4 +1,4 @@
-"""Server-side strategies by name: Flower's own classes, configured (never rewritten), plus fedsim's.
+"""Server-side strategies by name: Flower's own classes, configured (never rewritten), plus fedsim's (FedLD).
 
 `STRATEGIES` is the registry later strategies (FedLD, ...) are added to. Parameters from a scenario's
 `[strategy]` section are checked against the class's constructor before a run starts.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from fedsim.strategies.fedld import FedLD
 from flwr.serverapp import strategy as flower
 
 from fedsim.errors import suggest
@@ -24,6 +25,7 @@ STRATEGIES: dict[str, type[flower.Strategy]] = {
     "fedtrimmedavg": flower.FedTrimmedAvg,
     "krum": flower.Krum,
     "qfedavg": flower.QFedAvg,
+    "fedld": FedLD,
 }
 
 # Constructor arguments fedsim sets itself (from other scenario sections); not user parameters.
@@ -37,8 +39,8 @@ TRAIN_LOSS_KEY = "train_loss"
 
 def strategy_params(name: str) -> list[str]:
     """The user-settable constructor parameters of strategy `name`."""
-    signature = inspect.signature(STRATEGIES[name].__init__)
-    return [p for p in signature.parameters if p != "self" and p not in _MANAGED]
+    params = inspect.signature(STRATEGIES[name].__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.name not in _MANAGED and p.kind is not p.VAR_KEYWORD]
 
 
 def check_strategy(name: str, params: dict[str, Any]) -> None:

@@ -1,0 +1,144 @@
+"""FedLD (MICCAI 2024) server side: principal-gradient aggregation, as a Flower FedAvg subclass.
+
+Definitions: ../shared/REFERENCE.md section 1. Per layer, with G the m x d matrix of client updates:
+H = G G^T / m, eigen-pairs (s_j, e_j) descending, v_j = G^T e_j, k = int(m * k_proportion), and
+    Delta = sum_{j<k} c_j w_j (1/m) sum_i |g_i| sign(g_i . w_j),   w_j = v_j / |v_j|,   c_j = s_j / sum(s).
+Vectorised: |v_j|^2 = m s_j and G v_j = m H e_j, so after the m x m Gram matrix and its eigen-decomposition the
+whole update is one product G^T b. The majority-sign flip of v_j in the reference does not change Delta (both
+sign(g_i . w_j) and w_j flip), so it needs no tie-break here.
+
+Where the reference code breaks, this implementation does the following (and tests it):
+- m = 1 (k would be 0): k is at least 1, so a single client's update passes through unchanged;
+- g_i . w_j = 0 (the reference divides by zero): that client adds nothing along w_j (sign 0);
+- fewer non-zero eigenvalues than k (layers with fewer entries than clients, identical updates): only
+  directions with s_j > 1e-12 * s_max are used; an all-zero layer gives Delta = 0;
+- layers with a single entry are averaged, as in the reference;
+- m is the number of replies actually received (partial participation, failed clients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedsim.arrays import NpyArray
+
+EIGEN_FLOOR = 1e-12  # relative to the largest eigenvalue: smaller ones are numerical zeros
+
+
+def principal_layer_update(g: np.ndarray, k_proportion: float = 0.8, weights: np.ndarray | None = None) -> np.ndarray:
+    """Delta for one layer: `g` is (m, d) float64 (one flattened update per client); `weights` sum to 1."""
+    m, d = g.shape
+    w = np.full(m, 1.0 / m) if weights is None else weights
+    if d == 1:
+        return w @ g
+    gram = g @ g.T  # m x m, the only O(m^2 d) step
+    s, e = np.linalg.eigh(gram / m)
+    s, e = s[::-1], e[:, ::-1]  # descending
+    total = s.sum()
+    k = max(1, int(m * k_proportion))
+    keep = np.flatnonzero(s[:k] > EIGEN_FLOOR * max(s[0], 0.0)) if total > 0 else np.array([], dtype=int)
+    if keep.size == 0:
+        return np.zeros(d)
+    s_k, e_k = s[keep], e[:, keep]
+    signs = np.sign(gram @ e_k)  # sign(g_i . v_j), since G v_j = G G^T e_j
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))  # |g_i|
+    a = (w * norms) @ signs  # per direction: weighted mean of |g_i| sign(g_i . w_j)
+    coeff = (s_k / total) * a / np.sqrt(m * s_k)  # c_j a_j / |v_j|
+    return g.T @ (e_k @ coeff)  # sum_j c_j a_j v_j / |v_j|
+
+
+def principal_gradient_update(updates: list[dict[str, np.ndarray]], k_proportion: float = 0.8,
+                              weights: Iterable[float] | None = None) -> dict[str, np.ndarray]:
+    """FedLD's aggregated update: per state entry, the principal-gradient revision of the clients' updates.
+
+    `updates`: one dict per reply, name -> (client weights - global weights). `weights`: None for the reference's
+    uniform mean, or per-client weights (e.g. example counts), normalised here. Returns name -> update (float64).
+    """
+    if not updates:
+        raise ValueError("principal_gradient_update needs at least one client update")
+    w = None
+    if weights is not None:
+        w = np.asarray(list(weights), dtype=np.float64)
+        w = w / w.sum()
+    out = {}
+    for name in updates[0]:
+        shape = np.shape(updates[0][name])
+        g = np.stack([np.asarray(u[name], dtype=np.float64).reshape(-1) for u in updates])
+        out[name] = principal_layer_update(g, k_proportion, w).reshape(shape)
+    return out
+
+
+class FedLD(FedAvg):
+    """FedLD: FedAvg's sampling and configuration, principal-gradient aggregation, margin-control client loss.
+
+    Round 1 (no history) is the plain mean of the updates; later rounds use `principal_gradient_update`.
+    `server_lr` scales the aggregated update. `weighting`: "uniform" (reference) or "num-examples".
+    The strategy also configures the clients' loss: `loss = "fedld-margin"`, `margin_lambda`, `margin_reduction`
+    travel in the train ConfigRecord, so `FedLD()` alone sets up both sides.
+    """
+
+    def __init__(self, *, k_proportion: float = 0.8, server_lr: float = 1.0, weighting: str = "uniform",
+                 margin_lambda: float = 0.1, margin_reduction: str = "batch", history_decay: float = 0.99,
+                 **fedavg_kwargs) -> None:
+        super().__init__(**fedavg_kwargs)
+        if not 0 < k_proportion <= 1:
+            raise ValueError(f"k_proportion must be in (0, 1], got {k_proportion}")
+        if weighting not in ("uniform", "num-examples"):
+            raise ValueError(f"weighting must be 'uniform' or 'num-examples', got {weighting!r}")
+        if margin_reduction not in ("batch", "mean"):
+            raise ValueError(f"margin_reduction must be 'batch' or 'mean', got {margin_reduction!r}")
+        self.k_proportion, self.server_lr, self.weighting = k_proportion, server_lr, weighting
+        self.margin_lambda, self.margin_reduction, self.history_decay = margin_lambda, margin_reduction, history_decay
+        self.history: dict[str, np.ndarray] = {}  # EMA of Delta; in the reference it only flags "history exists"
+        self._global: ArrayRecord | None = None
+
+    # ---- state that survives checkpointing: plain arrays -----------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.history.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.history = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state.items()}
+
+    # ---- Flower strategy hooks -------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = arrays
+        config["loss"] = "fedld-margin"
+        config["margin-lambda"] = float(self.margin_lambda)
+        config["margin-reduction"] = self.margin_reduction
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid or self._global is None:
+            return None, None
+        contents = [msg.content for msg in valid]
+        global_arrays = {k: v.numpy() for k, v in self._global.items()}
+        updates = []
+        for content in contents:
+            client = next(iter(content.array_records.values()))
+            updates.append({k: client[k].numpy().astype(np.float64) - global_arrays[k] for k in global_arrays})
+        weights = None
+        if self.weighting == "num-examples":
+            weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
+        if not self.history:  # first aggregation: plain mean, as in the reference
+            total = np.ones(len(updates)) if weights is None else np.asarray(weights)
+            total = total / total.sum()
+            delta = {k: sum(t * u[k] for t, u in zip(total, updates)) for k in global_arrays}
+        else:
+            delta = principal_gradient_update(updates, self.k_proportion, weights)
+        self.history = {k: self.history_decay * self.history.get(k, 0.0) + (1 - self.history_decay) * v
+                        for k, v in delta.items()}
+        new = ArrayRecord()
+        for key, value in global_arrays.items():
+            updated = value + self.server_lr * delta[key]
+            if np.issubdtype(value.dtype, np.integer):
+                updated = np.rint(updated)
+            new[key] = NpyArray.from_numpy_ndarray(updated.astype(value.dtype))
+        return new, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

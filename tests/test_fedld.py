@@ -42,9 +42,9 @@ def test_matches_the_reference_loop(m):
     # a shared direction plus client noise, like real updates (a dominant principal direction)
     updates = [{name: rng.normal(0.3, 1.0, size) for name, size in sizes.items()} for _ in range(m)]
     ours = principal_gradient_update(updates)
-    for name in sizes:
+    for name, size in sizes.items():
         g = np.stack([u[name].reshape(-1) for u in updates])
-        expected = reference_layer(g).reshape(sizes[name])
+        expected = reference_layer(g).reshape(size)
         rel = np.abs(ours[name] - expected).max() / np.abs(expected).max()
         assert rel <= 1e-5, (name, m, rel)
 

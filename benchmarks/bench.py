@@ -6,6 +6,7 @@ start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R
   W1  scenarios/bench-w1.toml  digits MLP 64-64-10, 100 clients, all train every round, 10 rounds
   W2  scenarios/bench-w2.toml  10,000 leaf-synthetic devices, 100 sampled per round (and the same with 1,000)
   W3  scenarios/bench-w3.toml  CNN on digits, 10 clients, training dominates
+  fedld                        FedLD's aggregation vs the Gram matrices it needs (m = 50, 1M parameters)
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def main() -> None:
         console.print(table)
         console.print(verdict)
         lines += ["", verdict, ""]
+    if not args.only or "fedld" in args.only:
+        from fedld_aggregation import measure
+
+        r = measure()
+        text = (f"{r['params']:,} parameters, m = {r['m']} clients: per-layer Gram matrices alone {r['gram_s']:.3f} s, "
+                f"`principal_gradient_update` {r['fedld_s']:.3f} s ({r['ratio']:.2f}x the Gram matrices)")
+        console.print(f"FedLD aggregation: {text}")
+        lines += ["## FedLD aggregation", "", text, ""]
     if args.only:
         return  # RESULTS.md always holds a complete run
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")

@@ -166,6 +166,57 @@ def partition(
     out_console.print(f"heatmap: {plot_partitions(data, path, f'{sc.run.name}: examples per client and class')}")
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[str, typer.Argument(help="Sweep file, or a shipped sweep's name (scenarios/sweeps/).")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the run dirs (default: runs/<sweep name>).")] = None,
+) -> None:
+    """Run a base scenario over a grid of overrides and seeds (see fedsim/sweep.py for the file format)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.sweep import expand, load_sweep, run_sweep
+
+    spec, path = load_sweep(sweep_file)
+    total = sum(1 for _ in expand(spec))  # validates every combination before running any
+    folder = out or Path("runs") / path.stem
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task("sweep", total=total)
+
+        def on_run(label: str, seed: int, index: int, count: int) -> None:
+            progress.update(task, completed=index, description=f"{label} seed {seed}")
+
+        dirs = run_sweep(spec, folder, on_run)
+    out_console.print(f"{len(dirs)} runs in {folder}; compare them with: fedsim compare {folder}/*")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; runs sharing a run name are seeds.")],
+    target: Annotated[float | None, typer.Option(help="Report rounds to reach this accuracy (or mse).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Overlay plot (default: <first run's parent>/compare.png).")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
+) -> None:
+    """Table of final/best metric (mean ± std over seeds) and rounds to a target, plus an overlay plot."""
+    from fedsim.compare import load_groups, plot_groups, summary_rows
+
+    groups = load_groups(run_dirs)
+    header, rows = summary_rows(groups, target)
+    if markdown:
+        out_console.print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), markup=False)
+        for row in rows:
+            out_console.print("| " + " | ".join(row) + " |", markup=False)
+    else:
+        table = Table(title=f"{len(run_dirs)} runs, {len(groups)} settings")
+        for col in header:
+            table.add_column(col, justify="left" if col == "setting" else "right")
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
+    path = plot_groups(groups, png or run_dirs[0].parent / "compare.png")
+    out_console.print(f"plot: {path}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,91 @@
+"""Comparing runs: group run dirs by run name (seeds of one setting), summarise as mean ± std, overlay plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.results import RunResult, load_run
+
+
+@dataclass
+class Group:
+    """The seeds of one setting (runs sharing a run name)."""
+
+    name: str
+    runs: list[RunResult]
+
+    @property
+    def key(self) -> str:
+        return "mse" if self.runs[0].summary.get("task") == "regression" else "accuracy"
+
+    def curves(self) -> np.ndarray:
+        """(seeds, rounds) central metric per round; runs cut to the shortest."""
+        rows = min(len(r.metrics) for r in self.runs)
+        return np.array([[row["eval"][self.key] for row in r.metrics[:rows]] for r in self.runs])
+
+    def rounds_to(self, target: float) -> list[int | None]:
+        """Per seed, the first round reaching `target` (accuracy >= target, or mse <= target)."""
+        out = []
+        for curve in self.curves():
+            hit = np.flatnonzero(curve >= target if self.key == "accuracy" else curve <= target)
+            out.append(int(hit[0]) + 1 if hit.size else None)
+        return out
+
+
+def load_groups(run_dirs: list[Path]) -> list[Group]:
+    groups: dict[str, list[RunResult]] = {}
+    for run_dir in run_dirs:
+        result = load_run(run_dir)
+        groups.setdefault(result.scenario.run.name, []).append(result)
+    return [Group(name, runs) for name, runs in sorted(groups.items())]
+
+
+def mean_std(values: list[float]) -> str:
+    arr = np.asarray(values, dtype=float)
+    return f"{arr.mean():.4f} ± {arr.std(ddof=1) if len(arr) > 1 else 0.0:.4f}"
+
+
+def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: setting, seeds, final and best metric (mean ± std), rounds to target."""
+    key = groups[0].key
+    header = ["setting", "seeds", f"final {key}", f"best {key}"]
+    if target is not None:
+        header.append(f"rounds to {target:g}")
+    rows = []
+    for group in groups:
+        curves = group.curves()
+        best = curves.max(axis=1) if key == "accuracy" else curves.min(axis=1)
+        row = [group.name, str(len(group.runs)), mean_std(curves[:, -1]), mean_std(best)]
+        if target is not None:
+            hits = group.rounds_to(target)
+            reached = [h for h in hits if h is not None]
+            row.append(f"{np.mean(reached):.1f} ({len(reached)}/{len(hits)} seeds)" if reached else "never")
+        rows.append(row)
+    return header, rows
+
+
+def plot_groups(groups: list[Group], out: Path) -> Path:
+    """Mean central metric per round for each setting, with a ± std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for group in groups:
+        curves = group.curves()
+        rounds = np.arange(1, curves.shape[1] + 1)
+        mean, std = curves.mean(axis=0), curves.std(axis=0)
+        ax.plot(rounds, mean, label=f"{group.name} (n={len(group.runs)})")
+        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+    ax.set(xlabel="round", ylabel=f"test {groups[0].key}", title="comparison (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,61 @@
+"""Sweeps expand a grid over seeds; compare groups seeds and summarises them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.compare import load_groups, summary_rows
+from fedsim.errors import ScenarioError
+from fedsim.sweep import SweepFile, expand, load_sweep, run_sweep, shipped_sweeps
+
+
+def test_expand_grid_and_seeds():
+    sweep = SweepFile(base="quickstart", seeds=[0, 1], set={"run.rounds": 2},
+                      grid={"data.partitioner.alpha": [0.1, 1.0],
+                            "strategy": [{"name": "fedavg"}, {"name": "fedprox", "proximal_mu": 0.1}]})
+    plan = list(expand(sweep))
+    assert len(plan) == 8
+    labels = sorted({label for label, _, _ in plan})
+    assert labels == ["alpha0.1-fedavg", "alpha0.1-fedprox-0.1", "alpha1.0-fedavg", "alpha1.0-fedprox-0.1"]
+    _, seed, scenario = next(p for p in plan if p[0] == "alpha0.1-fedprox-0.1" and p[1] == 1)
+    assert seed == 1 and scenario.run.seed == 1 and scenario.run.rounds == 2
+    assert scenario.strategy.name == "fedprox" and scenario.strategy.params == {"proximal_mu": 0.1}
+    assert scenario.run.name == "quickstart-alpha0.1-fedprox-0.1"
+
+
+def test_shipped_sweeps_are_valid():
+    assert {"fedld-compare-digits", "fedld-compare-leaf"} <= set(shipped_sweeps())
+    for name in shipped_sweeps():
+        sweep, _ = load_sweep(name)
+        assert len(list(expand(sweep))) == 36
+
+
+def test_bad_sweep_files(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('base = "quickstart"\nseedz = [1]\n')
+    with pytest.raises(ScenarioError, match="seedz"):
+        load_sweep(str(bad))
+    bad.write_text('base = "quickstart"\n[grid]\n"strategy.name" = ["fedavgg"]\n')
+    with pytest.raises(ScenarioError, match="did you mean 'fedavg'"):
+        list(expand(load_sweep(str(bad))[0]))
+
+
+def test_run_and_compare(tmp_path, cli):
+    sweep = SweepFile(base="quickstart", seeds=[0, 1],
+                      set={"run.rounds": 3, "data.partitioner.num_partitions": 4, "data.partitioner.min_partition_size": 5},
+                      grid={"strategy.name": ["fedavg", "fedld"]})
+    dirs = run_sweep(sweep, tmp_path / "sweep")
+    assert len(dirs) == 4 and all((d / "summary.json").is_file() for d in dirs)
+    groups = load_groups(dirs)
+    assert [g.name for g in groups] == ["quickstart-fedavg", "quickstart-fedld"]
+    header, rows = summary_rows(groups, target=0.5)
+    assert header[-1] == "rounds to 0.5" and rows[0][1] == "2"
+    finals = [g.curves()[:, -1] for g in groups]
+    mean, std = rows[0][2].split(" ± ")
+    assert float(mean) == pytest.approx(finals[0].mean(), abs=1e-4)
+    assert float(std) == pytest.approx(np.std(finals[0], ddof=1), abs=1e-4)
+    code, out, _ = cli("compare", *map(str, dirs), "--target", "0.5", "--markdown", "--png", str(tmp_path / "c.png"))
+    assert code == 0 and out.startswith("| setting | seeds |") and Path(tmp_path / "c.png").is_file()

@@ -194,7 +194,7 @@ def sweep(
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; runs sharing a run name are seeds.")],
     target: Annotated[float | None, typer.Option(help="Report rounds to reach this accuracy (or mse).")] = None,
-    png: Annotated[Path | None, typer.Option(help="Overlay plot (default: <first run's parent>/compare.png).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Overlay plot (default: <runs' folder>-compare.png beside it).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
 ) -> None:
     """Table of final/best metric (mean ± std over seeds) and rounds to a target, plus an overlay plot."""
@@ -203,9 +203,9 @@ def compare(
     groups = load_groups(run_dirs)
     header, rows = summary_rows(groups, target)
     if markdown:
-        out_console.print("| " + " | ".join(header) + " |\n|" + "---|" * len(header), markup=False)
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))  # plain text: never wrapped
         for row in rows:
-            out_console.print("| " + " | ".join(row) + " |", markup=False)
+            print("| " + " | ".join(row) + " |")
     else:
         table = Table(title=f"{len(run_dirs)} runs, {len(groups)} settings")
         for col in header:
@@ -213,8 +213,9 @@ def compare(
         for row in rows:
             table.add_row(*row)
         out_console.print(table)
-    path = plot_groups(groups, png or run_dirs[0].parent / "compare.png")
-    out_console.print(f"plot: {path}")
+    parent = run_dirs[0].resolve().parent  # the default sits beside the runs' folder, not inside it
+    path = plot_groups(groups, png or parent.with_name(f"{parent.name}-compare.png"))
+    (err_console if markdown else out_console).print(f"plot: {path}")
 
 
 def main() -> None:

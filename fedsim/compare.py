@@ -74,16 +74,18 @@ def plot_groups(groups: list[Group], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for group in groups:
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    for index, group in enumerate(groups):
         curves = group.curves()
         rounds = np.arange(1, curves.shape[1] + 1)
         mean, std = curves.mean(axis=0), curves.std(axis=0)
-        ax.plot(rounds, mean, label=f"{group.name} (n={len(group.runs)})")
-        ax.fill_between(rounds, mean - std, mean + std, alpha=0.15)
+        colour = colours(index % colours.N)
+        ax.plot(rounds, mean, color=colour, label=f"{group.name} (n={len(group.runs)})")
+        ax.fill_between(rounds, mean - std, mean + std, color=colour, alpha=0.12)
     ax.set(xlabel="round", ylabel=f"test {groups[0].key}", title="comparison (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -130,3 +130,22 @@ def test_fedld_single_client_rounds(tmp_path):
     result = fedsim.run(scenario, out=tmp_path / "run")
     assert [r["replies"] for r in result.metrics] == [1, 1, 1]
     assert np.isfinite([r["eval"]["loss"] for r in result.metrics]).all()
+
+
+def test_fedld_in_a_users_own_server_loop():
+    """The README's programmatic use: FedLD().start(grid=...) with any Grid (here fedsim's InlineGrid)."""
+    from fedsim.clients.app import SCENARIO_KEY
+    from fedsim.clients.app import app as client_app
+    from flwr.app import ArrayRecord
+
+    from fedsim.data import federated_data
+    from fedsim.models import initial_model
+    from fedsim.runtime import InlineGrid
+
+    scenario = small_scenario()
+    grid = InlineGrid(client_app, 5, {SCENARIO_KEY: scenario.model_dump_json()})
+    model = initial_model(scenario.model, federated_data(scenario.data, 0).info, 0)
+    strategy = FedLD(k_proportion=0.8, server_lr=1.0, margin_lambda=0.1, fraction_train=0.6, min_available_nodes=5)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=3)
+    assert set(result.arrays.keys()) == set(model.state_dict().keys())
+    assert strategy.history and all(np.isfinite(v).all() for v in strategy.history.values())

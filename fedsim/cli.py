@@ -5,6 +5,7 @@ Errors a user can cause print one line `error: <where>: <what>; <fix>` on stderr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -216,6 +217,45 @@ def compare(
     parent = run_dirs[0].resolve().parent  # the default sits beside the runs' folder, not inside it
     path = plot_groups(groups, png or parent.with_name(f"{parent.name}-compare.png"))
     (err_console if markdown else out_console).print(f"plot: {path}")
+
+
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy calculator (Opacus accountants).")
+app.add_typer(privacy_app, name="privacy")
+AccountantOpt = Annotated[str, typer.Option(help="rdp | prv | gdp")]
+
+
+@privacy_app.command("epsilon")
+def privacy_epsilon(
+    noise_multiplier: Annotated[float, typer.Option(help="Gaussian noise std / clipping norm.")],
+    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q.")],
+    steps: Annotated[int, typer.Option(help="Number of noisy steps composed.")],
+    delta: Annotated[float, typer.Option(help="Target delta.")],
+    accountant: AccountantOpt = "rdp",
+    json_out: Annotated[bool, typer.Option("--json", help="All fields as JSON.")] = False,
+) -> None:
+    """Epsilon of a subsampled Gaussian mechanism composed over STEPS."""
+    from fedsim.privacy import Ledger, epsilon
+
+    eps = epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
+    ledger = Ledger(eps, delta, accountant, noise_multiplier, sample_rate, steps)
+    print(json.dumps(ledger.to_dict()) if json_out else f"{eps:.6g}")
+
+
+@privacy_app.command("noise")
+def privacy_noise(
+    target_epsilon: Annotated[float, typer.Option(help="The budget.")],
+    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q.")],
+    steps: Annotated[int, typer.Option(help="Number of noisy steps composed.")],
+    delta: Annotated[float, typer.Option(help="Target delta.")],
+    accountant: AccountantOpt = "rdp",
+    json_out: Annotated[bool, typer.Option("--json", help="All fields as JSON.")] = False,
+) -> None:
+    """The smallest noise multiplier that keeps epsilon within TARGET_EPSILON."""
+    from fedsim.privacy import Ledger, epsilon, noise_multiplier
+
+    sigma = noise_multiplier(target_epsilon, sample_rate, steps, delta, accountant)
+    ledger = Ledger(epsilon(sigma, sample_rate, steps, delta, accountant), delta, accountant, sigma, sample_rate, steps)
+    print(json.dumps(ledger.to_dict()) if json_out else f"{sigma:.6g}")
 
 
 def main() -> None:

@@ -1,0 +1,91 @@
+"""Differential-privacy accounting with Opacus's accountants: epsilon for a mechanism, noise for a budget.
+
+Every epsilon fedsim prints comes from here: a subsampled Gaussian mechanism (noise multiplier sigma, Poisson
+sampling rate q) composed over `steps`, accounted by Opacus's RDP, PRV or GDP accountant. `history` is Opacus's own
+format, a list of (noise_multiplier, sample_rate, steps) segments, so composition across rounds with different
+settings is exact.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+from fedsim.errors import FedsimError
+
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+History = list[tuple[float, float, int]]
+
+
+def check(where: str, *, epsilon: float | None = None, delta: float | None = None,
+          noise_multiplier: float | None = None, sample_rate: float | None = None, steps: int | None = None,
+          accountant: str | None = None) -> None:
+    """Raise a one-line FedsimError for a value outside its domain."""
+    if epsilon is not None and not epsilon > 0:
+        raise FedsimError(f"{where}epsilon", f"must be > 0 (got {epsilon})", "pass a positive epsilon")
+    if delta is not None and not 0 < delta < 1:
+        raise FedsimError(f"{where}delta", f"must be in (0, 1) (got {delta})", "use e.g. 1e-5 (below 1/n)")
+    if noise_multiplier is not None and not noise_multiplier > 0:
+        raise FedsimError(f"{where}noise_multiplier", f"must be > 0 (got {noise_multiplier})",
+                          "pass a positive noise multiplier")
+    if sample_rate is not None and not 0 < sample_rate <= 1:
+        raise FedsimError(f"{where}sample_rate", f"must be in (0, 1] (got {sample_rate})", "use a rate like 0.01")
+    if steps is not None and steps < 1:
+        raise FedsimError(f"{where}steps", f"must be >= 1 (got {steps})", "pass a positive number of steps")
+    if accountant is not None and accountant not in ACCOUNTANTS:
+        raise FedsimError(f"{where}accountant", f"unknown accountant '{accountant}'",
+                          f"choose from: {', '.join(ACCOUNTANTS)}")
+
+
+def _accountant(name: str, history: History):
+    from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
+
+    accountant = {"rdp": RDPAccountant, "prv": PRVAccountant, "gdp": GaussianAccountant}[name]()
+    accountant.history = [(float(s), float(q), int(t)) for s, q, t in history]
+    return accountant
+
+
+def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon spent by a composition of subsampled Gaussian mechanisms (0 for an empty history)."""
+    if not history:
+        return 0.0
+    with warnings.catch_warnings():  # GDP warns that it is an approximation; the docs say so
+        warnings.simplefilter("ignore")
+        return float(_accountant(accountant, history).get_epsilon(delta))
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    check("", noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
+          accountant=accountant)
+    return epsilon_of([(noise_multiplier, sample_rate, steps)], delta, accountant)
+
+
+def noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float,
+                     accountant: str = "rdp") -> float:
+    """The smallest noise multiplier whose epsilon after `steps` stays within `target_epsilon` (Opacus's search)."""
+    check("", epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, steps=steps, accountant=accountant))
+        except ValueError as exc:
+            raise FedsimError("target_epsilon", f"no noise multiplier reaches it: {exc}",
+                              "raise the target epsilon or lower steps / sample rate") from None
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What a privacy guarantee rests on; written to every metrics row and to summary.json."""
+
+    epsilon: float
+    delta: float
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,75 @@
+"""fedsim's epsilons (Opacus accountants) against an independent library, dp-accounting."""
+
+from __future__ import annotations
+
+import json
+
+import dp_accounting
+import pytest
+
+from fedsim.errors import FedsimError
+from fedsim.privacy import epsilon, epsilon_of, noise_multiplier
+
+# REFERENCE.md section 4's table, and two settings of our own
+SETTINGS = [(256 / 60000, 1.1, 14062), (0.01, 1.0, 1000), (1.0, 5.0, 50), (0.05, 0.8, 300), (0.002, 2.0, 20000)]
+
+
+def dp_accounting_epsilon(q: float, sigma: float, steps: int, delta: float, kind: str) -> float:
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    accountant = dp_accounting.rdp.RdpAccountant() if kind == "rdp" else dp_accounting.pld.PLDAccountant()
+    accountant.compose(event)
+    return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("q,sigma,steps", SETTINGS)
+def test_rdp_matches_dp_accounting(q, sigma, steps):
+    ours, theirs = epsilon(sigma, q, steps, 1e-5, "rdp"), dp_accounting_epsilon(q, sigma, steps, 1e-5, "rdp")
+    assert abs(ours - theirs) / theirs <= 0.005, (ours, theirs)
+
+
+@pytest.mark.parametrize("q,sigma,steps", SETTINGS)
+def test_prv_matches_dp_accounting_pld(q, sigma, steps):
+    ours, theirs = epsilon(sigma, q, steps, 1e-5, "prv"), dp_accounting_epsilon(q, sigma, steps, 1e-5, "pld")
+    assert abs(ours - theirs) / theirs <= 0.03, (ours, theirs)
+
+
+def test_reference_table_values():
+    assert epsilon(1.1, 256 / 60000, 14062, 1e-5) == pytest.approx(2.597, abs=0.002)
+    assert epsilon(1.0, 0.01, 1000, 1e-5) == pytest.approx(2.101, abs=0.002)
+    assert epsilon(5.0, 1.0, 50, 1e-5) == pytest.approx(7.077, abs=0.002)
+
+
+def test_composition_and_noise_search():
+    split = epsilon_of([(1.0, 0.01, 400), (1.0, 0.01, 600)], 1e-5)
+    assert split == pytest.approx(epsilon(1.0, 0.01, 1000, 1e-5), rel=1e-9)
+    sigma = noise_multiplier(2.0, 0.01, 1000, 1e-5)
+    assert epsilon(sigma, 0.01, 1000, 1e-5) <= 2.0 < epsilon(sigma * 0.97, 0.01, 1000, 1e-5)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"noise_multiplier": 0.0}, "noise_multiplier"), ({"sample_rate": 1.5}, "sample_rate"),
+    ({"sample_rate": 0.0}, "sample_rate"), ({"delta": 1.0}, "delta"), ({"delta": 0.0}, "delta"),
+])
+def test_bad_values(kwargs, field):
+    args = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 100, "delta": 1e-5} | kwargs
+    with pytest.raises(FedsimError, match=field):
+        epsilon(**args)
+    with pytest.raises(FedsimError, match="epsilon: must be > 0"):
+        noise_multiplier(-1.0, 0.01, 100, 1e-5)
+
+
+def test_cli(cli):
+    code, out, _ = cli("privacy", "epsilon", "--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "1000",
+                       "--delta", "1e-5")
+    assert code == 0 and float(out.strip()) == pytest.approx(2.101, abs=0.002) and out.count("\n") == 1
+    code, out, _ = cli("privacy", "epsilon", "--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "1000",
+                       "--delta", "1e-5", "--accountant", "prv", "--json")
+    fields = json.loads(out)
+    assert code == 0 and fields["accountant"] == "prv" and fields["steps"] == 1000 and 1.7 < fields["epsilon"] < 1.95
+    code, out, _ = cli("privacy", "noise", "--target-epsilon", "2.101", "--sample-rate", "0.01", "--steps", "1000",
+                       "--delta", "1e-5")
+    assert code == 0 and float(out.strip()) == pytest.approx(1.0, abs=0.02)
+    code, _, err = cli("privacy", "epsilon", "--noise-multiplier", "1.0", "--sample-rate", "2", "--steps", "10",
+                       "--delta", "1e-5")
+    assert code == 2 and err.startswith("error: sample_rate: must be in (0, 1]")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 
 import torch
+from fedsim.clients import dp_sgd
 from fedsim.clients.train import LocalTraining, train_locally
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -108,8 +110,18 @@ def train(msg: Message, context: Context) -> Message:
     if config.get(REPORT_TRAIN_LOSS, False):
         with torch.no_grad():
             metrics["train_loss"] = task_loss(ws.task, model(x), y).item()
-    generator = torch.Generator().manual_seed(derive_seed(ws.scenario.run.seed, int(config["server-round"]), pid))
-    metrics.update(train_locally(model, x, y, LocalTraining.from_config(config), ws.task, generator))
+    seed = derive_seed(ws.scenario.run.seed, int(config["server-round"]), pid)
+    local = LocalTraining.from_config(config)
+    privacy = ws.scenario.privacy
+    if privacy is not None and privacy.mode == "dp-sgd":
+        planned = math.ceil(ws.scenario.run.rounds * ws.scenario.strategy.fraction_train)
+        sigma = dp_sgd.client_noise(context.state, len(x), local, privacy, planned)
+        dp_metrics, history = dp_sgd.train_dp_sgd(model, x, y, local, ws.task, seed, sigma, privacy,
+                                                  dp_sgd.load_history(context.state))
+        dp_sgd.save_history(context.state, history, sigma)
+        metrics.update(dp_metrics)
+    else:
+        metrics.update(train_locally(model, x, y, local, ws.task, torch.Generator().manual_seed(seed)))
     metrics["num-examples"] = len(x)
     content = RecordDict({"arrays": state_to_record(model.state_dict()), "metrics": MetricRecord(metrics)})
     ws.release()

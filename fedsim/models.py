@@ -12,15 +12,17 @@ from fedsim.sources import SourceInfo
 
 
 class SmallCNN(nn.Module):
-    """Conv(3x3)-ReLU-MaxPool blocks then a linear head; input is flat and reshaped to (C, H, W)."""
+    """Conv(3x3)-[BatchNorm]-ReLU-MaxPool blocks then a linear head; input is flat and reshaped to (C, H, W)."""
 
-    def __init__(self, input_shape: tuple[int, int, int], channels: list[int], outputs: int) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], channels: list[int], outputs: int,
+                 batch_norm: bool = False) -> None:
         super().__init__()
         self.input_shape = input_shape
         layers: list[nn.Module] = []
         c, h, w = input_shape
         for out in channels:
-            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            norm = [nn.BatchNorm2d(out)] if batch_norm else []
+            layers += [nn.Conv2d(c, out, 3, padding=1), *norm, nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
             c, h, w = out, math.ceil(h / 2), math.ceil(w / 2)
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c * h * w, outputs)
@@ -48,7 +50,7 @@ def build_model(cfg: ModelSection, info: SourceInfo) -> nn.Module:
 
         raise ScenarioError("model.name", f"'cnn' needs image inputs but the data has shape {info.input_shape}",
                             "use model.name = 'mlp' or 'linear'")
-    return SmallCNN(info.input_shape, cfg.channels, outputs)
+    return SmallCNN(info.input_shape, cfg.channels, outputs, cfg.batch_norm)
 
 
 def initial_model(cfg: ModelSection, info: SourceInfo, seed: int) -> nn.Module:

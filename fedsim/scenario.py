@@ -111,6 +111,7 @@ class ModelSection(Section):
     name: str = "mlp"
     hidden: list[int] = [64]
     channels: list[int] = [16, 32]
+    batch_norm: bool = False  # cnn: BatchNorm2d after each convolution
 
     _known = field_validator("name")(lambda v: _one_of(v, MODELS, "model"))
 
@@ -152,6 +153,28 @@ class StrategySection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class PrivacySection(Section):
+    """Sample-level DP-SGD in clients (Opacus) or client-level DP-FedAvg on the server."""
+
+    mode: Literal["dp-sgd", "client-dp"]
+    noise_multiplier: float | None = Field(None, gt=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    max_grad_norm: float = Field(1.0, gt=0)  # dp-sgd: per-example clipping norm
+    clipping_norm: float = Field(1.0, gt=0)  # client-dp: per-client update clipping norm
+    q: float | None = Field(None, gt=0, le=1)  # client-dp: Poisson client sampling rate
+
+    @model_validator(mode="after")
+    def _complete(self) -> PrivacySection:
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("privacy needs noise_multiplier or target_epsilon; set one (or both: then "
+                             "target_epsilon is a hard budget)")
+        if self.mode == "client-dp" and self.q is None:
+            raise ValueError("client-dp needs q, the client sampling rate; set privacy.q (e.g. 0.2)")
+        return self
+
+
 class OutputSection(Section):
     dir: str = "runs"
     save_model: bool = True
@@ -166,6 +189,7 @@ class Scenario(Section):
     client: ClientSection = Field(default_factory=ClientSection)
     strategy: StrategySection = Field(default_factory=StrategySection)
     output: OutputSection = Field(default_factory=OutputSection)
+    privacy: PrivacySection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

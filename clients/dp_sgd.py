@@ -1,0 +1,110 @@
+"""DP-SGD local training through Opacus: Poisson-sampled batches, per-example clipping, Gaussian noise.
+
+The client's accountant history (Opacus's list of (noise multiplier, sample rate, steps)) lives in
+`context.state`, so epsilon composes over every round the client took part in. Randomness (batch sampling and
+noise) is drawn from torch's generator seeded per (seed, round, client), so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from fedsim.clients.train import LocalTraining, make_optimizer
+from flwr.app import ConfigRecord, RecordDict
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedsim.errors import FedsimError
+from fedsim.evaluation import task_loss
+from fedsim.privacy import History, epsilon_of, noise_multiplier
+
+STATE_KEY = "dp-sgd"
+EXHAUSTED = "privacy budget exhausted"
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise a one-line error naming the first layer Opacus cannot train with per-example gradients."""
+    from opacus.validators import ModuleValidator
+
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+        errors = ModuleValidator.validate(module, strict=False)
+        if errors:
+            reason = str(errors[0]).split(".")[0]
+            raise FedsimError("model", f"DP-SGD cannot train layer '{name}' ({type(module).__name__}): {reason}",
+                              "set model.batch_norm = false (or use a model without that layer)")
+
+
+def load_history(state: RecordDict) -> History:
+    record = state.config_records.get(STATE_KEY)
+    if record is None:
+        return []
+    return list(zip(record["noise"], record["rates"], record["steps"], strict=True))
+
+
+def save_history(state: RecordDict, history: History, sigma: float) -> None:
+    state[STATE_KEY] = ConfigRecord({
+        "noise": [float(s) for s, _, _ in history] or [sigma], "rates": [float(q) for _, q, _ in history] or [0.0],
+        "steps": [int(t) for _, _, t in history] or [0], "sigma": sigma,
+    })
+
+
+def round_plan(n: int, cfg: LocalTraining) -> tuple[float, int]:
+    """(sample rate q, optimizer steps) of one round of local DP-SGD on n examples."""
+    batches = max(1, math.ceil(n / cfg.batch_size))
+    return 1.0 / batches, batches * cfg.local_epochs
+
+
+def client_noise(state: RecordDict, n: int, cfg: LocalTraining, privacy, planned_rounds: int) -> float:
+    """The client's noise multiplier: given, or derived once for its whole planned run from target_epsilon."""
+    record = state.config_records.get(STATE_KEY)
+    if record is not None:
+        return float(record["sigma"])
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    q, steps = round_plan(n, cfg)
+    return noise_multiplier(privacy.target_epsilon, q, steps * max(1, planned_rounds), privacy.delta,
+                            privacy.accountant)
+
+
+def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTraining, task: str, seed: int,
+                 sigma: float, privacy, history: History) -> tuple[dict[str, float], History]:
+    """One round of DP-SGD on (x, y), updating `model` in place; returns metrics and the extended history."""
+    from opacus import PrivacyEngine
+
+    q, steps = round_plan(len(x), cfg)
+    spent_next = epsilon_of([*history, (sigma, q, steps)], privacy.delta, privacy.accountant)
+    if privacy.target_epsilon is not None and spent_next > privacy.target_epsilon:
+        raise RuntimeError(f"{EXHAUSTED}: another round would reach epsilon {spent_next:.3f} > "
+                           f"{privacy.target_epsilon}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        local = copy.deepcopy(model)
+        engine = PrivacyEngine(accountant=privacy.accountant)
+        engine.accountant.history = list(history)
+        loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size)
+        private, optimizer, batches = engine.make_private(
+            module=local, optimizer=make_optimizer(local, cfg), data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=privacy.max_grad_norm, poisson_sampling=True)
+        private.train()
+        total, seen = 0.0, 0
+        for _ in range(cfg.local_epochs):
+            for xb, yb in batches:
+                outputs = private(xb)
+                # an empty Poisson batch still takes a (noise-only) step, as the accountant assumes
+                loss = task_loss(task, outputs, yb) if len(xb) else outputs.sum() * 0.0
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(xb)
+                seen += len(xb)
+        new_history = [(float(s), float(r), int(t)) for s, r, t in engine.accountant.history]
+    model.load_state_dict(local.state_dict())
+    spent = epsilon_of(new_history, privacy.delta, privacy.accountant)
+    after_next = epsilon_of([*new_history, (sigma, q, steps)], privacy.delta, privacy.accountant)
+    metrics = {"loss": total / max(seen, 1), "epsilon": spent, "epsilon-next": after_next,
+               "noise-multiplier": sigma, "sample-rate": q, "steps": sum(t for _, _, t in new_history)}
+    return metrics, new_history

@@ -31,9 +31,9 @@ def main(grid: Grid, context: Context) -> None:
     if nodes != expected:
         print(f"warning: {nodes} SuperNodes but the scenario has {expected} partitions", flush=True)
     try:
-        result = server_main(grid, prepared, recorder)
+        arrays = server_main(grid, prepared, recorder)
     except BaseException:
         recorder.discard()
         raise
-    summary = recorder.finish(result.arrays.to_torch_state_dict(), prepared.data.info.task, {"kind": "flower"})
+    summary = recorder.finish(arrays.to_torch_state_dict(), prepared.data.info.task, {"kind": "flower"})
     print(f"fedsim run dir: {summary.run_dir.resolve()} final: {summary.final}", flush=True)

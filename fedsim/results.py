@@ -75,6 +75,8 @@ class RunRecorder:
         self.initial: dict[str, float] = {}
         self._round: dict[str, Any] = {}
         self._start = self._last = time.perf_counter()
+        self.row_extras: Callable[[], dict] | None = None  # e.g. the privacy ledger
+        self.stopped: str | None = None  # why the run ended before run.rounds, if it did
 
     def watch(self, strategy: Strategy) -> None:
         aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
@@ -112,6 +114,8 @@ class RunRecorder:
         row.update(replies=self._round.get("replies", 0), failures=self._round.get("failures", 0))
         if "first_error" in self._round:
             row["first_error"] = self._round["first_error"]
+        if self.row_extras:
+            row.update(self.row_extras())
         row["time_s"] = round(now - self._last, 6)
         self._last, self._round = now, {}
         self.rows.append(row)
@@ -134,6 +138,10 @@ class RunRecorder:
             "wall_time_s": round(time.perf_counter() - self._start, 3),
             "runtime": runtime or {},
         }
+        if self.rows and "privacy" in self.rows[-1]:
+            summary["privacy"] = self.rows[-1]["privacy"]
+        if self.stopped:
+            summary["stopped"] = self.stopped
         _atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
         state = {k: v.detach().clone() for k, v in state_dict.items()}
         if self.scenario.output.save_model:

@@ -40,10 +40,10 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
     try:
         recorder = RunRecorder(new_run_dir(scenario, out), scenario, on_round)
         try:
-            result = server_main(grid, prepared, recorder)
+            arrays = server_main(grid, prepared, recorder)
         except BaseException:  # bad input, Ctrl-C or a crash: leave no half-written run dir
             recorder.discard()
             raise
-        return recorder.finish(result.arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
+        return recorder.finish(arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
     finally:
         grid.close()

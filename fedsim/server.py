@@ -12,20 +12,24 @@ from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim.arrays import state_to_record
+from fedsim.budget import BudgetExhausted, PrivacyMonitor
 from fedsim.clients.app import REPORT_TRAIN_LOSS
+from fedsim.clients.dp_sgd import check_model
 from fedsim.clients.train import LocalTraining
 from fedsim.data import FederatedData, federated_data
-from fedsim.errors import ScenarioError
+from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
 from fedsim.models import initial_model
+from fedsim.privacy import noise_multiplier
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed
 from fedsim.strategies import build_strategy
+from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 
 
 @dataclass
@@ -38,8 +42,24 @@ class Prepared:
     strategy: Strategy
 
 
+def client_dp_noise(scenario: Scenario) -> float:
+    """The server's noise multiplier for client-level DP: given, or the smallest that fits the budget for all rounds."""
+    p = scenario.privacy
+    if p.noise_multiplier is not None:
+        return p.noise_multiplier
+    return noise_multiplier(p.target_epsilon, p.q, scenario.run.rounds, p.delta, p.accountant)
+
+
 def make_strategy(scenario: Scenario) -> Strategy:
     s, n = scenario.strategy, scenario.data.partitioner.num_partitions
+    if scenario.privacy is not None and scenario.privacy.mode == "client-dp":
+        if s.name != "fedavg" or s.params:
+            raise ScenarioError("strategy.name", "client-dp runs DP-FedAvg (Poisson sampling, clipping, noise)",
+                                "set strategy.name = 'fedavg' without extra parameters")
+        p = scenario.privacy
+        return PoissonDPFedAvg(noise_multiplier=client_dp_noise(scenario), clipping_norm=p.clipping_norm,
+                               sample_rate=p.q, seed=scenario.run.seed, fraction_evaluate=s.fraction_evaluate,
+                               min_evaluate_nodes=min(2, n) if s.fraction_evaluate > 0 else 0, min_available_nodes=1)
     try:
         return build_strategy(
             s.name,
@@ -68,6 +88,8 @@ def prepare(scenario: Scenario) -> Prepared:
         raise ScenarioError("client.loss", "'fedld-margin' is a classification loss but the data is regression",
                             "use loss = 'ce' (mse is used for regression)")
     model = initial_model(scenario.model, data.info, scenario.run.seed)
+    if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
+        check_model(model)
     return Prepared(scenario, data, model, make_strategy(scenario))
 
 
@@ -90,12 +112,15 @@ def seed_sampling(strategy: Strategy, seed: int) -> None:
         setattr(strategy, name, seeded)
 
 
-def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> Result:
-    """Run the strategy for `run.rounds` rounds on `grid`, evaluating centrally after every round."""
+def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayRecord:
+    """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
+    centrally after every round; returns the final global arrays."""
     scenario, data, model = prepared.scenario, prepared.data, prepared.model
     x_test, y_test = data.test
+    latest: list[ArrayRecord] = []
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        latest[:] = [arrays]
         model.load_state_dict(arrays.to_torch_state_dict())
         metrics = evaluate(model, x_test, y_test, data.info.task)
         recorder.record_round(server_round, metrics)
@@ -104,11 +129,24 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> Result
     strategy = prepared.strategy
     seed_sampling(strategy, scenario.run.seed)
     recorder.watch(strategy)
-    return strategy.start(
-        grid=grid,
-        initial_arrays=state_to_record(model.state_dict()),
-        num_rounds=scenario.run.rounds,
-        timeout=scenario.run.round_timeout_s or math.inf,
-        train_config=train_config(scenario),
-        evaluate_fn=central_evaluation,
-    )
+    if scenario.privacy is not None:
+        noise = client_dp_noise(scenario) if scenario.privacy.mode == "client-dp" else None
+        monitor = PrivacyMonitor(scenario.privacy, grid, noise)
+        monitor.watch(strategy)
+        recorder.row_extras = lambda: {"privacy": monitor.ledger()}
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=state_to_record(model.state_dict()),
+            num_rounds=scenario.run.rounds,
+            timeout=scenario.run.round_timeout_s or math.inf,
+            train_config=train_config(scenario),
+            evaluate_fn=central_evaluation,
+        )
+    except BudgetExhausted as exc:
+        if not recorder.rows:
+            raise FedsimError("privacy.target_epsilon", f"{exc}, so no round can run",
+                              "raise privacy.noise_multiplier or privacy.target_epsilon") from None
+        recorder.stopped = str(exc)
+        return latest[0]
+    return result.arrays

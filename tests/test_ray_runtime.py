@@ -43,8 +43,8 @@ def run_with_app(scenario, out: Path, client_app: str):
                    scenario.run.resources, client_app=client_app)
     try:
         recorder = RunRecorder(out, scenario)
-        result = server_main(grid, prepared, recorder)
-        return recorder.finish(result.arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
+        arrays = server_main(grid, prepared, recorder)
+        return recorder.finish(arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
     finally:
         grid.close()
 

@@ -71,6 +71,11 @@ class VirtualNodesGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
 
+    def retire(self, node_id: int) -> None:
+        """Stop offering `node_id` for sampling (e.g. its privacy budget is spent); its context is kept."""
+        if node_id in self._node_ids:
+            self._node_ids.remove(node_id)
+
     def push_messages(self, messages: Iterable[Message], timeout: float | None = None) -> list[str]:
         batch = []
         for msg in messages:

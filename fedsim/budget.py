@@ -1,0 +1,96 @@
+"""Server side of privacy: the ledger written with every round, and a hard budget that is never exceeded.
+
+DP-SGD: clients report their epsilon and what one more round would cost; a client whose next round would exceed
+`target_epsilon` is retired (no longer sampled), and the run stops when too few clients remain. Client-level DP:
+the run stops before the round that would exceed the budget.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Message
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.clients.dp_sgd import EXHAUSTED
+from fedsim.privacy import Ledger, epsilon_of
+from fedsim.scenario import PrivacySection
+
+
+class BudgetExhausted(Exception):
+    """The privacy budget allows no further round; the run ends cleanly with what it has."""
+
+
+class PrivacyMonitor:
+    """Keeps the privacy ledger and enforces `target_epsilon` by retiring clients or stopping the run."""
+
+    def __init__(self, privacy: PrivacySection, grid, noise_multiplier: float | None = None) -> None:
+        self.privacy, self.grid = privacy, grid
+        self.noise_multiplier = noise_multiplier  # client-dp: the server's noise multiplier
+        self.clients: dict[int, dict] = {}  # dp-sgd: latest report per node
+        self.retired: set[int] = set()
+        self.rounds = 0
+        self.stop_reason: str | None = None
+
+    # ---- ledger ------------------------------------------------------------------------------------------
+    def ledger(self) -> dict:
+        p = self.privacy
+        if p.mode == "client-dp":
+            history = [(self.noise_multiplier, p.q, self.rounds)] if self.rounds else []
+            entry = Ledger(epsilon_of(history, p.delta, p.accountant), p.delta, p.accountant,
+                           self.noise_multiplier, p.q, self.rounds).to_dict()
+        elif self.clients:
+            worst = max(self.clients.values(), key=lambda c: c["epsilon"])
+            entry = Ledger(worst["epsilon"], p.delta, p.accountant, worst["noise-multiplier"], worst["sample-rate"],
+                           int(worst["steps"])).to_dict()
+        else:
+            entry = Ledger(0.0, p.delta, p.accountant, p.noise_multiplier or 0.0, 0.0, 0).to_dict()
+        entry.update(mode=p.mode, target_epsilon=p.target_epsilon, retired_clients=len(self.retired))
+        return entry
+
+    # ---- enforcement -------------------------------------------------------------------------------------
+    def watch(self, strategy: Strategy) -> None:
+        configure, aggregate = strategy.configure_train, strategy.aggregate_train
+        needed = max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
+
+        def configure_train(server_round, arrays, config, grid):
+            if self.privacy.mode == "client-dp" and self.privacy.target_epsilon is not None:
+                p = self.privacy
+                after = epsilon_of([(self.noise_multiplier, p.q, server_round)], p.delta, p.accountant)
+                if after > p.target_epsilon:
+                    self.stop_reason = (f"privacy budget: round {server_round} would reach epsilon {after:.3f} > "
+                                        f"target {p.target_epsilon}")
+            if self.stop_reason:
+                raise BudgetExhausted(self.stop_reason)
+            return configure(server_round, arrays, config, grid)
+
+        def aggregate_train(server_round, replies):
+            replies = list(replies)
+            self.rounds = server_round
+            if self.privacy.mode == "dp-sgd":
+                for msg in replies:
+                    self._observe(msg)
+                if len(self.grid.get_node_ids()) < needed:
+                    self.stop_reason = (f"privacy budget: {len(self.retired)} clients have spent their budget and "
+                                        f"fewer than {needed} remain")
+            return aggregate(server_round, replies)
+
+        strategy.configure_train, strategy.aggregate_train = configure_train, aggregate_train
+
+    def _observe(self, msg: Message) -> None:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            if EXHAUSTED in (msg.error.reason or ""):
+                self._retire(node)
+            return
+        metrics = next(iter(msg.content.metric_records.values()), {})
+        if "epsilon" not in metrics:
+            return
+        self.clients[node] = {k: metrics[k] for k in ("epsilon", "epsilon-next", "noise-multiplier", "sample-rate",
+                                                       "steps")}
+        target = self.privacy.target_epsilon
+        if target is not None and metrics["epsilon-next"] > target:
+            self._retire(node)
+
+    def _retire(self, node: int) -> None:
+        self.retired.add(node)
+        if hasattr(self.grid, "retire"):
+            self.grid.retire(node)

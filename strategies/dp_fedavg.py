@@ -1,0 +1,73 @@
+"""Client-level DP-FedAvg with Poisson client sampling (McMahan et al. 2018), for Opacus's accountants.
+
+Why not Flower's `DifferentialPrivacyServerSideFixedClipping`: it samples a fixed number of clients and scales the
+noise by that number, while Opacus's subsampled-Gaussian accountants assume each client is included independently
+with probability q. This is the smallest strategy that matches the accountant: every round each client is sampled
+with probability q (seeded by (seed, round)); each update is clipped to `clipping_norm` C with Flower's own
+`compute_clip_model_update`; N(0, (sigma C)^2) noise is added to the sum; the sum is divided by the expected cohort
+size q N. A round with no sampled client still adds noise (the accountant counts every round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.differential_privacy import compute_clip_model_update
+
+from fedsim.arrays import NpyArray
+from fedsim.seeding import derive_seed
+
+
+class PoissonDPFedAvg(FedAvg):
+    """DP-FedAvg: Poisson sampling at rate `sample_rate`, per-client clipping, Gaussian noise on the sum."""
+
+    def __init__(self, *, noise_multiplier: float, clipping_norm: float, sample_rate: float, seed: int = 0,
+                 **fedavg_kwargs) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.noise_multiplier, self.clipping_norm, self.sample_rate = noise_multiplier, clipping_norm, sample_rate
+        self.seed = seed
+        self._global: ArrayRecord | None = None
+        self._expected_cohort = 1.0
+        self._round = 0
+
+    def noise_std(self) -> float:
+        """Standard deviation of the noise in the averaged update: sigma C / (q N)."""
+        return self.noise_multiplier * self.clipping_norm / self._expected_cohort
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = sorted(grid.get_node_ids())
+        rng = np.random.default_rng(derive_seed(self.seed, server_round, 7))
+        chosen = [n for n, u in zip(nodes, rng.random(len(nodes))) if u < self.sample_rate]
+        self._global, self._round = arrays, server_round
+        self._expected_cohort = self.sample_rate * len(nodes)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, chosen, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        if self._global is None:
+            return None, None
+        keys = list(self._global.keys())
+        global_arrays = [self._global[k].numpy().astype(np.float64) for k in keys]
+        total = [np.zeros_like(a) for a in global_arrays]
+        for msg in valid:
+            client = next(iter(msg.content.array_records.values()))
+            clipped = [client[k].numpy().astype(np.float64) for k in keys]
+            compute_clip_model_update(clipped, global_arrays, self.clipping_norm)  # clipped = global + clip(update)
+            for acc, c, g in zip(total, clipped, global_arrays):
+                acc += c - g
+        rng = np.random.default_rng(derive_seed(self.seed, server_round, 8))
+        sigma = self.noise_multiplier * self.clipping_norm
+        new = ArrayRecord()
+        for key, g, acc in zip(keys, global_arrays, total):
+            noisy = (acc + rng.normal(0.0, sigma, acc.shape)) / self._expected_cohort
+            new[key] = NpyArray.from_numpy_ndarray((g + noisy).astype(self._global[key].dtype))
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
+        return new, metrics

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from fedsim.clients.train import LocalTraining, make_optimizer
@@ -80,7 +81,9 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
     if privacy.target_epsilon is not None and spent_next > privacy.target_epsilon:
         raise RuntimeError(f"{EXHAUSTED}: another round would reach epsilon {spent_next:.3f} > "
                            f"{privacy.target_epsilon}")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded on purpose: reproducible runs
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         torch.manual_seed(seed)
         local = copy.deepcopy(model)
         engine = PrivacyEngine(accountant=privacy.accountant)

@@ -199,7 +199,7 @@ def compare(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
 ) -> None:
     """Table of final/best metric (mean ± std over seeds) and rounds to a target, plus an overlay plot."""
-    from fedsim.compare import load_groups, plot_groups, summary_rows
+    from fedsim.compare import load_groups, plot_groups, plot_privacy_utility, summary_rows
 
     groups = load_groups(run_dirs)
     header, rows = summary_rows(groups, target)
@@ -217,6 +217,9 @@ def compare(
     parent = run_dirs[0].resolve().parent  # the default sits beside the runs' folder, not inside it
     path = plot_groups(groups, png or parent.with_name(f"{parent.name}-compare.png"))
     (err_console if markdown else out_console).print(f"plot: {path}")
+    utility = plot_privacy_utility(groups, path.with_name(path.stem + "-privacy-utility.png"))
+    if utility:
+        (err_console if markdown else out_console).print(f"privacy-utility plot: {utility}")
 
 
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy calculator (Opacus accountants).")

@@ -91,3 +91,29 @@ def plot_groups(groups: list[Group], out: Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_privacy_utility(groups: list[Group], out: Path) -> Path | None:
+    """Final metric vs final epsilon per setting (mean ± std over seeds); None when the runs were not private."""
+    points = []
+    for group in groups:
+        eps = [r.summary.get("privacy", {}).get("epsilon") for r in group.runs]
+        if None in eps:
+            return None
+        points.append((group.name, np.mean(eps), group.curves()[:, -1]))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, eps, finals in sorted(points, key=lambda p: p[1]):
+        ax.errorbar(eps, finals.mean(), yerr=finals.std(), fmt="o", capsize=4, label=name)
+    ax.set(xscale="log", xlabel="epsilon (final, max over clients)", ylabel=f"final test {groups[0].key}",
+           title="privacy-utility (mean ± std over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -60,7 +60,9 @@ class PoissonDPFedAvg(FedAvg):
         for msg in valid:
             client = next(iter(msg.content.array_records.values()))
             clipped = [client[k].numpy().astype(np.float64) for k in keys]
-            compute_clip_model_update(clipped, global_arrays, self.clipping_norm)  # clipped = global + clip(update)
+            norm = np.sqrt(sum(np.sum((c - g) ** 2) for c, g in zip(clipped, global_arrays)))
+            if norm > self.clipping_norm:  # (Flower's helper divides by the norm: a zero update would fail)
+                compute_clip_model_update(clipped, global_arrays, self.clipping_norm)  # = global + clip(update)
             for acc, c, g in zip(total, clipped, global_arrays):
                 acc += c - g
         rng = np.random.default_rng(derive_seed(self.seed, server_round, 8))

@@ -40,6 +40,18 @@ CASES = {
     "regression-label-skew": (GOOD.replace('"digits"', '"diabetes"'), ["data.partitioner.name=dirichlet"], r"needs class labels"),
     "cnn-on-tabular": (GOOD.replace('"digits"', '"wine"').replace('"mlp"', '"cnn"'), [], r"'cnn' needs image inputs"),
     "bad-set-syntax": (GOOD, ["runrounds"], r"expected KEY=VALUE"),
+    "dp-epsilon-zero": (GOOD + '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 0\n', [],
+                        r"privacy\.target_epsilon: input should be greater than 0"),
+    "dp-delta-one": (GOOD + '[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 1.0\ndelta = 1.0\n', [],
+                     r"privacy\.delta: input should be less than 1"),
+    "dp-noise-zero": (GOOD + '[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 0.0\n', [],
+                      r"privacy\.noise_multiplier: input should be greater than 0"),
+    "dp-q-above-one": (GOOD + '[privacy]\nmode = "client-dp"\nnoise_multiplier = 1.0\nq = 1.5\n', [],
+                       r"privacy\.q: input should be less than or equal to 1"),
+    "dp-no-noise": (GOOD + '[privacy]\nmode = "dp-sgd"\n', [], r"privacy needs noise_multiplier or target_epsilon"),
+    "dp-unsupported-layer": (GOOD.replace('"mlp"', '"cnn"\nbatch_norm = true') +
+                             '[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 1.0\n', [],
+                             r"model: DP-SGD cannot train layer 'features\.1' \(BatchNorm2d\)"),
 }
 
 

@@ -27,10 +27,11 @@ def test_expand_grid_and_seeds():
 
 
 def test_shipped_sweeps_are_valid():
-    assert {"fedld-compare-digits", "fedld-compare-leaf"} <= set(shipped_sweeps())
-    for name in shipped_sweeps():
+    assert {"fedld-compare-digits", "fedld-compare-leaf", "dp-utility"} <= set(shipped_sweeps())
+    sizes = {"fedld-compare-digits": 36, "fedld-compare-leaf": 36, "dp-utility": 8}
+    for name, size in sizes.items():
         sweep, _ = load_sweep(name)
-        assert len(list(expand(sweep))) == 36
+        assert len(list(expand(sweep))) == size
 
 
 def test_bad_sweep_files(tmp_path):
@@ -59,3 +60,13 @@ def test_run_and_compare(tmp_path, cli):
     assert float(std) == pytest.approx(np.std(finals[0], ddof=1), abs=1e-4)
     code, out, _ = cli("compare", *map(str, dirs), "--target", "0.5", "--markdown", "--png", str(tmp_path / "c.png"))
     assert code == 0 and out.startswith("| setting | seeds |") and Path(tmp_path / "c.png").is_file()
+
+
+def test_privacy_utility_plot(tmp_path, cli):
+    sweep = SweepFile(base="dp-sgd", seeds=[0], grid={"privacy.noise_multiplier": [1.0, 3.0]},
+                      set={"run.rounds": 2, "privacy.target_epsilon": 1000.0, "data.partitioner.num_partitions": 3})
+    dirs = run_sweep(sweep, tmp_path / "dp")
+    code, out, _ = cli("compare", *map(str, dirs), "--png", str(tmp_path / "c.png"))
+    assert code == 0 and "privacy-utility plot" in out and (tmp_path / "c-privacy-utility.png").is_file()
+    eps = [load_groups([d])[0].runs[0].summary["privacy"]["epsilon"] for d in dirs]
+    assert eps[0] > eps[1]  # more noise, less epsilon

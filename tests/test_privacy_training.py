@@ -1,0 +1,114 @@
+"""DP-SGD and client-level DP in training: clipping, noise scale, composition across rounds, hard budgets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_scenario
+from fedsim.clients.dp_sgd import train_dp_sgd
+from fedsim.clients.train import LocalTraining
+from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
+from flwr.app import Message, MetricRecord, RecordDict
+
+import fedsim
+from fedsim.arrays import state_to_record
+from fedsim.privacy import epsilon_of
+from fedsim.runtime import InlineGrid
+from fedsim.scenario import PrivacySection
+
+ONE_STEP = LocalTraining(local_epochs=1, batch_size=1000, lr=1.0, momentum=0.0)  # q = 1: one full-batch step
+
+
+def dp(noise: float, clip: float) -> PrivacySection:
+    return PrivacySection(mode="dp-sgd", noise_multiplier=noise, max_grad_norm=clip)
+
+
+def test_per_example_gradients_are_clipped():
+    """200 identical examples with huge gradients: each is clipped to C, so the (noise-free) step has norm lr * C."""
+    model = torch.nn.Linear(20, 1)
+    x, y = torch.ones(200, 20), torch.full((200,), 1e4)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    train_dp_sgd(model, x, y, ONE_STEP, "regression", seed=0, sigma=1e-9, privacy=dp(1e-9, 0.5), history=[])
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm().item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_noise_has_the_accountants_scale():
+    """With zero gradients the step is pure noise: std sigma * C / (expected batch size) per coordinate."""
+    model = torch.nn.Linear(5000, 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    x, y = torch.zeros(100, 5000), torch.zeros(100)  # regression at the optimum: every gradient is 0
+    sigma, clip = 2.0, 3.0
+    train_dp_sgd(model, x, y, ONE_STEP, "regression", seed=1, sigma=sigma, privacy=dp(sigma, clip), history=[])
+    noise = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
+    assert noise.std() == pytest.approx(sigma * clip / 100, rel=0.03) and abs(noise.mean()) < 0.01
+
+
+def test_client_dp_noise_and_clipping():
+    node_ids = list(range(1000, 1050))
+    grid = InlineGrid(None, 50, {})
+    zeros = {"w": torch.zeros(20_000)}
+    strategy = PoissonDPFedAvg(noise_multiplier=1.5, clipping_norm=2.0, sample_rate=0.2, seed=3)
+    messages = list(strategy.configure_train(1, state_to_record(zeros), __import__("flwr.app").app.ConfigRecord(), grid))
+    assert 0 < len(messages) < 50 and {m.metadata.dst_node_id for m in messages} <= set(node_ids)
+    replies = [Message(RecordDict({"arrays": state_to_record(zeros), "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=_delivered(m)) for m in messages]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    delta = arrays["w"].numpy()
+    assert delta.std() == pytest.approx(1.5 * 2.0 / (0.2 * 50), rel=0.03)  # sigma C / (q N)
+    # a huge update is clipped to C before the (here negligible) noise
+    strategy = PoissonDPFedAvg(noise_multiplier=1e-9, clipping_norm=2.0, sample_rate=1.0, seed=3)
+    messages = list(strategy.configure_train(1, state_to_record(zeros), __import__("flwr.app").app.ConfigRecord(), grid))
+    big = {"w": torch.full((20_000,), 100.0)}
+    replies = [Message(RecordDict({"arrays": state_to_record(big), "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=_delivered(messages[0]))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert np.linalg.norm(arrays["w"].numpy()) == pytest.approx(2.0 / 50, rel=1e-5)
+
+
+def _delivered(msg: Message) -> Message:
+    msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+    return msg
+
+
+def test_dp_sgd_epsilon_composes_over_rounds(tmp_path):
+    scenario = small_scenario(run__rounds=3, **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.1,
+                                                "privacy.max_grad_norm": 1.0})
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    ledgers = [row["privacy"] for row in result.metrics]
+    assert [lg["epsilon"] for lg in ledgers] == sorted(lg["epsilon"] for lg in ledgers)  # grows every round
+    last = ledgers[-1]
+    assert last["epsilon"] == pytest.approx(
+        epsilon_of([(1.1, last["sample_rate"], last["steps"])], 1e-5), rel=1e-9)
+    assert result.summary["privacy"] == last and {"delta", "accountant", "noise_multiplier"} <= set(last)
+
+
+def test_dp_sgd_budget_retires_clients_and_never_exceeds(tmp_path):
+    scenario = small_scenario(run__rounds=8, **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.0,
+                                                "privacy.target_epsilon": 6.0})
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    assert result.summary["stopped"].startswith("privacy budget")
+    assert len(result.metrics) < 8
+    assert all(row["privacy"]["epsilon"] <= 6.0 for row in result.metrics)
+
+
+def test_dp_sgd_noise_from_target_epsilon(tmp_path):
+    scenario = small_scenario(run__rounds=3, **{"privacy.mode": "dp-sgd", "privacy.target_epsilon": 3.0})
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    assert len(result.metrics) == 3 and "stopped" not in result.summary
+    assert result.summary["privacy"]["epsilon"] <= 3.0
+
+
+def test_client_dp_stops_before_the_budget(tmp_path):
+    scenario = small_scenario(run__rounds=10, **{"privacy.mode": "client-dp", "privacy.noise_multiplier": 1.0,
+                                                 "privacy.q": 0.6, "privacy.target_epsilon": 5.0})
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    rounds = len(result.metrics)
+    assert 0 < rounds < 10 and result.summary["stopped"].startswith("privacy budget")
+    assert result.summary["privacy"]["epsilon"] <= 5.0
+    assert epsilon_of([(1.0, 0.6, rounds + 1)], 1e-5) > 5.0  # one more round would have exceeded it
+    assert math.isfinite(result.final["loss"])

@@ -7,6 +7,7 @@ start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R
   W2  scenarios/bench-w2.toml  10,000 leaf-synthetic devices, 100 sampled per round (and the same with 1,000)
   W3  scenarios/bench-w3.toml  CNN on digits, 10 clients, training dominates
   fedld                        FedLD's aggregation vs the Gram matrices it needs (m = 50, 1M parameters)
+  dp                           DP-SGD local training vs plain, on the quickstart clients
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ def run_one(runner: str, scenario: str, sets: list[str]) -> dict:
     result["wall_s"] = wall
     result["steady_s"] = statistics.mean(result["round_s"][1:])
     return result
+
+
+def _fedld() -> str:
+    from fedld_aggregation import measure
+
+    r = measure()
+    return (f"{r['params']:,} parameters, m = {r['m']} clients: per-layer Gram matrices alone {r['gram_s']:.3f} s, "
+            f"`principal_gradient_update` {r['fedld_s']:.3f} s ({r['ratio']:.2f}x the Gram matrices)")
+
+
+def _dp() -> str:
+    from dp_overhead import measure
+
+    r = measure()
+    return (f"{r['clients']} quickstart clients, one round of local training each (best of 3): plain "
+            f"{r['plain_s']:.3f} s, DP-SGD {r['dp_s']:.3f} s ({r['ratio']:.2f}x)")
+
+
+MICRO = {"fedld": _fedld, "dp": _dp}
 
 
 def machine() -> str:
@@ -94,14 +114,11 @@ def main() -> None:
         console.print(table)
         console.print(verdict)
         lines += ["", verdict, ""]
-    if not args.only or "fedld" in args.only:
-        from fedld_aggregation import measure
-
-        r = measure()
-        text = (f"{r['params']:,} parameters, m = {r['m']} clients: per-layer Gram matrices alone {r['gram_s']:.3f} s, "
-                f"`principal_gradient_update` {r['fedld_s']:.3f} s ({r['ratio']:.2f}x the Gram matrices)")
-        console.print(f"FedLD aggregation: {text}")
-        lines += ["## FedLD aggregation", "", text, ""]
+    for key, title in (("fedld", "FedLD aggregation"), ("dp", "DP-SGD overhead")):
+        if not args.only or key in args.only:
+            text = MICRO[key]()
+            console.print(f"{title}: {text}")
+            lines += [f"## {title}", "", text, ""]
     if args.only:
         return  # RESULTS.md always holds a complete run
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")

@@ -224,41 +224,40 @@ def compare(
 
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy calculator (Opacus accountants).")
 app.add_typer(privacy_app, name="privacy")
+SampleRateOpt = Annotated[float, typer.Option(help="Poisson sampling rate q.")]
+StepsOpt = Annotated[int, typer.Option(help="Number of noisy steps composed.")]
+DeltaOpt = Annotated[float, typer.Option(help="Target delta.")]
 AccountantOpt = Annotated[str, typer.Option(help="rdp | prv | gdp")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="All fields as JSON.")]
+
+
+def _print_ledger(noise: float, sample_rate: float, steps: int, delta: float, accountant: str, as_json: bool,
+                  headline: float) -> None:
+    from fedsim.privacy import Ledger, epsilon
+
+    ledger = Ledger(epsilon(noise, sample_rate, steps, delta, accountant), delta, accountant, noise, sample_rate, steps)
+    print(json.dumps(ledger.to_dict()) if as_json else f"{headline:.6g}")
 
 
 @privacy_app.command("epsilon")
-def privacy_epsilon(
-    noise_multiplier: Annotated[float, typer.Option(help="Gaussian noise std / clipping norm.")],
-    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q.")],
-    steps: Annotated[int, typer.Option(help="Number of noisy steps composed.")],
-    delta: Annotated[float, typer.Option(help="Target delta.")],
-    accountant: AccountantOpt = "rdp",
-    json_out: Annotated[bool, typer.Option("--json", help="All fields as JSON.")] = False,
-) -> None:
+def privacy_epsilon(noise_multiplier: Annotated[float, typer.Option(help="Gaussian noise std / clipping norm.")],
+                    sample_rate: SampleRateOpt, steps: StepsOpt, delta: DeltaOpt, accountant: AccountantOpt = "rdp",
+                    json_out: JsonOpt = False) -> None:
     """Epsilon of a subsampled Gaussian mechanism composed over STEPS."""
-    from fedsim.privacy import Ledger, epsilon
+    from fedsim.privacy import epsilon
 
     eps = epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
-    ledger = Ledger(eps, delta, accountant, noise_multiplier, sample_rate, steps)
-    print(json.dumps(ledger.to_dict()) if json_out else f"{eps:.6g}")
+    _print_ledger(noise_multiplier, sample_rate, steps, delta, accountant, json_out, eps)
 
 
 @privacy_app.command("noise")
-def privacy_noise(
-    target_epsilon: Annotated[float, typer.Option(help="The budget.")],
-    sample_rate: Annotated[float, typer.Option(help="Poisson sampling rate q.")],
-    steps: Annotated[int, typer.Option(help="Number of noisy steps composed.")],
-    delta: Annotated[float, typer.Option(help="Target delta.")],
-    accountant: AccountantOpt = "rdp",
-    json_out: Annotated[bool, typer.Option("--json", help="All fields as JSON.")] = False,
-) -> None:
+def privacy_noise(target_epsilon: Annotated[float, typer.Option(help="The budget.")], sample_rate: SampleRateOpt,
+                  steps: StepsOpt, delta: DeltaOpt, accountant: AccountantOpt = "rdp", json_out: JsonOpt = False) -> None:
     """The smallest noise multiplier that keeps epsilon within TARGET_EPSILON."""
-    from fedsim.privacy import Ledger, epsilon, noise_multiplier
+    from fedsim.privacy import noise_multiplier
 
     sigma = noise_multiplier(target_epsilon, sample_rate, steps, delta, accountant)
-    ledger = Ledger(epsilon(sigma, sample_rate, steps, delta, accountant), delta, accountant, sigma, sample_rate, steps)
-    print(json.dumps(ledger.to_dict()) if json_out else f"{sigma:.6g}")
+    _print_ledger(sigma, sample_rate, steps, delta, accountant, json_out, sigma)
 
 
 def main() -> None:

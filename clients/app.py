@@ -47,7 +47,10 @@ class _Workspace:
         torch.set_num_threads(max(1, int(self.scenario.run.resources.num_cpus)))
         self.device = select_device(self.scenario.client.device)
         self.data: FederatedData = federated_data(self.scenario.data, self.scenario.run.seed)
-        self.model = build_model(self.scenario.model, self.data.info).to(self.device)
+        model = build_model(self.scenario.model, self.data.info)
+        if self.scenario.privacy is not None and self.scenario.privacy.mode == "dp-sgd":
+            model = dp_sgd.private_model(model, self.scenario.privacy)
+        self.model = model.to(self.device)
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._last_arrays: ArrayRecord | None = None
         self._last_state: dict[str, torch.Tensor] = {}

@@ -36,7 +36,18 @@ def check_model(model: nn.Module) -> None:
         if errors:
             reason = str(errors[0]).split(".")[0]
             raise FedsimError("model", f"DP-SGD cannot train layer '{name}' ({type(module).__name__}): {reason}",
-                              "set model.batch_norm = false (or use a model without that layer)")
+                              "set privacy.fix_model = true (Opacus swaps it) or model.batch_norm = false")
+
+
+def private_model(model: nn.Module, privacy) -> nn.Module:
+    """The model DP-SGD trains: with `privacy.fix_model`, Opacus's ModuleValidator.fix swaps layers it cannot
+    train (BatchNorm -> GroupNorm); then every layer is checked."""
+    if privacy.fix_model:
+        from opacus.validators import ModuleValidator
+
+        model = ModuleValidator.fix(model)
+    check_model(model)
+    return model
 
 
 def load_history(state: RecordDict) -> History:

@@ -162,6 +162,7 @@ class PrivacySection(Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
     max_grad_norm: float = Field(1.0, gt=0)  # dp-sgd: per-example clipping norm
+    fix_model: bool = False  # dp-sgd: let Opacus's ModuleValidator.fix replace unsupported layers
     clipping_norm: float = Field(1.0, gt=0)  # client-dp: per-client update clipping norm
     q: float | None = Field(None, gt=0, le=1)  # client-dp: Poisson client sampling rate
 

@@ -18,7 +18,7 @@ from torch import nn
 from fedsim.arrays import state_to_record
 from fedsim.budget import BudgetExhausted, PrivacyMonitor
 from fedsim.clients.app import REPORT_TRAIN_LOSS
-from fedsim.clients.dp_sgd import check_model
+from fedsim.clients.dp_sgd import private_model
 from fedsim.clients.train import LocalTraining
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError
@@ -89,7 +89,7 @@ def prepare(scenario: Scenario) -> Prepared:
                             "use loss = 'ce' (mse is used for regression)")
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
-        check_model(model)
+        model = private_model(model, scenario.privacy)
     return Prepared(scenario, data, model, make_strategy(scenario))
 
 

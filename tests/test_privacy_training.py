@@ -112,3 +112,10 @@ def test_client_dp_stops_before_the_budget(tmp_path):
     assert result.summary["privacy"]["epsilon"] <= 5.0
     assert epsilon_of([(1.0, 0.6, rounds + 1)], 1e-5) > 5.0  # one more round would have exceeded it
     assert math.isfinite(result.final["loss"])
+
+
+def test_fix_model_swaps_batch_norm_for_dp_sgd(tmp_path):
+    scenario = small_scenario(run__rounds=2, model__name="cnn", model__batch_norm=True,
+                              **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.0, "privacy.fix_model": True})
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    assert len(result.metrics) == 2 and not any("running_mean" in k for k in result.state_dict)

@@ -1,0 +1,108 @@
+"""Aggregate responses: bags, the closed-form estimators against the paper's corollaries, the Laplace release."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.clients.bags import (
+    bag_loss,
+    bag_targets,
+    clip_bound,
+    interpolating_linear_estimator,
+    make_bags,
+    optimal_bag_size,
+    predicted_risk,
+    release,
+)
+
+
+def test_make_bags_partitions_at_random():
+    rng = np.random.default_rng(0)
+    bags = make_bags(103, 5, rng)
+    assert bags.shape == (20, 5) and len(np.unique(bags)) == 100 and bags.max() < 103
+    assert not np.array_equal(bags, np.arange(100).reshape(20, 5))  # random, not contiguous
+    assert np.array_equal(make_bags(7, 1, rng), np.arange(7)[:, None])  # k = 1: every example its own bag
+
+
+def _monte_carlo(n: int, d: int, k: int, rho: float, theta_scale: float, reps: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    risks = []
+    for _ in range(reps):
+        theta = rng.normal(size=d) * theta_scale
+        x = rng.normal(size=(n, d))
+        y = x @ theta + rng.normal(size=n)  # noise variance 1
+        bags = make_bags(n, k, rng)
+        est = interpolating_linear_estimator(x, y[bags].mean(axis=1), bags, rho)
+        risks.append(np.sum((est - theta) ** 2))
+    return float(np.mean(risks))
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_bag_level_risk_matches_the_corollary(k):
+    n, d = 6000, 50
+    m = n // k
+    expected = d / (m - d - 1)  # sigma^2 d / (m - d - 1), unbiased
+    assert _monte_carlo(n, d, k, rho=0.0, theta_scale=1.0, reps=200, seed=k) == pytest.approx(expected, rel=0.10)
+    assert predicted_risk(n, d, k, 0.0, snr=0.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_instance_level_variance_matches_the_corollary(k):
+    n, d = 6000, 50
+    psi = n / d
+    variance = _monte_carlo(n, d, k, rho=1.0, theta_scale=0.0, reps=200, seed=10 + k)  # theta = 0: no bias
+    assert variance == pytest.approx(1 / (k * (psi - 1)), rel=0.15)
+    assert predicted_risk(n, d, k, 1.0, snr=0.0) == pytest.approx(1 / (k * (psi - 1)), rel=0.02)
+
+
+def test_instance_level_shrinks_by_one_over_k():
+    rng = np.random.default_rng(3)
+    n, d, k = 20000, 5, 4
+    theta = np.ones(d)
+    x = rng.normal(size=(n, d))
+    bags = make_bags(n, k, rng)
+    est = interpolating_linear_estimator(x, (x @ theta)[bags].mean(axis=1), bags, 1.0)
+    assert np.allclose(est, theta / k, atol=0.03)  # the bias the risk predictor uses
+    exact = interpolating_linear_estimator(x, (x @ theta)[bags].mean(axis=1), bags, 0.0)
+    assert np.allclose(exact, theta, atol=1e-8)  # bag level is unbiased (noise-free: exact)
+
+
+def test_laplace_release_scale_and_clipping():
+    rng = np.random.default_rng(4)
+    n, k, eps = 200_000, 4, 0.5
+    y = np.zeros(n)
+    bags = make_bags(n, k, rng)
+    noise = release(y, bags, 0, eps, clip=1.0, rng=rng)
+    b = 2 * clip_bound(n, 1.0) / (k * eps)
+    assert np.mean(np.abs(noise)) == pytest.approx(b, rel=0.02) and np.var(noise) == pytest.approx(2 * b * b, rel=0.03)
+    big = np.full(n, 1e6)
+    assert np.allclose(release(big, bags, 0, None, clip=1.0, rng=rng), clip_bound(n, 1.0))  # clipped, no noise
+    labels = rng.integers(0, 3, n)
+    props = release(labels, bags, 3, eps, clip=1.0, rng=rng) - bag_targets(labels, bags, 3)
+    assert np.mean(np.abs(props)) == pytest.approx(2 / (k * eps), rel=0.02)
+
+
+def test_bag_loss_definitions():
+    torch.manual_seed(0)
+    out = torch.randn(6, 3, 1)
+    target = torch.randn(6)
+    pred = out.squeeze(-1)
+    bag = ((target - pred.mean(1)) ** 2).mean()
+    inst = ((target[:, None] - pred) ** 2).mean()
+    assert torch.isclose(bag_loss(out, target, 0.0, "regression"), bag)
+    assert torch.isclose(bag_loss(out, target, 0.3, "regression"), 0.7 * bag + 0.3 * inst)
+    assert torch.isclose(inst - bag, ((pred - pred.mean(1, keepdim=True)) ** 2).mean())  # L_inst = L_bag + R
+    logits, labels = torch.randn(5, 1, 4), torch.tensor([0, 3, 1, 1, 2])
+    soft = torch.nn.functional.one_hot(labels, 4).float()
+    ce = torch.nn.functional.cross_entropy(logits.squeeze(1), labels)
+    assert torch.isclose(bag_loss(logits, soft, 1.0, "classification"), ce)
+    assert torch.isclose(bag_loss(logits, soft, 0.0, "classification"), ce)  # k = 1: bag = instance
+
+
+def test_optimal_bag_size_tradeoff():
+    best0, risks0 = optimal_bag_size(n=10000, d=20, epsilon=1.0, rho=0.0)
+    best1, risks1 = optimal_bag_size(n=10000, d=20, epsilon=1.0, rho=1.0, snr=0.05)
+    assert best0 == 1 and risks0[1] < risks0[5]  # at rho = 0 averaging noise-free labels does not pay
+    assert best1 > 1  # at rho = 1 larger bags shrink the Laplace noise (until the bias takes over)

@@ -11,7 +11,7 @@ import json
 import math
 
 import torch
-from fedsim.clients import dp_sgd
+from fedsim.clients import bags, dp_sgd
 from fedsim.clients.train import LocalTraining, train_locally
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -123,6 +123,11 @@ def train(msg: Message, context: Context) -> Message:
                                                   dp_sgd.load_history(context.state))
         dp_sgd.save_history(context.state, history, sigma)
         metrics.update(dp_metrics)
+    elif ws.scenario.bags is not None:  # the client sees only its bags' released targets, never y itself
+        bag_index, targets = bags.released_bags(context.state, pid, y, ws.data.info.num_classes, ws.scenario.bags,
+                                                ws.scenario.run.seed)
+        metrics.update(bags.train_on_bags(model, x, bag_index, targets.to(x.device), local, ws.scenario.bags.rho,
+                                          ws.task, torch.Generator().manual_seed(seed)))
     else:
         metrics.update(train_locally(model, x, y, local, ws.task, torch.Generator().manual_seed(seed)))
     metrics["num-examples"] = len(x)

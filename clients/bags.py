@@ -120,3 +120,45 @@ def optimal_bag_size(n: int, d: int, epsilon: float | None, rho: float, snr: flo
     risks = {k: predicted_risk(n, d, k, rho, epsilon, snr, clip) for k in range(1, limit + 1)}
     best = min(risks, key=lambda k: (risks[k], k))
     return best, risks
+
+
+# ---- the client side --------------------------------------------------------------------------------------------
+def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This client's bags and released targets, drawn once (seeded by client) and kept in `context.state`."""
+    from flwr.app import Array, ArrayRecord
+
+    record = state.array_records.get(STATE_KEY)
+    if record is None:
+        rng = np.random.default_rng([seed, pid, 11])
+        bags = make_bags(len(y), cfg.k, rng)
+        targets = release(y.cpu().numpy(), bags, num_classes, cfg.epsilon, cfg.clip, rng)
+        record = ArrayRecord(array_dict={"index": Array(bags.astype(np.int64)), "target": Array(targets)})
+        state[STATE_KEY] = record
+    return torch.from_numpy(record["index"].numpy()), torch.from_numpy(record["target"].numpy())
+
+
+def train_on_bags(model: torch.nn.Module, x: torch.Tensor, bags: torch.Tensor, targets: torch.Tensor, local,
+                  rho: float, task: str, generator: torch.Generator) -> dict[str, float]:
+    """Local training on bag targets: shuffled batches of `batch_size // k` bags; returns the mean loss."""
+    from fedsim.clients.train import make_optimizer
+
+    model.train()
+    optimizer = make_optimizer(model, local)
+    m, k = bags.shape
+    per_batch = max(1, local.batch_size // k)
+    total, count = 0.0, 0
+    for _ in range(local.local_epochs):
+        order = torch.randperm(m, generator=generator)
+        for start in range(0, m, per_batch):
+            chosen = order[start : start + per_batch]
+            outputs = model(x[bags[chosen].reshape(-1)]).view(len(chosen), k, -1)
+            loss = bag_loss(outputs, targets[chosen], rho, task)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(chosen)
+            count += len(chosen)
+    return {"loss": total / max(count, 1)}
+
+
+STATE_KEY = "bags"

@@ -260,6 +260,39 @@ def privacy_noise(target_epsilon: Annotated[float, typer.Option(help="The budget
     _print_ledger(sigma, sample_rate, steps, delta, accountant, json_out, sigma)
 
 
+@privacy_app.command("bag-size")
+def privacy_bag_size(
+    n: Annotated[int, typer.Option("--n", help="Examples (responses) to bag.")],
+    d: Annotated[int, typer.Option("--d", help="Features.")],
+    epsilon: Annotated[float | None, typer.Option(help="Label-DP epsilon of the Laplace release (omit: none).")] = None,
+    rho: Annotated[float, typer.Option(help="0 bag-level .. 1 instance-level.")] = 0.0,
+    snr: Annotated[float, typer.Option(help="|theta|^2 / noise variance.")] = 1.0,
+    clip: Annotated[float, typer.Option(help="Clip constant C (bound C sqrt(log n)).")] = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Predicted risk of the interpolating linear estimator for every bag size k, and the best k."""
+    from fedsim.clients.bags import optimal_bag_size
+    from fedsim.privacy import check
+
+    check("", epsilon=epsilon, sample_rate=None)
+    if n < 2 or d < 1 or not 0 <= rho <= 1 or snr < 0 or clip <= 0:
+        raise FedsimError("bag-size", f"need n >= 2, d >= 1, 0 <= rho <= 1, snr >= 0, clip > 0 (got n={n}, d={d}, "
+                          f"rho={rho}, snr={snr}, clip={clip})", "fix the option")
+    best, risks = optimal_bag_size(n, d, epsilon, rho, snr, clip)
+    if json_out:
+        print(json.dumps({"best_k": best, "risk": {str(k): r for k, r in risks.items()}, "n": n, "d": d,
+                          "epsilon": epsilon, "rho": rho, "snr": snr, "clip": clip}))
+        return
+    table = Table(title=f"predicted risk, n={n} d={d} epsilon={epsilon} rho={rho} snr={snr}")
+    table.add_column("k", justify="right")
+    table.add_column("predicted risk", justify="right")
+    shown = sorted({*range(1, min(len(risks), 10) + 1), best, len(risks)})
+    for k in shown:
+        table.add_row(str(k), f"{risks[k]:.5g}", style="bold" if k == best else None)
+    out_console.print(table)
+    out_console.print(f"best k: {best}")
+
+
 def main() -> None:
     try:
         app()

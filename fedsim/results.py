@@ -138,8 +138,9 @@ class RunRecorder:
             "wall_time_s": round(time.perf_counter() - self._start, 3),
             "runtime": runtime or {},
         }
-        if self.rows and "privacy" in self.rows[-1]:
-            summary["privacy"] = self.rows[-1]["privacy"]
+        for key in ("privacy", "label_privacy"):
+            if self.rows and key in self.rows[-1]:
+                summary[key] = self.rows[-1][key]
         if self.stopped:
             summary["stopped"] = self.stopped
         _atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))

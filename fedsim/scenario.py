@@ -176,6 +176,15 @@ class PrivacySection(Section):
         return self
 
 
+class BagsSection(Section):
+    """Learning from aggregate responses: clients only see bag means / label proportions (REFERENCE.md section 2)."""
+
+    k: int = Field(1, ge=1)
+    rho: float = Field(0.0, ge=0, le=1)  # 0 bag-level, 1 instance-level, in between interpolating
+    epsilon: float | None = Field(None, gt=0)  # Laplace label-DP of the released bag targets; omit for none
+    clip: float = Field(1.0, gt=0)  # responses are clipped to [-B, B], B = clip * sqrt(log n)
+
+
 class OutputSection(Section):
     dir: str = "runs"
     save_model: bool = True
@@ -191,6 +200,7 @@ class Scenario(Section):
     strategy: StrategySection = Field(default_factory=StrategySection)
     output: OutputSection = Field(default_factory=OutputSection)
     privacy: PrivacySection | None = None
+    bags: BagsSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -50,6 +51,13 @@ def client_dp_noise(scenario: Scenario) -> float:
     return noise_multiplier(p.target_epsilon, p.q, scenario.run.rounds, p.delta, p.accountant)
 
 
+def label_privacy(scenario: Scenario) -> dict:
+    """The label-DP ledger of aggregate responses: one Laplace release per client, so epsilon never grows."""
+    b = scenario.bags
+    return {"mechanism": "laplace", "epsilon": b.epsilon, "delta": 0.0, "k": b.k, "clip": b.clip,
+            "released": "once per client; training is post-processing"}
+
+
 def make_strategy(scenario: Scenario) -> Strategy:
     s, n = scenario.strategy, scenario.data.partitioner.num_partitions
     if scenario.privacy is not None and scenario.privacy.mode == "client-dp":
@@ -87,6 +95,9 @@ def prepare(scenario: Scenario) -> Prepared:
     if scenario.client.loss == "fedld-margin" and data.info.task == "regression":
         raise ScenarioError("client.loss", "'fedld-margin' is a classification loss but the data is regression",
                             "use loss = 'ce' (mse is used for regression)")
+    if scenario.bags is not None and scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
+        raise ScenarioError("bags", "aggregate responses cannot be combined with DP-SGD in this version",
+                            "use bags.epsilon for label privacy, or remove [bags]")
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
         model = private_model(model, scenario.privacy)
@@ -129,11 +140,16 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
     strategy = prepared.strategy
     seed_sampling(strategy, scenario.run.seed)
     recorder.watch(strategy)
+    extras: dict[str, Callable[[], dict]] = {}
     if scenario.privacy is not None:
         noise = client_dp_noise(scenario) if scenario.privacy.mode == "client-dp" else None
         monitor = PrivacyMonitor(scenario.privacy, grid, noise)
         monitor.watch(strategy)
-        recorder.row_extras = lambda: {"privacy": monitor.ledger()}
+        extras["privacy"] = monitor.ledger
+    if scenario.bags is not None and scenario.bags.epsilon is not None:
+        label_dp = label_privacy(scenario)
+        extras["label_privacy"] = lambda: label_dp
+    recorder.row_extras = lambda: {key: ledger() for key, ledger in extras.items()}
     try:
         result = strategy.start(
             grid=grid,

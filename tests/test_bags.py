@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from fedsim.clients.bags import (
     bag_loss,
     bag_targets,
@@ -106,3 +105,39 @@ def test_optimal_bag_size_tradeoff():
     best1, risks1 = optimal_bag_size(n=10000, d=20, epsilon=1.0, rho=1.0, snr=0.05)
     assert best0 == 1 and risks0[1] < risks0[5]  # at rho = 0 averaging noise-free labels does not pay
     assert best1 > 1  # at rho = 1 larger bags shrink the Laplace noise (until the bias takes over)
+
+
+def test_bag_client_with_k1_rho1_is_plain_fedavg(tmp_path):
+    from conftest import small_scenario
+
+    import fedsim
+
+    plain = small_scenario(run__rounds=3, client__momentum=0.9)
+    bagged = plain.with_overrides({"bags.k": 1, "bags.rho": 1.0})
+    a = fedsim.run(plain, out=tmp_path / "plain")
+    b = fedsim.run(bagged, out=tmp_path / "bags")
+    worst = max((a.state_dict[k] - b.state_dict[k]).abs().max().item() for k in a.state_dict)
+    assert worst <= 1e-6, worst
+    assert "label_privacy" not in b.summary  # no noise, no label-DP claim
+
+
+def test_aggregate_scenarios_learn_and_record_label_privacy(tmp_path):
+    import fedsim
+
+    result = fedsim.run(fedsim.Scenario.load("aggregate-labels", ["run.rounds=5"]), out=tmp_path / "labels")
+    assert result.final["accuracy"] > result.summary["initial"]["accuracy"]
+    assert result.summary["label_privacy"]["epsilon"] == 2.0
+    assert all(row["label_privacy"]["epsilon"] == 2.0 for row in result.metrics)  # released once: never grows
+
+
+def test_bag_size_cli(cli):
+    import json
+
+    code, out, _ = cli("privacy", "bag-size", "--n", "10000", "--d", "20", "--epsilon", "1", "--rho", "1",
+                       "--snr", "0.05", "--json")
+    fields = json.loads(out)
+    assert code == 0 and fields["best_k"] == optimal_bag_size(10000, 20, 1.0, 1.0, 0.05)[0] > 1
+    code, out, _ = cli("privacy", "bag-size", "--n", "10000", "--d", "20")
+    assert code == 0 and "best k: 1" in out
+    code, _, err = cli("privacy", "bag-size", "--n", "100", "--d", "5", "--epsilon", "-1")
+    assert code == 2 and "epsilon" in err

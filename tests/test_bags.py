@@ -102,7 +102,7 @@ def test_bag_loss_definitions():
 
 def test_optimal_bag_size_tradeoff():
     best0, risks0 = optimal_bag_size(n=10000, d=20, epsilon=1.0, rho=0.0)
-    best1, risks1 = optimal_bag_size(n=10000, d=20, epsilon=1.0, rho=1.0, snr=0.05)
+    best1, _ = optimal_bag_size(n=10000, d=20, epsilon=1.0, rho=1.0, snr=0.05)
     assert best0 == 1 and risks0[1] < risks0[5]  # at rho = 0 averaging noise-free labels does not pay
     assert best1 > 1  # at rho = 1 larger bags shrink the Laplace noise (until the bias takes over)
 

@@ -197,9 +197,11 @@ def compare(
     target: Annotated[float | None, typer.Option(help="Report rounds to reach this accuracy (or mse).")] = None,
     png: Annotated[Path | None, typer.Option(help="Overlay plot (default: <runs' folder>-compare.png beside it).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
+    x: Annotated[str | None, typer.Option(help="Also plot the final metric against this field, e.g. bags.rho.")] = None,
+    lines: Annotated[str | None, typer.Option(help="With --x: fields that tell lines apart, e.g. bags.k,bags.epsilon.")] = None,
 ) -> None:
     """Table of final/best metric (mean ± std over seeds) and rounds to a target, plus an overlay plot."""
-    from fedsim.compare import load_groups, plot_groups, plot_privacy_utility, summary_rows
+    from fedsim.compare import load_groups, plot_against, plot_groups, plot_privacy_utility, summary_rows
 
     groups = load_groups(run_dirs)
     header, rows = summary_rows(groups, target)
@@ -220,6 +222,10 @@ def compare(
     utility = plot_privacy_utility(groups, path.with_name(path.stem + "-privacy-utility.png"))
     if utility:
         (err_console if markdown else out_console).print(f"privacy-utility plot: {utility}")
+    if x:
+        against = plot_against(groups, x, [k for k in (lines or "").split(",") if k],
+                               path.with_name(f"{path.stem}-vs-{x.replace('.', '-')}.png"))
+        (err_console if markdown else out_console).print(f"plot against {x}: {against}")
 
 
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy calculator (Opacus accountants).")

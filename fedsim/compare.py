@@ -117,3 +117,64 @@ def plot_privacy_utility(groups: list[Group], out: Path) -> Path | None:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def field(result: RunResult, dotted: str):
+    """A scenario value by dotted key (e.g. 'bags.rho')."""
+    node = result.scenario.to_dict()
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _predicted_curve(result: RunResult, rhos: np.ndarray) -> np.ndarray | None:
+    """Predicted test mse vs rho for federated linear regression on gaussian-regression bags (pooled closed form)."""
+    from fedsim.clients.bags import predicted_risk
+
+    s = result.scenario
+    if s.data.dataset != "gaussian-regression" or s.model.name != "linear" or s.bags is None:
+        return None
+    g = s.data.generator
+    n = int(g.n_samples * (1 - s.data.test_fraction))
+    noise = g.noise_std**2
+    snr = 1.0 / noise  # theta ~ N(0, I/d): |theta|^2 ~ 1
+    return np.array([noise + predicted_risk(n, g.n_features, s.bags.k, r, s.bags.epsilon, snr, s.bags.clip, noise)
+                     for r in rhos])
+
+
+def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Path) -> Path:
+    """Final metric vs a scenario field (one line per combination of `line_keys`, mean ± std over seeds); for
+    aggregate-responses linear regression the predicted test mse is drawn dashed, its optimum starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, dict[float, list[float]]] = {}
+    example: dict[str, RunResult] = {}
+    for group in groups:
+        for run, final in zip(group.runs, group.curves()[:, -1]):
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={field(run, k)}" for k in line_keys) or "runs"
+            lines.setdefault(label, {}).setdefault(float(field(run, x_key)), []).append(float(final))
+            example.setdefault(label, run)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab10")
+    for index, (label, points) in enumerate(sorted(lines.items())):
+        xs = sorted(points)
+        means, stds = [np.mean(points[x]) for x in xs], [np.std(points[x]) for x in xs]
+        colour = colours(index % 10)
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour, label=label)
+        if x_key == "bags.rho":
+            grid = np.linspace(0, 1, 101)
+            predicted = _predicted_curve(example[label], grid)
+            if predicted is not None:
+                ax.plot(grid, predicted, "--", color=colour, alpha=0.7)
+                best = int(np.argmin(predicted))
+                ax.plot(grid[best], predicted[best], "*", color=colour, markersize=14)
+    ax.set(xlabel=x_key, ylabel=f"final test {groups[0].key}", title=f"final {groups[0].key} vs {x_key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -27,8 +27,8 @@ def test_expand_grid_and_seeds():
 
 
 def test_shipped_sweeps_are_valid():
-    assert {"fedld-compare-digits", "fedld-compare-leaf", "dp-utility"} <= set(shipped_sweeps())
-    sizes = {"fedld-compare-digits": 36, "fedld-compare-leaf": 36, "dp-utility": 8}
+    sizes = {"fedld-compare-digits": 36, "fedld-compare-leaf": 36, "dp-utility": 8, "aggregate-rho": 20}
+    assert set(sizes) <= set(shipped_sweeps())
     for name, size in sizes.items():
         sweep, _ = load_sweep(name)
         assert len(list(expand(sweep))) == size
@@ -70,3 +70,11 @@ def test_privacy_utility_plot(tmp_path, cli):
     assert code == 0 and "privacy-utility plot" in out and (tmp_path / "c-privacy-utility.png").is_file()
     eps = [load_groups([d])[0].runs[0].summary["privacy"]["epsilon"] for d in dirs]
     assert eps[0] > eps[1]  # more noise, less epsilon
+
+
+def test_plot_against_a_field_with_prediction(tmp_path, cli):
+    sweep = SweepFile(base="aggregate-responses", seeds=[0], grid={"bags.rho": [0.0, 1.0]},
+                      set={"run.rounds": 2, "data.generator.n_samples": 3000, "data.partitioner.num_partitions": 3})
+    dirs = run_sweep(sweep, tmp_path / "agg")
+    code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
+    assert code == 0 and (tmp_path / "c-vs-bags-rho.png").is_file()

@@ -76,5 +76,5 @@ def test_plot_against_a_field_with_prediction(tmp_path, cli):
     sweep = SweepFile(base="aggregate-responses", seeds=[0], grid={"bags.rho": [0.0, 1.0]},
                       set={"run.rounds": 2, "data.generator.n_samples": 3000, "data.partitioner.num_partitions": 3})
     dirs = run_sweep(sweep, tmp_path / "agg")
-    code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
+    code, _, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c-vs-bags-rho.png").is_file()

@@ -78,18 +78,25 @@ class RunRecorder:
         self.row_extras: Callable[[], dict] | None = None  # e.g. the privacy ledger
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did
 
-    def watch(self, strategy: Strategy) -> None:
+    def watch(self, strategy: Strategy, unreliable: bool = False) -> None:
+        """With `unreliable` (simulated faults), a round with fewer good replies than the strategy's minimum is
+        skipped (global model unchanged); otherwise a round in which every client fails stops the run."""
         aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+        minimum = max(1, getattr(strategy, "min_train_nodes", 1))
 
         def train(server_round: int, replies: list[Message]):
             replies = list(replies)
             errors = [m for m in replies if m.has_error()]
-            self._round.update(replies=len(replies) - len(errors), failures=len(errors))
+            good = len(replies) - len(errors)
+            self._round.update(replies=good, failures=len(errors))
             if errors:
                 self._round["first_error"] = errors[0].error.reason
-                if len(errors) == len(replies):
-                    raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: "
-                                        f"{errors[0].error.reason}", "fix the cause above and run again")
+            if unreliable and good < minimum:
+                self._round.update(skipped=True, train={})
+                return None, None
+            if errors and not good:
+                raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: "
+                                    f"{errors[0].error.reason}", "fix the cause above and run again")
             arrays, metrics = aggregate_train(server_round, replies)
             self._round["train"] = _metrics(metrics)
             return arrays, metrics
@@ -114,6 +121,8 @@ class RunRecorder:
         row.update(replies=self._round.get("replies", 0), failures=self._round.get("failures", 0))
         if "first_error" in self._round:
             row["first_error"] = self._round["first_error"]
+        if self._round.get("skipped"):
+            row["skipped"] = True
         if self.row_extras:
             row.update(self.row_extras())
         row["time_s"] = round(now - self._last, 6)

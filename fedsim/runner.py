@@ -23,12 +23,13 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
-        return InlineGrid(client_app, n, run_config)
+        return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed)
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
-        return RayGrid(n, run_config, scenario.run.resources, address=address)
+        return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
+                       seed=scenario.run.seed)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         "run `flwr run . --run-config scenario=\\\"NAME\\\"` from the project root")
 

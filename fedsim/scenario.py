@@ -185,6 +185,15 @@ class BagsSection(Section):
     clip: float = Field(1.0, gt=0)  # responses are clipped to [-B, B], B = clip * sqrt(log n)
 
 
+class FaultsSection(Section):
+    """Simulated unreliable clients, drawn per (seed, round, client): never answers, raises, or answers late."""
+
+    dropout_rate: float = Field(0.0, ge=0, le=1)
+    failure_rate: float = Field(0.0, ge=0, le=1)
+    straggler_rate: float = Field(0.0, ge=0, le=1)
+    straggler_delay_s: float = Field(1.0, ge=0)
+
+
 class OutputSection(Section):
     dir: str = "runs"
     save_model: bool = True
@@ -201,6 +210,7 @@ class Scenario(Section):
     output: OutputSection = Field(default_factory=OutputSection)
     privacy: PrivacySection | None = None
     bags: BagsSection | None = None
+    faults: FaultsSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

@@ -139,7 +139,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
 
     strategy = prepared.strategy
     seed_sampling(strategy, scenario.run.seed)
-    recorder.watch(strategy)
+    recorder.watch(strategy, unreliable=scenario.faults is not None)
     extras: dict[str, Callable[[], dict]] = {}
     if scenario.privacy is not None:
         noise = client_dp_noise(scenario) if scenario.privacy.mode == "client-dp" else None
@@ -149,6 +149,8 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
     if scenario.bags is not None and scenario.bags.epsilon is not None:
         label_dp = label_privacy(scenario)
         extras["label_privacy"] = lambda: label_dp
+    if scenario.faults is not None and hasattr(grid, "take_fault_counts"):
+        extras["faults"] = grid.take_fault_counts
     recorder.row_extras = lambda: {key: ledger() for key, ledger in extras.items()}
     try:
         result = strategy.start(

@@ -92,3 +92,11 @@ def test_pool_size_from_resources():
     assert pool_size(ResourcesSection(num_gpus=0.25), {"CPU": 16.0, "GPU": 1.0}) == 4
     with pytest.raises(FedsimError, match="has none"):
         pool_size(ResourcesSection(num_gpus=0.5), {"CPU": 4.0})
+
+
+def test_simulated_faults_are_identical_on_ray(local_ray, tmp_path):
+    scenario = scenario_for_ray(**{"faults.dropout_rate": 0.3, "faults.failure_rate": 0.2,
+                                   "faults.straggler_rate": 0.3, "faults.straggler_delay_s": 0.01})
+    on_ray = fedsim.run(scenario, out=tmp_path / "ray")
+    inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
+    assert without_timings(on_ray.metrics) == without_timings(inline.metrics)

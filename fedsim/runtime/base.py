@@ -10,6 +10,7 @@ import itertools
 from abc import abstractmethod
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -39,7 +40,11 @@ def error_reply(msg: Message, code: int, reason: str) -> Message:
 class VirtualNodesGrid(Grid):
     """A Grid over `num_nodes` virtual nodes whose ClientApp runs wherever `_execute` puts it."""
 
-    def __init__(self, num_nodes: int, run_config: dict, run_id: int = 1) -> None:
+    def __init__(self, num_nodes: int, run_config: dict, run_id: int = 1, faults=None, seed: int = 0) -> None:
+        self.faults, self.seed = faults, seed
+        self.fault_counts = {"dropped": 0, "failed": 0, "straggled": 0}
+        self.delays: dict[str, float] = {}  # message id -> seconds a straggler waits before answering
+        self._pushes = itertools.count(1)
         self._run = Run.create_empty(run_id)
         # Messages created in this process are the server's (as in Flower's own ServerApp runner).
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
@@ -86,8 +91,34 @@ class VirtualNodesGrid(Grid):
             if msg.metadata.dst_node_id not in self.contexts:
                 self._replies[msg.metadata.message_id] = error_reply(
                     msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}")
+        if self.faults is not None:
+            known = self._inject_faults(known, next(self._pushes))
         self._replies.update(self._execute(known, timeout))
         return [m.metadata.message_id for m in batch]
+
+    def _inject_faults(self, messages: list[Message], push: int) -> list[Message]:
+        """Seeded per (seed, push, node): drop (no reply), fail (error reply) or delay; returns what still runs."""
+        f, runs = self.faults, []
+        self.delays = {}
+        for msg in messages:
+            draw = np.random.default_rng([self.seed, push, msg.metadata.dst_node_id, 3]).random(3)
+            if draw[0] < f.dropout_rate:
+                self.fault_counts["dropped"] += 1
+            elif draw[1] < f.failure_rate:
+                self.fault_counts["failed"] += 1
+                self._replies[msg.metadata.message_id] = error_reply(
+                    msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "simulated failure ([faults] failure_rate)")
+            else:
+                if draw[2] < f.straggler_rate:
+                    self.fault_counts["straggled"] += 1
+                    self.delays[msg.metadata.message_id] = f.straggler_delay_s
+                runs.append(msg)
+        return runs
+
+    def take_fault_counts(self) -> dict[str, int]:
+        """Faults injected since the last call (one call per round, for metrics.jsonl)."""
+        counts, self.fault_counts = self.fault_counts, {"dropped": 0, "failed": 0, "straggled": 0}
+        return counts
 
     @abstractmethod
     def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:

@@ -54,14 +54,15 @@ class ClientWorker:
 
         return ray.get_runtime_context().get_node_id(), str(Path(fedsim.__file__).parent)
 
-    def run(self, content_ref: list, run_config: dict, tasks: list[tuple[Metadata, dict, RecordDict]],
+    def run(self, content_ref: list, run_config: dict, tasks: list[tuple[Metadata, dict, RecordDict, float]],
             ) -> list[tuple[Message, RecordDict]]:
-        """Execute a chunk of virtual clients (metadata, node config, node state); returns replies and new states."""
+        """Execute a chunk of virtual clients (metadata, node config, node state, delay); returns replies, states."""
         ref = content_ref[0]  # wrapped in a list so Ray hands us the reference, not a fresh copy per call
         if ref.hex() != self._content_key:
             self._content, self._content_key = ray.get(ref), ref.hex()
         out = []
-        for metadata, node_config, state in tasks:
+        for metadata, node_config, state, delay in tasks:
+            time.sleep(delay)  # a simulated straggler ([faults])
             msg = Message(content=self._content, metadata=metadata)
             context = Context(metadata.run_id, metadata.dst_node_id, node_config, state, run_config)
             out.append((run_client(self.app, msg, context), context.state))
@@ -82,8 +83,8 @@ class RayGrid(VirtualNodesGrid):
 
     def __init__(self, num_nodes: int, run_config: dict, resources: ResourcesSection, address: str | None = None,
                  client_app: str = "fedsim.clients.app:app", runtime_env: dict | None = None,
-                 chunks_per_actor: int = 1, ship_code: bool | None = None) -> None:
-        super().__init__(num_nodes, run_config)
+                 chunks_per_actor: int = 1, ship_code: bool | None = None, faults=None, seed: int = 0) -> None:
+        super().__init__(num_nodes, run_config, faults=faults, seed=seed)
         self.run_config = dict(run_config)  # shared by every node; sent once per chunk, not per client
         self.resources, self.address, self.client_app = resources, address, client_app
         self.chunks_per_actor = chunks_per_actor
@@ -150,7 +151,8 @@ class RayGrid(VirtualNodesGrid):
         chunk.actor, chunk.started = actor, time.monotonic()
         chunk.attempts += 1
         contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk.messages]
-        tasks = [(m.metadata, c.node_config, c.state) for m, c in zip(chunk.messages, contexts)]
+        tasks = [(m.metadata, c.node_config, c.state, self.delays.get(m.metadata.message_id, 0.0))
+                 for m, c in zip(chunk.messages, contexts)]
         return self.actors[actor].run.remote([chunk.content_ref], self.run_config, tasks)
 
     def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:

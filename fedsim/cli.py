@@ -37,20 +37,24 @@ def _metric_table(rows: list[dict], title: str, max_rows: int | None = None) -> 
     if max_rows and len(rows) > max_rows:
         step = -(-len(rows) // max_rows)
         rows = [r for r in rows if (r["round"] - 1) % step == 0 or r is rows[-1]]
-    train_keys = sorted({k for r in rows for k in r["train"]})
+    train_keys = sorted({k for r in rows for k in r["train"]} & {"loss", "accuracy"})
     eval_keys = sorted({k for r in rows for k in r["eval"]})
+    private = any("privacy" in r for r in rows)
     table = Table(title=title)
     table.add_column("round", justify="right")
     for k in train_keys:
         table.add_column(f"train {SHORT.get(k, k)}", justify="right")
     for k in eval_keys:
         table.add_column(f"test {SHORT.get(k, k)}", justify="right", style="bold" if k in ("accuracy", "mse") else None)
+    if private:
+        table.add_column("epsilon", justify="right")
     table.add_column("clients", justify="right")
     table.add_column("failed", justify="right")
     table.add_column("time s", justify="right")
     for r in rows:
+        privacy = [_fmt(r.get("privacy", {}).get("epsilon", ""))] if private else []
         table.add_row(str(r["round"]), *(_fmt(r["train"].get(k, "")) for k in train_keys),
-                      *(_fmt(r["eval"].get(k, "")) for k in eval_keys),
+                      *(_fmt(r["eval"].get(k, "")) for k in eval_keys), *privacy,
                       str(r.get("replies", "")), str(r.get("failures", "")), f"{r['time_s']:.2f}")
     return table
 
@@ -66,7 +70,6 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
 ) -> None:
     """Run a scenario and write its run directory."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsim.runner import run as run_scenario
 
@@ -77,6 +80,16 @@ def run(
         overrides["run.ray_address"] = ray_address
         overrides.setdefault("run.runtime", "ray")
     sc = Scenario.load(scenario, overrides)
+    try:
+        _run_with_progress(sc, out, quiet, run_scenario)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the unfinished run dir was removed", markup=False, highlight=False)
+        raise typer.Exit(130) from None
+
+
+def _run_with_progress(sc: Scenario, out: Path | None, quiet: bool, run_scenario) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     if quiet:
         result = run_scenario(sc, out)
         out_console.print(str(result.run_dir))
@@ -94,6 +107,8 @@ def run(
     out_console.print(_metric_table(result.metrics, f"{sc.run.name}: central evaluation", max_rows=10))
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
     out_console.print(f"final: {final} | wall time {result.summary['wall_time_s']:.1f} s | run dir: {result.run_dir}")
+    if "stopped" in result.summary:
+        out_console.print(f"stopped after round {result.summary['rounds']}: {result.summary['stopped']}")
 
 
 @app.command(name="list")
@@ -305,3 +320,6 @@ def main() -> None:
     except FedsimError as exc:
         err_console.print(f"error: {exc.line()}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # (typer turns one raised inside a command into exit 130 itself)
+        err_console.print("interrupted", markup=False, highlight=False)
+        sys.exit(130)

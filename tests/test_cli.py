@@ -46,3 +46,14 @@ def test_partition_table_and_heatmap(cli, tmp_path):
 def test_flower_runtime_points_to_flwr_run(cli, tmp_path):
     code, _, err = cli("run", "quickstart", "--runtime", "flower", "--out", str(tmp_path / "x"))
     assert code == 2 and "run.runtime: 'flower' runs through Flower's own CLI" in err and not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_exits_130_without_a_run_dir(cli, tmp_path, monkeypatch):
+    from fedsim.clients import app as client_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client_module, "train_locally", interrupt)
+    code, _, err = cli("run", "quickstart", "--out", str(tmp_path / "run"))
+    assert code == 130 and "interrupted" in err and not (tmp_path / "run").exists()

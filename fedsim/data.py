@@ -7,7 +7,6 @@ loads and caches only partition i (the partitioner computes its index assignment
 from __future__ import annotations
 
 import functools
-import hashlib
 import warnings
 
 import datasets
@@ -190,7 +189,3 @@ def _cached(cfg_json: str, seed: int) -> FederatedData:
 def federated_data(cfg: DataSection, seed: int) -> FederatedData:
     """The scenario's partitions and test set, built once per (data section, seed) in this process."""
     return _cached(cfg.model_dump_json(), seed)
-
-
-def data_fingerprint(cfg: DataSection, seed: int) -> str:
-    return hashlib.sha256(f"{cfg.model_dump_json()}|{seed}".encode()).hexdigest()[:12]

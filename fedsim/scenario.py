@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -269,13 +270,6 @@ class Scenario(Section):
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
-    @property
-    def task(self) -> str:
-        """'regression' or 'classification', from the dataset."""
-        from fedsim.sources import is_regression
-
-        return "regression" if is_regression(self.data) else "classification"
-
 
 # ---- overrides ---------------------------------------------------------------------------
 def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
@@ -301,7 +295,7 @@ def _literal(text: str) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = _deep_copy(raw)
+    out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         node = out
         *parents, leaf = dotted.split(".")
@@ -312,14 +306,6 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
             node = child
         node[leaf] = value
     return out
-
-
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deep_copy(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_deep_copy(v) for v in raw]
-    return raw
 
 
 # ---- errors ------------------------------------------------------------------------------

@@ -115,8 +115,6 @@ def _read_file(path_text: str) -> Dataset:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as arrays:
                 return Dataset.from_dict({k: arrays[k] for k in arrays.files})
-    except DataError:
-        raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise DataError(f"data.dataset: file:{path_text}", f"cannot read: {exc}", "pass a valid parquet/csv/npz file") from None
     raise DataError(f"data.dataset: file:{path_text}", f"unsupported file type '{suffix}'", "use .parquet, .csv or .npz")

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -75,7 +75,6 @@ class _Chunk:
     messages: list[Message]
     attempts: int = 0
     actor: int = -1
-    started: float = field(default=0.0)
 
 
 class RayGrid(VirtualNodesGrid):
@@ -148,7 +147,7 @@ class RayGrid(VirtualNodesGrid):
         return chunks
 
     def _submit(self, chunk: _Chunk, actor: int) -> ray.ObjectRef:
-        chunk.actor, chunk.started = actor, time.monotonic()
+        chunk.actor = actor
         chunk.attempts += 1
         contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk.messages]
         tasks = [(m.metadata, c.node_config, c.state, self.delays.get(m.metadata.message_id, 0.0))

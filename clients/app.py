@@ -16,7 +16,7 @@ from fedsim.clients.train import LocalTraining, train_locally
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.arrays import state_to_record
+from fedsim.arrays import record_to_state, state_to_record
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
@@ -52,8 +52,6 @@ class _Workspace:
             model = dp_sgd.private_model(model, self.scenario.privacy)
         self.model = model.to(self.device)
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._last_arrays: ArrayRecord | None = None
-        self._last_state: dict[str, torch.Tensor] = {}
 
     def partition(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Partition `pid` on this workspace's device (cached there too when that is a GPU)."""
@@ -74,10 +72,7 @@ class _Workspace:
 
     def load_global(self, arrays: ArrayRecord) -> torch.nn.Module:
         """Load the received global model; the same ArrayRecord object is deserialised only once."""
-        if arrays is not self._last_arrays:
-            self._last_state = arrays.to_torch_state_dict()
-            self._last_arrays = arrays
-        self.model.load_state_dict(self._last_state)
+        self.model.load_state_dict(record_to_state(arrays))
         return self.model
 
 

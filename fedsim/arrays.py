@@ -55,6 +55,22 @@ def _npy_array(dtype: str, shape: tuple[int, ...], data: bytes) -> NpyArray:
     return array
 
 
+_last_read: tuple[ArrayRecord | None, dict[str, torch.Tensor]] = (None, {})
+
+
+def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """`record.to_torch_state_dict()`, deserialised once per record object in this process.
+
+    Every round the same global ArrayRecord is read by central evaluation, the aggregating strategy and, inline,
+    by every client: they share one read. The tensors are shared too, so callers must not modify them in place
+    (`load_state_dict` copies).
+    """
+    global _last_read
+    if _last_read[0] is not record:
+        _last_read = (record, record.to_torch_state_dict())
+    return _last_read[1]
+
+
 def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """A model's state dict as an ArrayRecord (same bytes as `ArrayRecord(state_dict)`)."""
     arrays = {key: NpyArray.from_numpy_ndarray(t.detach().cpu().numpy()) for key, t in state.items()}

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim.arrays import state_to_record
+from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import BudgetExhausted, PrivacyMonitor
 from fedsim.clients.app import REPORT_TRAIN_LOSS
 from fedsim.clients.dp_sgd import private_model
@@ -132,7 +132,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         latest[:] = [arrays]
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model.load_state_dict(record_to_state(arrays))
         metrics = evaluate(model, x_test, y_test, data.info.task)
         recorder.record_round(server_round, metrics)
         return MetricRecord(metrics)

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
-from fedsim.arrays import NpyArray
+from fedsim.arrays import NpyArray, record_to_state
 from fedsim.seeding import derive_seed
 
 
@@ -32,7 +32,6 @@ class PoissonDPFedAvg(FedAvg):
         self.seed = seed
         self._global: ArrayRecord | None = None
         self._expected_cohort = 1.0
-        self._round = 0
 
     def noise_std(self) -> float:
         """Standard deviation of the noise in the averaged update: sigma C / (q N)."""
@@ -43,7 +42,7 @@ class PoissonDPFedAvg(FedAvg):
         nodes = sorted(grid.get_node_ids())
         rng = np.random.default_rng(derive_seed(self.seed, server_round, 7))
         chosen = [n for n, u in zip(nodes, rng.random(len(nodes))) if u < self.sample_rate]
-        self._global, self._round = arrays, server_round
+        self._global = arrays
         self._expected_cohort = self.sample_rate * len(nodes)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -55,7 +54,8 @@ class PoissonDPFedAvg(FedAvg):
         if self._global is None:
             return None, None
         keys = list(self._global.keys())
-        global_arrays = [self._global[k].numpy().astype(np.float64) for k in keys]
+        state = record_to_state(self._global)
+        global_arrays = [state[k].numpy().astype(np.float64) for k in keys]
         total = [np.zeros_like(a) for a in global_arrays]
         for msg in valid:
             client = next(iter(msg.content.array_records.values()))

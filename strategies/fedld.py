@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim.arrays import NpyArray
+from fedsim.arrays import NpyArray, record_to_state
 
 EIGEN_FLOOR = 1e-12  # relative to the largest eigenvalue: smaller ones are numerical zeros
 
@@ -119,7 +119,7 @@ class FedLD(FedAvg):
         if not valid or self._global is None:
             return None, None
         contents = [msg.content for msg in valid]
-        global_arrays = {k: v.numpy() for k, v in self._global.items()}
+        global_arrays = {k: t.numpy() for k, t in record_to_state(self._global).items()}
         updates = []
         for content in contents:
             client = next(iter(content.array_records.values()))

@@ -11,9 +11,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.clients.app import app as client_app
-from fedsim.results import RunRecorder, new_run_dir
+from fedsim.runner import run_on_grid
 from fedsim.scenario import Scenario
-from fedsim.server import prepare, server_main
+from fedsim.server import prepare
 
 server_app = ServerApp()
 __all__ = ["client_app", "server_app"]
@@ -24,16 +24,9 @@ def main(grid: Grid, context: Context) -> None:
     scenario = Scenario.load(str(context.run_config["scenario"]))
     expected = scenario.data.partitioner.num_partitions
     prepared = prepare(scenario)
-    out = context.run_config.get("out") or None
-    recorder = RunRecorder(new_run_dir(scenario, out), scenario,
-                           on_round=lambda row: print(f"round {row['round']}: {row['eval']}", flush=True))
     nodes = len(list(grid.get_node_ids()))
     if nodes != expected:
         print(f"warning: {nodes} SuperNodes but the scenario has {expected} partitions", flush=True)
-    try:
-        arrays = server_main(grid, prepared, recorder)
-    except BaseException:
-        recorder.discard()
-        raise
-    summary = recorder.finish(arrays.to_torch_state_dict(), prepared.data.info.task, {"kind": "flower"})
-    print(f"fedsim run dir: {summary.run_dir.resolve()} final: {summary.final}", flush=True)
+    result = run_on_grid(prepared, grid, context.run_config.get("out") or None,
+                         lambda row: print(f"round {row['round']}: {row['eval']}", flush=True), lambda: {"kind": "flower"})
+    print(f"fedsim run dir: {result.run_dir.resolve()} final: {result.final}", flush=True)

@@ -6,13 +6,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from flwr.serverapp import Grid
+
+from fedsim.arrays import record_to_state
 from fedsim.clients.app import SCENARIO_KEY
 from fedsim.clients.app import app as client_app
 from fedsim.errors import ScenarioError
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
-from fedsim.server import prepare, server_main
+from fedsim.server import Prepared, prepare, server_main
 
 
 def make_grid(scenario: Scenario) -> VirtualNodesGrid:
@@ -34,17 +37,25 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
                         "run `flwr run . --run-config scenario=\\\"NAME\\\"` from the project root")
 
 
+def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
+                on_round: Callable[[dict], None] | None = None,
+                describe: Callable[[], dict] | None = None) -> RunResult:
+    """The server loop on any Grid (fedsim's or Flower's), writing the run dir; nothing is kept if it fails.
+    `describe()` says what ran the clients, asked at the end (e.g. how many Ray actors were replaced)."""
+    recorder = RunRecorder(new_run_dir(prepared.scenario, out), prepared.scenario, on_round)
+    try:
+        arrays = server_main(grid, prepared, recorder)
+    except BaseException:  # bad input, Ctrl-C or a crash: leave no half-written run dir
+        recorder.discard()
+        raise
+    return recorder.finish(record_to_state(arrays), prepared.data.info.task, describe() if describe else None)
+
+
 def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None) -> RunResult:
     """Run `scenario` to the end; returns what the run dir holds. Nothing is written if the input is bad."""
     prepared = prepare(scenario)
     grid = make_grid(scenario)
     try:
-        recorder = RunRecorder(new_run_dir(scenario, out), scenario, on_round)
-        try:
-            arrays = server_main(grid, prepared, recorder)
-        except BaseException:  # bad input, Ctrl-C or a crash: leave no half-written run dir
-            recorder.discard()
-            raise
-        return recorder.finish(arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
+        return run_on_grid(prepared, grid, out, on_round, grid.describe)
     finally:
         grid.close()

@@ -10,10 +10,11 @@ from conftest import small_scenario
 
 import fedsim
 from fedsim.errors import FedsimError
-from fedsim.results import RunRecorder, without_timings
+from fedsim.results import without_timings
+from fedsim.runner import run_on_grid
 from fedsim.runtime.ray_grid import RayGrid, pool_size
 from fedsim.scenario import ResourcesSection
-from fedsim.server import prepare, server_main
+from fedsim.server import prepare
 
 TESTS = Path(__file__).parent
 
@@ -42,9 +43,7 @@ def run_with_app(scenario, out: Path, client_app: str):
     grid = RayGrid(scenario.data.partitioner.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()},
                    scenario.run.resources, client_app=client_app)
     try:
-        recorder = RunRecorder(out, scenario)
-        arrays = server_main(grid, prepared, recorder)
-        return recorder.finish(arrays.to_torch_state_dict(), prepared.data.info.task, grid.describe())
+        return run_on_grid(prepared, grid, out, describe=grid.describe)
     finally:
         grid.close()
 

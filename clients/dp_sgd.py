@@ -58,10 +58,10 @@ def load_history(state: RecordDict) -> History:
 
 
 def save_history(state: RecordDict, history: History, sigma: float) -> None:
-    state[STATE_KEY] = ConfigRecord({
-        "noise": [float(s) for s, _, _ in history] or [sigma], "rates": [float(q) for _, q, _ in history] or [0.0],
-        "steps": [int(t) for _, _, t in history] or [0], "sigma": sigma,
-    })
+    """Keep the (non-empty: saved after training) history and the client's noise multiplier."""
+    noise, rates, steps = zip(*history, strict=True)
+    state[STATE_KEY] = ConfigRecord({"noise": [float(s) for s in noise], "rates": [float(q) for q in rates],
+                                     "steps": [int(t) for t in steps], "sigma": sigma})
 
 
 def round_plan(n: int, cfg: LocalTraining) -> tuple[float, int]:
@@ -117,7 +117,7 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
                 seen += len(xb)
         new_history = [(float(s), float(r), int(t)) for s, r, t in engine.accountant.history]
     model.load_state_dict(local.state_dict())
-    spent = epsilon_of(new_history, privacy.delta, privacy.accountant)
+    spent = spent_next  # the accountant recorded exactly the planned (sigma, q, steps) of this round
     after_next = epsilon_of([*new_history, (sigma, q, steps)], privacy.delta, privacy.accountant)
     metrics = {"loss": total / max(seen, 1), "epsilon": spent, "epsilon-next": after_next,
                "noise-multiplier": sigma, "sample-rate": q, "steps": sum(t for _, _, t in new_history)}

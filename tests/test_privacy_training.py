@@ -11,7 +11,7 @@ from conftest import small_scenario
 from fedsim.clients.dp_sgd import train_dp_sgd
 from fedsim.clients.train import LocalTraining
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 import fedsim
 from fedsim.arrays import state_to_record
@@ -49,11 +49,11 @@ def test_noise_has_the_accountants_scale():
 
 
 def test_client_dp_noise_and_clipping():
-    node_ids = list(range(1000, 1050))
     grid = InlineGrid(None, 50, {})
+    node_ids = grid.get_node_ids()
     zeros = {"w": torch.zeros(20_000)}
     strategy = PoissonDPFedAvg(noise_multiplier=1.5, clipping_norm=2.0, sample_rate=0.2, seed=3)
-    messages = list(strategy.configure_train(1, state_to_record(zeros), __import__("flwr.app").app.ConfigRecord(), grid))
+    messages = list(strategy.configure_train(1, state_to_record(zeros), ConfigRecord(), grid))
     assert 0 < len(messages) < 50 and {m.metadata.dst_node_id for m in messages} <= set(node_ids)
     replies = [Message(RecordDict({"arrays": state_to_record(zeros), "metrics": MetricRecord({"num-examples": 1})}),
                        reply_to=_delivered(m)) for m in messages]
@@ -62,7 +62,7 @@ def test_client_dp_noise_and_clipping():
     assert delta.std() == pytest.approx(1.5 * 2.0 / (0.2 * 50), rel=0.03)  # sigma C / (q N)
     # a huge update is clipped to C before the (here negligible) noise
     strategy = PoissonDPFedAvg(noise_multiplier=1e-9, clipping_norm=2.0, sample_rate=1.0, seed=3)
-    messages = list(strategy.configure_train(1, state_to_record(zeros), __import__("flwr.app").app.ConfigRecord(), grid))
+    messages = list(strategy.configure_train(1, state_to_record(zeros), ConfigRecord(), grid))
     big = {"w": torch.full((20_000,), 100.0)}
     replies = [Message(RecordDict({"arrays": state_to_record(big), "metrics": MetricRecord({"num-examples": 1})}),
                        reply_to=_delivered(messages[0]))]

@@ -71,7 +71,6 @@ def run(
 ) -> None:
     """Run a scenario and write its run directory."""
 
-    from fedsim.runner import run as run_scenario
 
     overrides: dict = dict(parse_overrides(set_))
     if runtime:
@@ -81,14 +80,16 @@ def run(
         overrides.setdefault("run.runtime", "ray")
     sc = Scenario.load(scenario, overrides)
     try:
-        _run_with_progress(sc, out, quiet, run_scenario)
+        _run_with_progress(sc, out, quiet)
     except KeyboardInterrupt:
         err_console.print("interrupted: the unfinished run dir was removed", markup=False, highlight=False)
         raise typer.Exit(130) from None
 
 
-def _run_with_progress(sc: Scenario, out: Path | None, quiet: bool, run_scenario) -> None:
+def _run_with_progress(sc: Scenario, out: Path | None, quiet: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsim.runner import run as run_scenario
 
     if quiet:
         result = run_scenario(sc, out)
@@ -238,8 +239,9 @@ def compare(
     if utility:
         (err_console if markdown else out_console).print(f"privacy-utility plot: {utility}")
     if x:
-        against = plot_against(groups, x, [k for k in (lines or "").split(",") if k],
-                               path.with_name(f"{path.stem}-vs-{x.replace('.', '-')}.png"))
+        against = path.with_name(f"{path.stem}-vs-{x.replace('.', '-')}.png")
+        for line in plot_against(groups, x, [k for k in (lines or "").split(",") if k], against):
+            out_console.print(line, markup=False, highlight=False, soft_wrap=True)
         (err_console if markdown else out_console).print(f"plot against {x}: {against}")
 
 

@@ -54,6 +54,9 @@ def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], 
     header = ["setting", "seeds", f"final {key}", f"best {key}"]
     if target is not None:
         header.append(f"rounds to {target:g}")
+    private = all("privacy" in r.summary for g in groups for r in g.runs)
+    if private:
+        header.append("final epsilon")
     rows = []
     for group in groups:
         curves = group.curves()
@@ -63,6 +66,8 @@ def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], 
             hits = group.rounds_to(target)
             reached = [h for h in hits if h is not None]
             row.append(f"{np.mean(reached):.1f} ({len(reached)}/{len(hits)} seeds)" if reached else "never")
+        if private:
+            row.append(mean_std([r.summary["privacy"]["epsilon"] for r in group.runs]))
         rows.append(row)
     return header, rows
 
@@ -142,9 +147,10 @@ def _predicted_curve(result: RunResult, rhos: np.ndarray) -> np.ndarray | None:
                      for r in rhos])
 
 
-def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Path) -> Path:
-    """Final metric vs a scenario field (one line per combination of `line_keys`, mean ± std over seeds); for
-    aggregate-responses linear regression the predicted test mse is drawn dashed, its optimum starred."""
+def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Path) -> list[str]:
+    """Final metric vs a scenario field (one line per combination of `line_keys`, mean ± std over seeds), written
+    to `out`; for aggregate-responses linear regression the predicted test mse is drawn dashed, its optimum
+    starred. Returns one line of text per plotted line: its best measured x and the predicted optimum if any."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,11 +165,14 @@ def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Pat
             example.setdefault(label, run)
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.get_cmap("tab10")
+    report: list[str] = []
     for index, (label, points) in enumerate(sorted(lines.items())):
         xs = sorted(points)
         means, stds = [np.mean(points[x]) for x in xs], [np.std(points[x]) for x in xs]
         colour = colours(index % 10)
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=colour, label=label)
+        best = int(np.argmin(means) if groups[0].key == "mse" else np.argmax(means))
+        report.append(f"{label}: best measured {x_key} = {xs[best]:g} ({means[best]:.4f})")
         if x_key == "bags.rho":
             grid = np.linspace(0, 1, 101)
             predicted = _predicted_curve(example[label], grid)
@@ -171,10 +180,11 @@ def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Pat
                 ax.plot(grid, predicted, "--", color=colour, alpha=0.7)
                 best = int(np.argmin(predicted))
                 ax.plot(grid[best], predicted[best], "*", color=colour, markersize=14)
+                report[-1] += f", predicted optimum {grid[best]:.2f} ({predicted[best]:.4f})"
     ax.set(xlabel=x_key, ylabel=f"final test {groups[0].key}", title=f"final {groups[0].key} vs {x_key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
-    return out
+    return report

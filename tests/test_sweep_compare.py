@@ -68,6 +68,7 @@ def test_privacy_utility_plot(tmp_path, cli):
     dirs = run_sweep(sweep, tmp_path / "dp")
     code, out, _ = cli("compare", *map(str, dirs), "--png", str(tmp_path / "c.png"))
     assert code == 0 and "privacy-utility plot" in out and (tmp_path / "c-privacy-utility.png").is_file()
+    assert "final epsilon" in out
     eps = [load_groups([d])[0].runs[0].summary["privacy"]["epsilon"] for d in dirs]
     assert eps[0] > eps[1]  # more noise, less epsilon
 
@@ -76,5 +77,6 @@ def test_plot_against_a_field_with_prediction(tmp_path, cli):
     sweep = SweepFile(base="aggregate-responses", seeds=[0], grid={"bags.rho": [0.0, 1.0]},
                       set={"run.rounds": 2, "data.generator.n_samples": 3000, "data.partitioner.num_partitions": 3})
     dirs = run_sweep(sweep, tmp_path / "agg")
-    code, _, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
+    code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c-vs-bags-rho.png").is_file()
+    assert "k=8: best measured bags.rho" in out and "predicted optimum" in out

@@ -11,7 +11,7 @@ import json
 import math
 
 import torch
-from fedsim.clients import bags, dp_sgd
+from fedsim.clients import bags, dp_sgd, unlearn
 from fedsim.clients.train import LocalTraining, train_locally
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -23,6 +23,7 @@ from fedsim.evaluation import evaluate, task_loss
 from fedsim.models import build_model
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed
+from fedsim.unlearning.forget import Forgotten
 
 SCENARIO_KEY = "fedsim-scenario"  # run_config entry holding the resolved scenario as JSON
 REPORT_TRAIN_LOSS = "report-train-loss"  # config flag: also report the global model's loss before training
@@ -92,9 +93,14 @@ def workspace(context: Context) -> _Workspace:
     return _workspace(str(scenario_json))
 
 
-def _partition(context: Context, ws: _Workspace) -> tuple[int, torch.Tensor, torch.Tensor]:
+def _partition(context: Context, ws: _Workspace, config: ConfigRecord | None = None
+               ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The node's partition, without the examples the server says are forgotten (unlearning)."""
     pid = int(context.node_config["partition-id"])
     x, y = ws.partition(pid)
+    if config is not None and "forget-clients" in config:
+        keep = Forgotten.read(config, "forget").kept(pid, y.cpu()).to(x.device)
+        x, y = x[keep], y[keep]
     return pid, x, y
 
 
@@ -102,7 +108,7 @@ def _partition(context: Context, ws: _Workspace) -> tuple[int, torch.Tensor, tor
 def train(msg: Message, context: Context) -> Message:
     ws = workspace(context)
     config: ConfigRecord = msg.content["config"]
-    pid, x, y = _partition(context, ws)
+    pid, x, y = _partition(context, ws, config)
     model = ws.load_global(msg.content["arrays"])
     metrics: dict[str, float] = {}
     if config.get(REPORT_TRAIN_LOSS, False):
@@ -135,8 +141,57 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Federated evaluation: the global model on this node's partition."""
     ws = workspace(context)
-    _, x, y = _partition(context, ws)
+    _, x, y = _partition(context, ws, msg.content.get("config"))
     metrics = evaluate(ws.load_global(msg.content["arrays"]), x, y, ws.task)
     metrics["num-examples"] = len(x)
     ws.release()
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.train("unlearn")
+def unlearning_step(msg: Message, context: Context) -> Message:
+    """One client's part of an unlearning method (`method` in the config), on its retained / forgotten split.
+    Replies with the model (or SalUn's saliency gradients) and `num-examples`, the weight for aggregation."""
+    ws = workspace(context)
+    config: ConfigRecord = msg.content["config"]
+    pid = int(context.node_config["partition-id"])
+    data = unlearn.split(pid, *ws.partition(pid), config)
+    x_r, _, x_f, y_f = data
+    model = ws.load_global(msg.content["arrays"])
+    local = LocalTraining.from_config(config)
+    method = str(config["method"])
+    generator = torch.Generator().manual_seed(
+        derive_seed(ws.scenario.run.seed, int(config["server-round"]), pid, int(config["unlearn-step"])))
+    metrics: dict[str, float] = {}
+    weight = len(x_r) + len(x_f)
+    if method == "saliency":
+        state, weight = unlearn.saliency_gradients(model, x_f, y_f, ws.task, local.batch_size), len(x_f)
+    elif method in ("gradient-ascent", "pga"):
+        metrics = unlearn.gradient_ascent(model, x_f, y_f, local, ws.task, generator, config.get("clip"),
+                                          config.get("radius"))
+        weight = len(x_f)
+    elif method in ("random-label", "salun"):
+        mask = {k: v.to(ws.device) for k, v in msg.content["mask"].to_torch_state_dict().items()} \
+            if method == "salun" else None
+        metrics = unlearn.relabel_and_train(model, data, ws.data.info.num_classes, local, generator, mask)
+    elif method == "gaussian":
+        metrics = unlearn.gaussian_targets(data, local, model, generator)
+    elif method == "blindspot":
+        blind = build_model(ws.scenario.model, ws.data.info).to(ws.device)
+        blind.load_state_dict(msg.content["blindspot"].to_torch_state_dict())
+        metrics = unlearn.blindspot(model, blind, data, local, float(config["beta"]), generator)
+    else:
+        raise FedsimError("unlearning.method", f"no client step '{method}'", "use a method from `fedsim list`")
+    if method != "saliency":
+        state = model.state_dict()
+    metrics.update({"num-examples": weight, "forgotten": len(x_f)})
+    content = RecordDict({"arrays": state_to_record(state), "metrics": MetricRecord(metrics)})
+    ws.release()
+    return Message(content=content, reply_to=msg)
+
+
+@app.query("partition")
+def partition_id(msg: Message, context: Context) -> Message:
+    """Which client (partition) this node is: the server maps unlearning requests to nodes with it."""
+    pid = int(context.node_config["partition-id"])
+    return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)

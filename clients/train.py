@@ -3,6 +3,7 @@ margin-control loss when asked for. The reported loss is the task loss (CE / MSE
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,8 +52,10 @@ def make_optimizer(model: nn.Module, cfg: LocalTraining) -> torch.optim.Optimize
 
 
 def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTraining, task: str,
-                  generator: torch.Generator) -> dict[str, float]:
-    """Train `model` in place; returns the mean training loss (and accuracy) over all local steps."""
+                  generator: torch.Generator,
+                  after_step: Callable[[torch.optim.Optimizer], None] | None = None) -> dict[str, float]:
+    """Train `model` in place; returns the mean training loss (and accuracy) over all local steps.
+    `after_step(optimizer)` runs after every optimiser step (SalUn's weight restore)."""
     model.train()
     optimizer = make_optimizer(model, cfg)
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
@@ -75,6 +78,8 @@ def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Local
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step(optimizer)
     metrics = {"loss": total_loss / max(seen, 1)}
     if task == "classification":
         metrics["accuracy"] = correct / max(seen, 1)

@@ -76,6 +76,7 @@ class RunRecorder:
         self._round: dict[str, Any] = {}
         self._start = self._last = time.perf_counter()
         self.row_extras: Callable[[], dict] | None = None  # e.g. the privacy ledger
+        self.summary_extras: Callable[[], dict] | None = None  # e.g. the unlearning table
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did
 
     def watch(self, strategy: Strategy, unreliable: bool = False) -> None:
@@ -150,6 +151,8 @@ class RunRecorder:
         for key in ("privacy", "label_privacy"):
             if self.rows and key in self.rows[-1]:
                 summary[key] = self.rows[-1][key]
+        if self.summary_extras:
+            summary.update(self.summary_extras())
         if self.stopped:
             summary["stopped"] = self.stopped
         _atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))

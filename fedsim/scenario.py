@@ -195,6 +195,90 @@ class FaultsSection(Section):
     straggler_delay_s: float = Field(1.0, ge=0)
 
 
+UNLEARNING_METHODS = {
+    "retrain": "the reference: retrain from the initial model without the forgotten data",
+    "finetune": "FT: keep training on retained data only",
+    "gradient-ascent": "GA: gradient ascent on the forgotten data",
+    "random-label": "RL: forgotten examples trained toward random labels, with retained data",
+    "salun": "SalUn: random labels restricted to the most salient weights",
+    "federaser": "FedEraser: calibrated retraining from the history store (client requests)",
+    "pga": "PGA: projected gradient ascent by the target client, then rounds without it (client requests)",
+    "blindspot": "Blindspot: match a model never trained on the forgotten data (regression)",
+    "gaussian": "Gaussian: fine-tune with forgotten targets replaced by noise (regression)",
+}
+CLIENT_ONLY_METHODS = ("federaser", "pga")
+REGRESSION_METHODS = ("blindspot", "gaussian")
+CLASSIFICATION_METHODS = ("random-label", "salun")
+
+
+class UnlearningRequest(Section):
+    """Forget a client, a class, or samples of one client, after round `at_round`; compare `method`s."""
+
+    at_round: int = Field(ge=1)
+    kind: Literal["client", "class", "samples"]
+    target: int = Field(ge=0)  # client id (client, samples) or class label (class)
+    samples: list[int] | None = None  # kind = "samples": indices into the client's partition
+    method: list[str] = Field(default_factory=lambda: ["retrain"], min_length=1)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _complete(self) -> UnlearningRequest:
+        for name in self.method:
+            _one_of(name, tuple(UNLEARNING_METHODS), "unlearning method")
+        if len(set(self.method)) != len(self.method):
+            raise ValueError("a method is listed twice; list each method once")
+        if self.kind == "samples" and not self.samples:
+            raise ValueError("kind 'samples' needs samples = [indices into the client's partition]; add them")
+        if self.kind != "samples" and self.samples is not None:
+            raise ValueError(f"samples is only for kind 'samples' (this request is kind '{self.kind}'); remove it")
+        if self.samples is not None and len(set(self.samples)) != len(self.samples):
+            raise ValueError("samples lists an index twice; list each index once")
+        wrong = [m for m in self.method if m in CLIENT_ONLY_METHODS and self.kind != "client"]
+        if wrong:
+            raise ValueError(f"'{wrong[0]}' forgets whole clients but this request is kind '{self.kind}'; "
+                             "use it with kind = 'client'")
+        return self
+
+
+class MethodSettings(Section):
+    """Per-method overrides of the unlearning budget."""
+
+    rounds: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+
+
+class UnlearningSection(Section):
+    """Requests, the history store, and the budget of the federated unlearning methods."""
+
+    requests: list[UnlearningRequest] = Field(default_factory=list)
+    history_interval: int = Field(1, ge=1)  # store global models + client updates every N rounds
+    rounds: int = Field(2, ge=1)  # federated rounds of finetune / GA / RL / SalUn, post-PGA rounds
+    epochs: int = Field(1, ge=1)  # local epochs per unlearning round
+    lr: float | None = Field(None, gt=0)  # default: client.lr
+    batch_size: int | None = Field(None, ge=1)  # default: client.batch_size
+    salun_fraction: float = Field(0.5, gt=0, le=1)  # SalUn: share of weights in the saliency mask
+    federaser_ratio: float = Field(0.5, gt=0, le=1)  # FedEraser: local epochs = ceil(ratio * client.local_epochs)
+    pga_lr: float = Field(0.01, gt=0)
+    pga_epochs: int = Field(5, ge=1)
+    pga_clip: float = Field(5.0, gt=0)
+    blindspot_beta: float = Field(50.0, ge=0)
+    blindspot_epochs: int = Field(2, ge=1)
+    evaluate: bool = True  # UA / RA / TA / MIA and the retrain reference for every request
+    per_method: dict[str, MethodSettings] = Field(default_factory=dict)
+
+    @field_validator("per_method")
+    @classmethod
+    def _methods(cls, v: dict[str, MethodSettings]) -> dict[str, MethodSettings]:
+        for name in v:
+            _one_of(name, tuple(UNLEARNING_METHODS), "unlearning method")
+        return v
+
+
 class OutputSection(Section):
     dir: str = "runs"
     save_model: bool = True
@@ -212,6 +296,7 @@ class Scenario(Section):
     privacy: PrivacySection | None = None
     bags: BagsSection | None = None
     faults: FaultsSection | None = None
+    unlearning: UnlearningSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -223,6 +308,14 @@ class Scenario(Section):
                     f"strategy.{key} = {value} exceeds data.partitioner.num_partitions = {n} "
                     f"(the round would wait forever); use at most {n}"
                 )
+        for i, request in enumerate(self.unlearning.requests if self.unlearning else []):
+            if request.at_round >= self.run.rounds:
+                raise ValueError(f"unlearning.requests.{i}.at_round = {request.at_round} is not before the run's "
+                                 f"last round ({self.run.rounds}); requests are served after round at_round, "
+                                 f"so use at most {self.run.rounds - 1}")
+            if request.kind != "class" and request.target >= n:
+                raise ValueError(f"unlearning.requests.{i}.target: there is no client {request.target} "
+                                 f"(clients are 0..{n - 1}); use a client id below {n}")
         return self
 
     # ---- loading -------------------------------------------------------------------------
@@ -329,6 +422,8 @@ def _readable(exc: ValidationError, source: str, overrides: dict[str, Any]) -> S
 def _allowed_keys(path: tuple) -> list[str]:
     model: type[BaseModel] = Scenario
     for part in path:
+        if isinstance(part, int) or part not in model.model_fields:  # a list index or a dict key
+            continue
         annotation = model.model_fields[str(part)].annotation
         model = next(a for a in getattr(annotation, "__args__", (annotation,))
                      if isinstance(a, type) and issubclass(a, BaseModel))

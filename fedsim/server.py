@@ -31,6 +31,10 @@ from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed
 from fedsim.strategies import build_strategy
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
+from fedsim.strategies.unlearning import Unlearning
+from fedsim.unlearning.forget import check_requests
+from fedsim.unlearning.history import HistoryStore
+from fedsim.unlearning.metrics import UnlearningEvaluator
 
 
 @dataclass
@@ -98,10 +102,23 @@ def prepare(scenario: Scenario) -> Prepared:
     if scenario.bags is not None and scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
         raise ScenarioError("bags", "aggregate responses cannot be combined with DP-SGD in this version",
                             "use bags.epsilon for label privacy, or remove [bags]")
+    check_requests(scenario, data)
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
         model = private_model(model, scenario.privacy)
-    return Prepared(scenario, data, model, make_strategy(scenario))
+    strategy = make_strategy(scenario)
+    if scenario.unlearning is not None:
+        strategy = unlearning_strategy(scenario, data, model, strategy)
+    return Prepared(scenario, data, model, strategy)
+
+
+def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Module, strategy: Strategy) -> Unlearning:
+    """Wrap `strategy` to serve the scenario's unlearning requests, evaluated against retrain."""
+    u, c = scenario.unlearning, scenario.client
+    evaluator = UnlearningEvaluator(data, model, scenario.run.seed, c.lr, c.batch_size) if u.evaluate else None
+    return Unlearning(strategy, u.requests, settings=u, local=LocalTraining(**c.model_dump(exclude={"device"})),
+                      seed=scenario.run.seed, timeout=scenario.run.round_timeout_s, evaluate=evaluator,
+                      random_model=lambda seed: initial_model(scenario.model, data.info, seed).state_dict())
 
 
 def train_config(scenario: Scenario) -> ConfigRecord:
@@ -152,6 +169,11 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
     if scenario.faults is not None and hasattr(grid, "take_fault_counts"):
         extras["faults"] = grid.take_fault_counts
     recorder.row_extras = lambda: {key: ledger() for key, ledger in extras.items()}
+    if isinstance(strategy, Unlearning):
+        strategy.store = HistoryStore(recorder.run_dir / "history", scenario.unlearning.history_interval)
+        recorder.summary_extras = lambda: {"unlearning": strategy.results, "history": {
+            "interval": strategy.store.interval, "rounds": len(strategy.store.rounds()),
+            "bytes": strategy.store.size_bytes()}}
     try:
         result = strategy.start(
             grid=grid,

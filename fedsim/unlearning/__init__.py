@@ -1,0 +1,1 @@
+"""Machine unlearning: what is forgotten (`forget`), the history store (`history`), evaluation (`metrics`)."""

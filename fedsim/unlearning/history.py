@@ -1,0 +1,81 @@
+"""The history store: global models and client updates of every `interval`-th round, on disk.
+
+Layout: <dir>/round-00001/global.pt (the model sent in that round) and client-<id>.pt (that client's update,
+its model minus the global, plus its example count). Files are plain tensor dicts, read with weights_only=True.
+Forgetting a client deletes its files: a right-to-be-forgotten system must not keep them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from fedsim.errors import RunDirError
+
+State = dict[str, torch.Tensor]
+
+
+class HistoryStore:
+    def __init__(self, directory: str | Path, interval: int = 1) -> None:
+        self.dir, self.interval = Path(directory), interval
+
+    def due(self, server_round: int) -> bool:
+        """Rounds 1, 1 + interval, 1 + 2 interval, ... are stored."""
+        return (server_round - 1) % self.interval == 0
+
+    def _round_dir(self, server_round: int) -> Path:
+        return self.dir / f"round-{server_round:05d}"
+
+    @staticmethod
+    def _save(obj: dict, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+
+    def save(self, server_round: int, global_state: State, updates: dict[int, tuple[State, int]]) -> None:
+        """Store round `server_round`: the global model sent and each client's (update, num_examples)."""
+        folder = self._round_dir(server_round)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save(global_state, folder / "global.pt")
+        for pid, (update, num_examples) in updates.items():
+            self._save({"update": update, "num_examples": torch.tensor(num_examples)}, folder / f"client-{pid}.pt")
+
+    def rounds(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(p.name.split("-")[1]) for p in self.dir.glob("round-*") if (p / "global.pt").is_file())
+
+    def _load(self, path: Path) -> dict:
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+            raise RunDirError(str(path), f"unreadable history file ({type(exc).__name__})",
+                              "the history store is damaged; re-run the scenario") from None
+
+    def global_model(self, server_round: int) -> State:
+        return self._load(self._round_dir(server_round) / "global.pt")
+
+    def updates(self, server_round: int) -> dict[int, tuple[State, int]]:
+        """{client id: (update, num_examples)} stored for `server_round`."""
+        out = {}
+        for path in sorted(self._round_dir(server_round).glob("client-*.pt")):
+            entry = self._load(path)
+            out[int(re.findall(r"\d+", path.stem)[0])] = (entry["update"], int(entry["num_examples"]))
+        return out
+
+    def clients(self) -> set[int]:
+        """Every client with at least one stored update."""
+        return {int(re.findall(r"\d+", p.stem)[0]) for p in self.dir.glob("round-*/client-*.pt")}
+
+    def forget_client(self, pid: int) -> int:
+        """Delete every stored update of client `pid`; returns how many files were removed."""
+        files = list(self.dir.glob(f"round-*/client-{pid}.pt"))
+        for path in files:
+            path.unlink()
+        return len(files)
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.rglob("*.pt")) if self.dir.is_dir() else 0

@@ -136,15 +136,39 @@ def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
     )
 
 
+def _print_table(header: list[str], rows: list[list[str]], title: str, markdown: bool = False) -> None:
+    """A rich table, or Markdown printed as plain text (never wrapped)."""
+    if markdown:
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col, justify="left" if col in ("setting", "request", "method") else "right")
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
+
+
 @app.command()
 def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Print a run's metrics per round and its summary."""
+    from fedsim.compare import Group, unlearning_rows
     from fedsim.results import load_run
 
     result = load_run(run_dir)
     out_console.print(_metric_table(result.metrics, f"{result.scenario.run.name} ({run_dir})"))
     best = result.summary["best"]
     out_console.print(f"final: {result.final} | best: {best} | wall time {result.summary['wall_time_s']} s")
+    header, rows = unlearning_rows([Group(result.scenario.run.name, [result])])
+    if rows:
+        history = result.summary.get("history", {})
+        requests = sorted({r[1] for r in rows})
+        keep = [2, *range(4, len(header))] if len(requests) == 1 else [1, 2, *range(4, len(header))]
+        _print_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows],
+                     f"unlearning {', '.join(requests)} (history store: {history.get('rounds', 0)} rounds, "
+                     f"{history.get('bytes', 0) / 1e6:.1f} MB)")
 
 
 @app.command()
@@ -217,21 +241,21 @@ def compare(
     lines: Annotated[str | None, typer.Option(help="With --x: fields that tell lines apart, e.g. bags.k,bags.epsilon.")] = None,
 ) -> None:
     """Table of final/best metric (mean ± std over seeds) and rounds to a target, plus an overlay plot."""
-    from fedsim.compare import load_groups, plot_against, plot_groups, plot_privacy_utility, summary_rows
+    from fedsim.compare import (
+        load_groups,
+        plot_against,
+        plot_groups,
+        plot_privacy_utility,
+        summary_rows,
+        unlearning_rows,
+    )
 
     groups = load_groups(run_dirs)
     header, rows = summary_rows(groups, target)
-    if markdown:
-        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))  # plain text: never wrapped
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        table = Table(title=f"{len(run_dirs)} runs, {len(groups)} settings")
-        for col in header:
-            table.add_column(col, justify="left" if col == "setting" else "right")
-        for row in rows:
-            table.add_row(*row)
-        out_console.print(table)
+    _print_table(header, rows, f"{len(run_dirs)} runs, {len(groups)} settings", markdown)
+    header, rows = unlearning_rows(groups)
+    if rows:
+        _print_table(header, rows, "unlearning (mean ± std over seeds)", markdown)
     parent = run_dirs[0].resolve().parent  # the default sits beside the runs' folder, not inside it
     path = plot_groups(groups, png or parent.with_name(f"{parent.name}-compare.png"))
     (err_console if markdown else out_console).print(f"plot: {path}")

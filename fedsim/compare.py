@@ -43,9 +43,48 @@ def load_groups(run_dirs: list[Path]) -> list[Group]:
     return [Group(name, runs) for name, runs in sorted(groups.items())]
 
 
-def mean_std(values: list[float]) -> str:
-    arr = np.asarray(values, dtype=float)
-    return f"{arr.mean():.4f} ± {arr.std(ddof=1) if len(arr) > 1 else 0.0:.4f}"
+def mean_std(values: list[float], digits: int = 4) -> str:
+    arr = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    if np.isnan(arr).all():
+        return "n/a"
+    spread = np.nanstd(arr, ddof=1) if np.count_nonzero(~np.isnan(arr)) > 1 else 0.0
+    return f"{np.nanmean(arr):.{digits}f} ± {spread:.{digits}f}"
+
+
+UNLEARNING_COLUMNS = {
+    "classification": [("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia", "MIA"), ("avg_gap", "Gap")],
+    "regression": [("forgotten_l1", "forgotten L1"), ("retained_l1", "retained L1"), ("test_l1", "test L1"),
+                   ("mia", "MIA"), ("ain", "AIN"), ("avg_gap", "Gap")],
+}
+
+
+def unlearning_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """One row per (setting, request, method): the SalUn-protocol metrics, time and speed-up over retrain,
+    as mean ± std over seeds; empty when no run served unlearning requests."""
+    cells: dict[tuple, list[dict]] = {}
+    task = "classification"
+    for group in groups:
+        for run in group.runs:
+            task = run.summary.get("task", task)
+            for row in run.summary.get("unlearning", []):
+                request = row["request"]
+                described = f"{request['kind']} {request['target']} @ {request['at_round']}"
+                cells.setdefault((group.name, described, row["method"]), []).append(row)
+    if not cells:
+        return [], []
+    columns = UNLEARNING_COLUMNS[task]
+    header = ["setting", "request", "method", "seeds", *[title for _, title in columns], "time s", "rounds",
+              "speed-up"]
+    rows = []
+    digits = 2 if task == "classification" else 4
+    for (name, request, method), found in cells.items():
+        def cell(key: str, places: int = digits, found=found) -> str:
+            text = mean_std([r[key] for r in found], places)
+            return text.split(" ± ")[0] if len(found) == 1 else text  # one seed: no spread to show
+
+        rows.append([name, request, method, str(len(found)), *[cell(k) for k, _ in columns], cell("time_s", 3),
+                     f"{np.mean([r['rounds'] for r in found]):g}", cell("speedup", 1)])
+    return header, rows
 
 
 def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], list[list[str]]]:

@@ -35,7 +35,7 @@ def mia_efficacy(members: np.ndarray, non_members: np.ndarray, queried: np.ndarr
 
 def avg_gap(row: dict, reference: dict) -> float:
     """Mean absolute difference to the retrain reference over UA, RA, TA, MIA (regression: the three L1s)."""
-    keys = [k for keys in GAP_KEYS.values() for k in keys if k in row and k in reference]
+    keys = GAP_KEYS["classification" if "ua" in row else "regression"]
     return float(np.mean([abs(row[k] - reference[k]) for k in keys]))
 
 

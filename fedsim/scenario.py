@@ -387,16 +387,31 @@ def _literal(text: str) -> Any:
         return text
 
 
+def _section(node: dict | list, part: str, dotted: str) -> dict:
+    """The table `part` of `node`; in a list of tables (unlearning.requests) `part` is an index."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ScenarioError(f"--set {dotted}", f"'{part}' is not an entry of a list of {len(node)}",
+                                f"use an index below {len(node)}")
+        child = node[int(part)]
+    else:
+        child = node.setdefault(part, {})
+    if not isinstance(child, dict | list) or (isinstance(child, list) and not all(isinstance(c, dict) for c in child)):
+        raise ScenarioError(f"--set {dotted}", f"'{part}' is a value, not a section", "check the key path")
+    return child
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys; a number after a list of tables picks an entry (unlearning.requests.0.at_round)."""
     out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         node = out
         *parents, leaf = dotted.split(".")
         for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ScenarioError(f"--set {dotted}", f"'{part}' is a value, not a section", "check the key path")
-            node = child
+            node = _section(node, part, dotted)
+        if isinstance(node, list):
+            raise ScenarioError(f"--set {dotted}", "a list of tables needs an entry index",
+                                f"use {dotted}.0.<key>, or set the whole list as an inline TOML array")
         node[leaf] = value
     return out
 

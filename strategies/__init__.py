@@ -10,9 +10,12 @@ import inspect
 from typing import Any
 
 from fedsim.strategies.fedld import FedLD
+from fedsim.strategies.unlearning import Unlearning
 from flwr.serverapp import strategy as flower
 
 from fedsim.errors import suggest
+
+__all__ = ["STRATEGIES", "FedLD", "Unlearning", "build_strategy", "check_strategy", "strategy_params"]
 
 STRATEGIES: dict[str, type[flower.Strategy]] = {
     "fedavg": flower.FedAvg,

@@ -322,11 +322,13 @@ class Unlearning(Strategy):
         return [m for m in job.grid.send_and_receive(messages, timeout=self.timeout) if not m.has_error()]
 
     def _federated_steps(self, job: _Job, method: str, records: dict | None = None,
-                         after: Callable[[ArrayRecord], ArrayRecord] | None = None) -> tuple[ArrayRecord, int]:
+                         after: Callable[[ArrayRecord], ArrayRecord] | None = None,
+                         nodes: list[int] | None = None) -> tuple[ArrayRecord, int]:
+        """`rounds` rounds of one client step, example-weighted average of the replies after each."""
         rounds, local = self._budget(method)
         arrays = job.arrays
         for step in range(rounds):
-            arrays = _weighted(self._client_step(job, method, step, arrays, local, records=records)) or arrays
+            arrays = _weighted(self._client_step(job, method, step, arrays, local, nodes, records=records)) or arrays
             if after is not None:
                 arrays = after(arrays)
         return arrays, rounds
@@ -352,8 +354,12 @@ class Unlearning(Strategy):
                                        {"local-epochs": local.local_epochs, "lr": local.lr})
         return arrays, rounds
 
+    def _holders(self, job: _Job) -> list[int] | None:
+        """The nodes holding this request's data, when the request says (client, samples); else None: all."""
+        return None if job.request.kind == "class" else [self._nodes[job.request.target]]
+
     def _gradient_ascent(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
-        return self._federated_steps(job, "gradient-ascent")
+        return self._federated_steps(job, "gradient-ascent", nodes=self._holders(job))
 
     def _random_label(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
         return self._federated_steps(job, "random-label")
@@ -365,7 +371,7 @@ class Unlearning(Strategy):
         """Saliency gradients from the clients holding forgotten data (summed), the mask, then masked RL;
         the server re-applies the mask after aggregating, so unmasked weights are exactly the start's."""
         _, local = self._budget("salun")
-        replies = self._client_step(job, "saliency", 0, job.arrays, local)
+        replies = self._client_step(job, "saliency", 0, job.arrays, local, self._holders(job))
         gradients: State = {}
         for reply in replies:
             for key, g in reply.content["arrays"].to_torch_state_dict().items():

@@ -62,9 +62,14 @@ def test_every_flower_strategy_runs(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(shipped_scenarios()))
 def test_shipped_scenario_runs(name, tmp_path):
-    scenario = Scenario.load(name, ["run.rounds=2"])
+    shorter = ["run.rounds=2"]
+    if name.startswith("unlearn-"):
+        shorter.append("unlearning.requests.0.at_round=1")
+    scenario = Scenario.load(name, shorter)
     result = fedsim.run(scenario, out=tmp_path / name)
     assert len(result.metrics) == 2 and result.summary["failures"] == 0
+    if scenario.unlearning:
+        assert [r["method"] for r in result.summary["unlearning"]] == scenario.unlearning.requests[0].method
 
 
 def test_quickstart_reaches_093(cli, tmp_path):

@@ -1,0 +1,411 @@
+"""Machine unlearning: what is forgotten stays forgotten, the methods against their definitions, the metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_scenario
+from fedsim.clients import app as client_module
+from fedsim.clients.train import LocalTraining
+from fedsim.clients.unlearn import gradient_ascent, project_to_ball, random_labels, relabel_and_train
+from fedsim.strategies.unlearning import Unlearning, apply_mask, calibrate, saliency_mask
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+import fedsim
+from fedsim.arrays import record_to_state, state_to_record
+from fedsim.evaluation import task_loss
+from fedsim.models import initial_model
+from fedsim.runner import make_grid, run_on_grid
+from fedsim.runtime import InlineGrid
+from fedsim.runtime.base import node_id_of
+from fedsim.scenario import Scenario
+from fedsim.server import prepare
+from fedsim.unlearning.forget import Forgotten
+from fedsim.unlearning.history import HistoryStore
+from fedsim.unlearning.metrics import mia_efficacy
+
+AT = 3
+
+
+def unlearn_scenario(requests: list[dict], unlearning: dict | None = None, **overrides) -> Scenario:
+    """The small test scenario (5 digits clients) for 5 rounds, with unlearning requests."""
+    raw = small_scenario(run__rounds=5, **overrides).to_dict()
+    raw["unlearning"] = {"requests": requests, "rounds": 1, **(unlearning or {})}
+    return Scenario.from_dict(raw)
+
+
+class SpyGrid(InlineGrid):
+    """An InlineGrid that records (phase, message type, node, server round, config) of every message."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[dict] = []
+        self.replies: list = []
+        self.phase = "training"
+
+    def _execute(self, messages, timeout):
+        for m in messages:
+            config = m.content.config_records.get("config", ConfigRecord())
+            self.log.append({"phase": self.phase, "type": m.metadata.message_type, "node": m.metadata.dst_node_id,
+                             "round": config.get("server-round"), "config": dict(config), "content": m.content,
+                             "id": m.metadata.message_id})
+        replies = super()._execute(messages, timeout)
+        self.replies.extend(replies.values())
+        return replies
+
+
+def run_spied(scenario: Scenario, tmp_path, monkeypatch):
+    """Run `scenario` inline, marking messages sent while requests are served and while retrain runs."""
+    prepared = prepare(scenario)
+    from fedsim.clients.app import SCENARIO_KEY
+    from fedsim.clients.app import app as client_app
+
+    grid = SpyGrid(client_app, scenario.data.partitioner.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()},
+                   seed=scenario.run.seed)
+    serve, retrain = Unlearning._serve, Unlearning._retrain
+
+    def serving(self, *args):
+        grid.phase = "serving"
+        try:
+            return serve(self, *args)
+        finally:
+            grid.phase = "after"
+
+    def retraining(self, *args):
+        before, grid.phase = grid.phase, "retrain"
+        try:
+            return retrain(self, *args)
+        finally:
+            grid.phase = before
+
+    monkeypatch.setattr(Unlearning, "_serve", serving)
+    monkeypatch.setattr(Unlearning, "_retrain", retraining)
+    result = run_on_grid(prepared, grid, tmp_path / "run")
+    return result, grid, prepared.strategy
+
+
+# ---- what is forgotten ---------------------------------------------------------------------------------------
+def test_forgotten_marks_clients_classes_and_samples_and_travels_in_a_config_record():
+    y = torch.tensor([0, 1, 2, 1, 0])
+    spec = Forgotten.of("class", 1) | Forgotten.of("samples", 4, [0, 4]) | Forgotten.of("client", 2)
+    assert spec.kept(0, y).tolist() == [True, False, True, False, True]
+    assert spec.kept(4, y).tolist() == [False, False, True, False, False]
+    assert not spec.kept(2, y).any()
+    config = ConfigRecord()
+    spec.write(config, "forget")
+    assert Forgotten.read(config, "forget") == spec
+    assert not Forgotten() and Forgotten.read(ConfigRecord(), "forget") == Forgotten()
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedld"])
+def test_a_forgotten_client_is_never_sampled_again_nor_seen_by_retrain(strategy, tmp_path, monkeypatch):
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2,
+                                  "method": ["retrain", "finetune", "salun", "federaser", "pga"]}],
+                                strategy__name=strategy, strategy__fraction_evaluate=1.0)
+    result, grid, _ = run_spied(scenario, tmp_path, monkeypatch)
+    gone = node_id_of(2)
+    later = [e for e in grid.log if e["phase"] == "after"]
+    assert later and all(e["node"] != gone for e in later)
+    assert {e["type"] for e in later} == {"train", "evaluate"}
+    retrain = [e for e in grid.log if e["phase"] == "retrain"]
+    assert len({e["round"] for e in retrain}) == AT and all(e["node"] != gone for e in retrain)
+    assert all(e["config"]["forget-clients"] == [2] for e in retrain + later)
+    assert any(e["node"] == gone for e in grid.log if e["phase"] == "training")
+    assert [r["method"] for r in result.summary["unlearning"]] == ["retrain", "finetune", "salun", "federaser", "pga"]
+
+
+def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, monkeypatch):
+    scenario = unlearn_scenario([{"at_round": 2, "kind": "class", "target": 7, "method": ["retrain", "finetune"]},
+                                 {"at_round": AT, "kind": "samples", "target": 1, "samples": [0, 5, 9],
+                                  "method": "finetune"}])
+    seen, original = [], client_module._partition
+
+    def spy(context, ws, config=None):
+        pid, x, y = original(context, ws, config)
+        seen.append((phase[0], pid, y.clone(), len(ws.partition(pid)[1])))
+        return pid, x, y
+
+    phase = ["training"]
+    serve = Unlearning._serve
+
+    def serving(self, request, *args):
+        phase[0] = f"request at {request.at_round}"
+        return serve(self, request, *args)
+
+    monkeypatch.setattr(client_module, "_partition", spy)
+    monkeypatch.setattr(Unlearning, "_serve", serving)
+    fedsim.run(scenario, out=tmp_path / "run")
+    assert any((y == 7).any() for p, _, y, _ in seen if p == "training")
+    assert not any((y == 7).any() for p, _, y, _ in seen if p != "training")
+    client_1 = [(y, full) for p, pid, y, full in seen if p == f"request at {AT}" and pid == 1]
+    full_y = fedsim.data.federated_data(scenario.data, scenario.run.seed).partition(1)[1]
+    expected = int((full_y != 7).sum()) - sum(int(full_y[i] != 7) for i in (0, 5, 9))
+    assert client_1 and all(len(y) == expected for y, _ in client_1)
+
+
+# ---- the history store ---------------------------------------------------------------------------------------
+def test_history_store_keeps_rounds_and_deletes_a_forgotten_clients_updates(tmp_path):
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 3, "method": "finetune"}],
+                                {"history_interval": 2})
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    store = HistoryStore(tmp_path / "run" / "history", 2)
+    assert store.rounds() == [1, 3, 5]
+    assert store.clients() == {0, 1, 2, 4}
+    assert set(store.updates(1)) == {0, 1, 2, 4}  # client 3 took part in round 1; its update is gone
+    assert result.summary["history"] == {"interval": 2, "rounds": 3, "bytes": store.size_bytes()}
+    assert store.size_bytes() > 0
+
+
+def test_history_store_update_is_client_model_minus_global(tmp_path):
+    store = HistoryStore(tmp_path, 1)
+    sent = {"w": torch.ones(3)}
+    store.save(1, sent, {4: ({"w": torch.tensor([0.5, 0.0, -1.0])}, 12)})
+    update, n = store.updates(1)[4]
+    assert torch.equal(update["w"], torch.tensor([0.5, 0.0, -1.0])) and n == 12
+    assert store.forget_client(4) == 1 and store.updates(1) == {}
+
+
+def test_a_damaged_history_file_is_a_clear_error(tmp_path):
+    store = HistoryStore(tmp_path, 1)
+    store.save(1, {"w": torch.ones(2)}, {})
+    (tmp_path / "round-00001" / "global.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(fedsim.errors.RunDirError, match="global.pt"):
+        store.global_model(1)
+
+
+# ---- the methods against their definitions -----------------------------------------------------------------
+def test_saliency_mask_takes_the_top_fraction_of_absolute_gradients_over_all_parameters():
+    g = {"a": torch.tensor([[0.1, -5.0], [0.3, 0.2]]), "b": torch.tensor([-0.4, 2.0, 0.0])}
+    mask = saliency_mask(g, 3 / 7)
+    assert mask["a"].tolist() == [[False, True], [False, False]] and mask["b"].tolist() == [True, True, False]
+    flat = torch.cat([v.abs().flatten() for v in g.values()])
+    assert int(sum(m.sum() for m in mask.values())) == math.ceil(3 / 7 * len(flat))
+
+
+def test_apply_mask_keeps_unmasked_entries_bit_identical():
+    start = {"w": torch.randn(4), "n": torch.tensor(3)}
+    moved = {"w": start["w"] + 1, "n": torch.tensor(9)}
+    out = apply_mask(moved, start, {"w": torch.tensor([True, False, True, False])})
+    assert torch.equal(out["w"][1::2], start["w"][1::2]) and torch.equal(out["w"][::2], moved["w"][::2])
+    assert int(out["n"]) == 3
+
+
+def test_salun_client_step_never_moves_unmasked_weights_or_buffers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    mask = {name: torch.rand(p.shape) < 0.5 for name, p in model.named_parameters()}
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    cfg = LocalTraining(local_epochs=3, batch_size=8, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    relabel_and_train(model, (x[:30], y[:30], x[30:], y[30:]), 3, cfg, torch.Generator().manual_seed(1), mask)
+    after = model.state_dict()
+    for name in mask:
+        assert torch.equal(after[name][~mask[name]], start[name][~mask[name]])
+        assert not torch.equal(after[name][mask[name]], start[name][mask[name]])
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(after[key], start[key])
+
+
+def test_salun_end_to_end_unmasked_global_weights_are_bit_identical(tmp_path, monkeypatch):
+    masks, outcomes = [], []
+    original_mask, original_salun = saliency_mask, Unlearning._salun
+
+    def record_mask(gradients, fraction):
+        masks.append(original_mask(gradients, fraction))
+        return masks[-1]
+
+    def record_salun(self, job, strategy):
+        arrays, rounds = original_salun(self, job, strategy)
+        outcomes.append((record_to_state(job.arrays), arrays.to_torch_state_dict()))
+        return arrays, rounds
+
+    monkeypatch.setattr("fedsim.strategies.unlearning.saliency_mask", record_mask)
+    monkeypatch.setattr(Unlearning, "_salun", record_salun)
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "class", "target": 1, "method": "salun"}],
+                                {"rounds": 2}, client__momentum=0.9, client__weight_decay=5e-4)
+    fedsim.run(scenario, out=tmp_path / "run")
+    (before, after), mask = outcomes[0], masks[0]
+    assert 0.45 < sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values()) < 0.55
+    for key, m in mask.items():
+        assert torch.equal(after[key][~m], before[key][~m])
+        assert not torch.equal(after[key][m], before[key][m])
+
+
+def test_calibrate_takes_new_direction_and_old_norm_per_layer():
+    new = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.0, 0.0])}
+    old = {"a": torch.tensor([0.0, 10.0]), "b": torch.tensor([1.0, 1.0])}
+    out = calibrate(new, old)
+    assert torch.allclose(out["a"], torch.tensor([6.0, 8.0]))
+    assert torch.equal(out["b"], old["b"])  # no new direction: the old update stands
+
+
+def test_projection_onto_the_ball_around_the_start():
+    model = nn.Linear(3, 1)
+    center = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.full_like(p, 2.0))
+    project_to_ball(model, center, 0.5)
+    dist = torch.sqrt(sum((p - c).pow(2).sum() for p, c in zip(model.parameters(), center, strict=True)))
+    assert dist.item() == pytest.approx(0.5, rel=1e-5)
+    assert all(torch.allclose(p - c, torch.full_like(p, 0.25)) for p, c in zip(model.parameters(), center,
+                                                                                    strict=True))
+
+
+def test_gradient_ascent_raises_the_loss_on_forgotten_data_and_pga_stays_in_its_ball():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    cfg = LocalTraining(local_epochs=3, batch_size=16, lr=0.5)
+    model = nn.Linear(5, 3)
+    before = task_loss("classification", model(x), y).item()
+    gradient_ascent(model, x, y, cfg, "classification", torch.Generator().manual_seed(0))
+    assert task_loss("classification", model(x), y).item() > before + 0.1
+    model = nn.Linear(5, 3)
+    center = [p.detach().clone() for p in model.parameters()]
+    gradient_ascent(model, x, y, cfg, "classification", torch.Generator().manual_seed(0), clip=5.0, radius=0.1)
+    assert torch.sqrt(sum((p - c).pow(2).sum() for p, c in zip(model.parameters(), center, strict=True))) <= 0.1001
+
+
+def test_random_labels_are_never_the_true_label():
+    y = torch.randint(0, 4, (1000,))
+    r = random_labels(y, 4, torch.Generator().manual_seed(0))
+    assert not (r == y).any() and set(r.tolist()) == {0, 1, 2, 3}
+
+
+def test_retrain_is_the_same_run_without_the_forgotten_client(tmp_path):
+    """retrain == a plain FedAvg run whose grid never offers the client, from the same initial model and seeds."""
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 4, "method": "retrain"}])
+    prepared = prepare(scenario)
+    grid = make_grid(scenario)
+    run_on_grid(prepared, grid, tmp_path / "run")
+    retrained = record_to_state(next(iter(prepared.strategy._retrained.values()))[0])
+
+    plain = prepare(small_scenario(run__rounds=AT))
+    plain_grid = make_grid(plain.scenario)
+    plain_grid.retire(node_id_of(4))
+    result = run_on_grid(plain, plain_grid, tmp_path / "plain")
+    for key, value in result.state_dict.items():
+        assert torch.allclose(value, retrained[key], atol=1e-6)
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+def test_mia_efficacy_reads_members_and_non_members_apart():
+    rng = np.random.default_rng(0)
+    members, non_members = rng.uniform(0.9, 1.0, 300), rng.uniform(0.0, 0.6, 300)
+    assert mia_efficacy(members, non_members, rng.uniform(0.0, 0.6, 100)) > 95
+    assert mia_efficacy(members, non_members, rng.uniform(0.9, 1.0, 100)) < 5
+
+
+def test_retrain_mia_on_the_forgotten_client_is_close_to_its_mia_on_test_data(tmp_path):
+    """A model that fits its training data (train accuracy ~99%, test ~96%): for retrain, the forgotten client's
+    data must look like unseen data to the attack, judged on held-out test examples."""
+    scenario = Scenario.load("unlearn-client", {
+        "unlearning.requests": [{"at_round": 10, "kind": "client", "target": 2, "method": "retrain"}],
+        "data.partitioner.name": "iid", "data.partitioner.num_partitions": 5, "data.test_fraction": 0.5,
+        "run.rounds": 11, "model.hidden": [256], "client.local_epochs": 5})
+    prepared = prepare(scenario)
+    grid = make_grid(scenario)
+    run_on_grid(prepared, grid, tmp_path / "run")
+    arrays = next(iter(prepared.strategy._retrained.values()))[0]
+    evaluator = prepared.strategy.evaluate
+    parts = evaluator.split(Forgotten.of("client", 2), Forgotten.of("client", 2))
+    evaluator.model.load_state_dict(record_to_state(arrays))
+    conf = {}
+    for name, (x, y) in parts.items():
+        with torch.no_grad():
+            conf[name] = torch.softmax(evaluator.model(x), 1).gather(1, y.view(-1, 1)).squeeze(1).numpy()
+    half = len(conf["test"]) // 2
+    on_forgotten = mia_efficacy(conf["retained"], conf["test"][:half], conf["forgotten"])
+    on_test = mia_efficacy(conf["retained"], conf["test"][:half], conf["test"][half:])
+    on_members = mia_efficacy(conf["retained"], conf["test"][:half], conf["retained"])
+    assert abs(on_forgotten - on_test) < 3, (on_forgotten, on_test)
+    assert on_members < on_test
+
+
+def test_summary_has_one_row_per_method_and_training_continues_from_the_first(tmp_path, monkeypatch):
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 0,
+                                  "method": ["gradient-ascent", "retrain", "random-label"]}])
+    result, grid, _strategy = run_spied(scenario, tmp_path, monkeypatch)
+    rows = result.summary["unlearning"]
+    assert [r["method"] for r in rows] == ["gradient-ascent", "retrain", "random-label"]
+    for row in rows:
+        assert {"request", "ua", "ra", "ta", "mia", "avg_gap", "time_s", "rounds", "speedup"} <= set(row)
+        assert all(0 <= row[k] <= 100 for k in ("ua", "ra", "ta", "mia"))
+    retrain = next(r for r in rows if r["method"] == "retrain")
+    assert retrain["avg_gap"] == 0 and retrain["rounds"] == AT
+    assert rows[0]["request"] == {"at_round": AT, "kind": "client", "target": 0}
+    next_round = [e for e in grid.log if e["phase"] == "after" and e["type"] == "train"]
+    ascended = [e for e in grid.log if e["phase"] == "serving" and e["config"].get("method") == "gradient-ascent"]
+    assert [e["node"] for e in ascended] == [node_id_of(0)] and next_round[0]["round"] == AT + 1
+    reply = next(m for m in grid.replies if m.metadata.reply_to_message_id == ascended[0]["id"])
+    sent = next_round[0]["content"]["arrays"].to_torch_state_dict()
+    before = ascended[0]["content"]["arrays"].to_torch_state_dict()
+    for key, value in reply.content["arrays"].to_torch_state_dict().items():
+        assert torch.equal(sent[key], value) and not torch.equal(value, before[key])
+
+
+def test_regression_methods_report_l1_mia_and_anamnesis_index(tmp_path):
+    scenario = Scenario.load("unlearn-regression", ["run.rounds=6", "unlearning.requests.0.at_round=4"])
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    rows = {r["method"]: r for r in result.summary["unlearning"]}
+    assert set(rows) == {"retrain", "blindspot", "gaussian", "finetune"}
+    for row in rows.values():
+        assert {"forgotten_l1", "retained_l1", "test_l1", "mia", "relearn_steps", "ain", "avg_gap"} <= set(row)
+    assert rows["retrain"]["avg_gap"] == 0
+
+
+def test_programmatic_request_on_a_plain_flower_strategy():
+    scenario = small_scenario(run__rounds=4)
+    prepared = prepare(scenario)
+    from fedsim.clients.app import SCENARIO_KEY
+    from fedsim.clients.app import app as client_app
+
+    grid = SpyGrid(client_app, 5, {SCENARIO_KEY: scenario.model_dump_json()})
+    strategy = Unlearning(FedAvg(fraction_evaluate=0.0, min_available_nodes=2))
+    strategy.request_unlearning("client", 1, "finetune", at_round=2)
+    model = initial_model(scenario.model, prepared.data.info, 0)
+    result = strategy.start(grid, state_to_record(model.state_dict()), num_rounds=4)
+    assert isinstance(result.arrays, ArrayRecord)
+    rounds_with_client_1 = {e["round"] for e in grid.log if e["node"] == node_id_of(1) and e["type"] == "train"}
+    assert rounds_with_client_1 == {1, 2}
+    with pytest.raises(ValueError, match="nothing has been trained"):
+        Unlearning(FedAvg()).request_unlearning("client", 1)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+BASE = """
+[run]
+rounds = 5
+[data]
+dataset = "{dataset}"
+[data.partitioner]
+num_partitions = 5
+[[unlearning.requests]]
+{request}
+"""
+
+
+@pytest.mark.parametrize(("dataset", "request_toml", "expected"), [
+    ("digits", 'at_round = 2\nkind = "client"\ntarget = 9', "unlearning.requests.0.target: there is no client 9"),
+    ("digits", 'at_round = 2\nkind = "class"\ntarget = 12', "unlearning.requests.0.target: there is no class 12"),
+    ("digits", 'at_round = 5\nkind = "client"\ntarget = 1', "at_round = 5 is not before the run's last round"),
+    ("digits", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "blindspot"',
+     "'blindspot' does not fit classification"),
+    ("diabetes", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "salun"', "'salun' does not fit regression"),
+    ("digits", 'at_round = 2\nkind = "samples"\ntarget = 1\nsamples = [3, 4000]',
+     "index 4000 is outside client 1's data"),
+    ("digits", 'at_round = 2\nkind = "class"\ntarget = 1\nmethod = "federaser"', "'federaser' forgets whole clients"),
+    ("digits", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "salunn"', "did you mean 'salun'"),
+    ("diabetes", 'at_round = 2\nkind = "class"\ntarget = 1', "a regression dataset has no classes"),
+])
+def test_bad_requests_are_one_line_errors_with_exit_code_2(dataset, request_toml, expected, cli, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(BASE.format(dataset=dataset, request=request_toml))
+    code, _out, err = cli("run", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -25,12 +25,13 @@ def _stop_superlinks(flwr_home: Path) -> None:
             os.kill(int(entry.name), signal.SIGTERM)
 
 
-def test_flwr_run_runs_a_fedsim_scenario(tmp_path):
+def test_flwr_run_runs_a_fedsim_scenario_with_unlearning(tmp_path):
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(
         '[run]\nname = "tiny"\nrounds = 3\n[data]\ndataset = "digits"\n'
         '[data.partitioner]\nname = "iid"\nnum_partitions = 4\n[model]\nname = "mlp"\nhidden = [32]\n'
         '[client]\nlr = 0.1\n[strategy]\nname = "fedavg"\n'
+        '[[unlearning.requests]]\nat_round = 2\nkind = "client"\ntarget = 1\nmethod = ["retrain", "pga"]\n'
     )
     home = tmp_path / "flwr-home"
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
@@ -49,4 +50,5 @@ def test_flwr_run_runs_a_fedsim_scenario(tmp_path):
     assert summary["rounds"] == 3 and summary["runtime"] == {"kind": "flower"}
     assert summary["final"]["accuracy"] > summary["initial"]["accuracy"] + 0.2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["replies"] for r in rows] == [4, 4, 4]
+    assert [r["replies"] for r in rows] == [4, 4, 3]  # client 1 is forgotten after round 2
+    assert [r["method"] for r in summary["unlearning"]] == ["retrain", "pga"]  # query + train.unlearn messages

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["FedsimError", "RunResult", "Scenario", "load_run", "run"]
+__all__ = ["FedsimError", "RunResult", "Scenario", "load_run", "resume", "run"]
 
 _EXPORTS = {
     "Scenario": "fedsim.scenario",
     "FedsimError": "fedsim.errors",
     "run": "fedsim.runner",
+    "resume": "fedsim.runner",
     "RunResult": "fedsim.results",
     "load_run": "fedsim.results",
 }

@@ -5,7 +5,10 @@ Errors a user can cause print one line `error: <where>: <what>; <fix>` on stderr
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -61,51 +64,92 @@ def _metric_table(rows: list[dict], title: str, max_rows: int | None = None) -> 
 
 @app.command()
 def run(
-    scenario: ScenarioArg,
+    scenario: Annotated[str | None, typer.Argument(
+        help="Scenario file, or the name of a shipped scenario (fedsim list).")] = None,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>-<timestamp>).")] = None,
     runtime: Annotated[str | None, typer.Option(help="inline | ray (overrides run.runtime).")] = None,
     ray_address: Annotated[str | None, typer.Option(
         help="Attach to an existing Ray cluster: auto | HOST:PORT (also $RAY_ADDRESS, run.ray_address).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted run dir from its last checkpoint (no SCENARIO then).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
 ) -> None:
-    """Run a scenario and write its run directory."""
+    """Run a scenario and write its run directory (Ctrl-C / SIGTERM: finish the round, checkpoint, exit 130)."""
+    from fedsim import runner
+
+    if resume is not None:
+        if scenario or set_ or out or ray_address:
+            raise FedsimError("--resume", "continues a run exactly as it was set up",
+                              "pass only the run dir (and optionally --runtime)")
+        sc = Scenario.from_toml(resume / "scenario.toml") if (resume / "scenario.toml").is_file() else None
+        name, rounds = (sc.run.name, sc.run.rounds) if sc else (str(resume), 0)
+        job = functools.partial(runner.resume, resume, runtime=runtime)
+    else:
+        if scenario is None:
+            raise FedsimError("fedsim run", "no scenario given", "pass a scenario file or name (fedsim list)")
+        overrides: dict = dict(parse_overrides(set_))
+        if runtime:
+            overrides["run.runtime"] = runtime
+        if ray_address:
+            overrides["run.ray_address"] = ray_address
+            overrides.setdefault("run.runtime", "ray")
+        sc = Scenario.load(scenario, overrides)
+        name, rounds = sc.run.name, sc.run.rounds
+        job = functools.partial(runner.run, sc, out)
+    with _stop_after_round():
+        try:
+            _run_with_progress(job, name, rounds, quiet)
+        except (runner.Interrupted, KeyboardInterrupt) as exc:
+            run_dir = getattr(exc, "run_dir", None)
+            done = f"stopped after round {exc.server_round}, checkpoint written" \
+                if isinstance(exc, runner.Interrupted) else "interrupted"
+            where = f"; resume with: fedsim run --resume {run_dir}" if run_dir else \
+                "; no round had finished, so the run dir was removed"
+            err_console.print(done + where, markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
 
-    overrides: dict = dict(parse_overrides(set_))
-    if runtime:
-        overrides["run.runtime"] = runtime
-    if ray_address:
-        overrides["run.ray_address"] = ray_address
-        overrides.setdefault("run.runtime", "ray")
-    sc = Scenario.load(scenario, overrides)
+@contextlib.contextmanager
+def _stop_after_round():
+    """Ctrl-C or SIGTERM: finish the current round, write its checkpoint and stop; a second one stops now."""
+    from fedsim.server import stop_requested
+
+    def handler(signum, frame) -> None:
+        if stop_requested.is_set():
+            raise KeyboardInterrupt
+        stop_requested.set()
+        err_console.print("stopping after this round (Ctrl-C again to stop now)", markup=False, highlight=False)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_requested.clear()
     try:
-        _run_with_progress(sc, out, quiet)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: the unfinished run dir was removed", markup=False, highlight=False)
-        raise typer.Exit(130) from None
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        stop_requested.clear()
 
 
-def _run_with_progress(sc: Scenario, out: Path | None, quiet: bool) -> None:
+def _run_with_progress(job, name: str, rounds: int, quiet: bool) -> None:
+    """`job(on_round)` is fedsim.run or fedsim.runner.resume with its arguments bound."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedsim.runner import run as run_scenario
-
     if quiet:
-        result = run_scenario(sc, out)
+        result = job(None)
         out_console.print(str(result.run_dir))
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[metrics]}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(f"{sc.run.name} round", total=sc.run.rounds, metrics="preparing")
+        task = progress.add_task(f"{name} round", total=rounds, metrics="preparing")
 
         def on_round(row: dict) -> None:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row["eval"].items())
             progress.update(task, completed=row["round"], metrics=shown)
 
-        result = run_scenario(sc, out, on_round)
-    out_console.print(_metric_table(result.metrics, f"{sc.run.name}: central evaluation", max_rows=10))
+        result = job(on_round)
+    out_console.print(_metric_table(result.metrics, f"{name}: central evaluation", max_rows=10))
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
     out_console.print(f"final: {final} | wall time {result.summary['wall_time_s']:.1f} s | run dir: {result.run_dir}")
     if "stopped" in result.summary:

@@ -65,14 +65,23 @@ class RunRecorder:
     and the aggregated client metrics; `record_round` is called from central evaluation after each round.
     """
 
-    def __init__(self, run_dir: Path, scenario: Scenario, on_round: Callable[[dict], None] | None = None) -> None:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunDirError(str(run_dir), "already exists and is not empty", "pick another --out or remove it")
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, run_dir: Path, scenario: Scenario, on_round: Callable[[dict], None] | None = None,
+                 resume: dict | None = None) -> None:
+        """A new run dir, or with `resume` (a checkpoint) the run dir continued after the checkpoint's round:
+        metrics.jsonl keeps the rows up to that round and drops any written after it."""
         self.run_dir, self.scenario, self.on_round = run_dir, scenario, on_round
-        (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
         self.rows: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
+        if resume is not None:
+            self.initial = resume["initial"]
+            self.rows = [r for r in _read_rows(run_dir, torn_tail=True) if r["round"] <= resume["round"]]
+            _atomic_write(run_dir / "metrics.jsonl",
+                          lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
+        else:
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise RunDirError(str(run_dir), "already exists and is not empty", "pick another --out or remove it")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
         self._round: dict[str, Any] = {}
         self._start = self._last = time.perf_counter()
         self.row_extras: Callable[[], dict] | None = None  # e.g. the privacy ledger
@@ -159,10 +168,27 @@ class RunRecorder:
         state = {k: v.detach().clone() for k, v in state_dict.items()}
         if self.scenario.output.save_model:
             _atomic_write(self.run_dir / "model.pt", lambda p: torch.save(state, p))
+        (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: model.pt and summary.json say it all
         return RunResult(self.run_dir, self.scenario, self.rows, summary, state)
 
     def discard(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _read_rows(run_dir: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; with `torn_tail`, a last line cut short by a killed process is ignored."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not (torn_tail and i == len(lines) - 1):
+                raise
+    return rows
 
 
 def load_run(run_dir: str | Path) -> RunResult:
@@ -174,7 +200,7 @@ def load_run(run_dir: str | Path) -> RunResult:
         raise RunDirError(str(path), f"not a finished run dir (missing {', '.join(missing)})",
                           "pass a directory written by `fedsim run`")
     try:
-        rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = _read_rows(path)
         summary = json.loads((path / "summary.json").read_text())
     except json.JSONDecodeError as exc:
         raise RunDirError(str(path), f"corrupt metrics or summary: {exc}", "re-run the scenario") from None

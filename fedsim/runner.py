@@ -8,14 +8,15 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 
+from fedsim import checkpoint
 from fedsim.arrays import record_to_state
 from fedsim.clients.app import SCENARIO_KEY
 from fedsim.clients.app import app as client_app
-from fedsim.errors import ScenarioError
+from fedsim.errors import FedsimError, RunDirError, ScenarioError
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
-from fedsim.server import Prepared, prepare, server_main
+from fedsim.server import Interrupted, Prepared, prepare, server_main
 
 
 def make_grid(scenario: Scenario) -> VirtualNodesGrid:
@@ -39,16 +40,50 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
 
 def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
                 on_round: Callable[[dict], None] | None = None,
-                describe: Callable[[], dict] | None = None) -> RunResult:
-    """The server loop on any Grid (fedsim's or Flower's), writing the run dir; nothing is kept if it fails.
+                describe: Callable[[], dict] | None = None, resume: dict | None = None) -> RunResult:
+    """The server loop on any Grid (fedsim's or Flower's), writing the run dir (continuing it from the
+    checkpoint `resume`). A run stopped by Ctrl-C / SIGTERM, or that crashed after a checkpoint, keeps its run
+    dir so `fedsim run --resume` can continue it; otherwise (bad input) nothing is kept.
     `describe()` says what ran the clients, asked at the end (e.g. how many Ray actors were replaced)."""
-    recorder = RunRecorder(new_run_dir(prepared.scenario, out), prepared.scenario, on_round)
+    run_dir = Path(out) if resume is not None else new_run_dir(prepared.scenario, out)
+    recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume)
     try:
-        arrays = server_main(grid, prepared, recorder)
-    except BaseException:  # bad input, Ctrl-C or a crash: leave no half-written run dir
-        recorder.discard()
+        arrays = server_main(grid, prepared, recorder, resume)
+    except Interrupted as exc:
+        exc.run_dir = run_dir
+        raise
+    except BaseException as exc:
+        resumable = (run_dir / checkpoint.FILE).is_file() and not isinstance(exc, FedsimError)
+        if resumable:
+            exc.run_dir = run_dir  # for the CLI's "resume with" hint
+        elif resume is None:
+            recorder.discard()
         raise
     return recorder.finish(record_to_state(arrays), prepared.data.info.task, describe() if describe else None)
+
+
+def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
+           runtime: str | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint; the finished run equals an uninterrupted one
+    (timings aside). `runtime` may differ from the original (inline and Ray give identical results)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        raise RunDirError(str(run_dir), "is a finished run, there is nothing to resume", "look at it with `fedsim show`")
+    if not (run_dir / "scenario.toml").is_file():
+        raise RunDirError(str(run_dir), "is not a fedsim run dir (no scenario.toml)", "pass the dir `fedsim run` made")
+    state = checkpoint.read(run_dir)
+    scenario = Scenario.from_toml(run_dir / "scenario.toml")
+    if (run_dir / "scenario.toml").read_text(encoding="utf-8") != state["scenario"]:
+        raise RunDirError(str(run_dir / "scenario.toml"), "differs from the scenario the checkpoint was written with",
+                          "restore the file, or start a new run")
+    if runtime is not None:
+        scenario = scenario.with_overrides({"run.runtime": runtime})
+    prepared = prepare(scenario)
+    grid = make_grid(scenario)
+    try:
+        return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state)
+    finally:
+        grid.close()
 
 
 def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None) -> RunResult:

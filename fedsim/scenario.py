@@ -52,6 +52,7 @@ class RunSection(Section):
     runtime: Literal["inline", "ray", "flower"] = "inline"
     ray_address: str | None = None
     round_timeout_s: float | None = Field(None, gt=0)
+    checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
+from fedsim import checkpoint
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import BudgetExhausted, PrivacyMonitor
 from fedsim.clients.app import REPORT_TRAIN_LOSS
@@ -140,21 +142,77 @@ def seed_sampling(strategy: Strategy, seed: int) -> None:
         setattr(strategy, name, seeded)
 
 
-def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayRecord:
+class Interrupted(Exception):
+    """The run stopped on request (Ctrl-C, SIGTERM) after a complete round, whose checkpoint is on disk."""
+
+    def __init__(self, server_round: int) -> None:
+        super().__init__(f"interrupted after round {server_round}")
+        self.server_round = server_round
+
+
+stop_requested = threading.Event()  # set by the CLI's signal handler: finish the round, checkpoint, stop
+
+
+class _FromRound(Strategy):
+    """`strategy` with Flower's round numbers shifted by `offset`: start() counts from 1, a resumed run from
+    the round after its checkpoint."""
+
+    def __init__(self, strategy: Strategy, offset: int) -> None:
+        self.strategy, self.offset = strategy, offset
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        return self.strategy.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+
+def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: dict | None = None) -> ArrayRecord:
     """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
-    centrally after every round; returns the final global arrays."""
+    centrally and checkpointing after every round; with `resume` (a checkpoint), from the round after it.
+    Returns the final global arrays."""
     scenario, data, model = prepared.scenario, prepared.data, prepared.model
     x_test, y_test = data.test
-    latest: list[ArrayRecord] = []
+    strategy = prepared.strategy
+    done = resume["round"] if resume else 0
+    initial = checkpoint.decode(resume["arrays"]) if resume else state_to_record(model.state_dict())
+    latest: list[ArrayRecord] = [initial]
+    resumable = hasattr(grid, "checkpoint_state")  # Flower's own runtime keeps client state out of reach
+    monitor: PrivacyMonitor | None = None
 
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        checkpoint.write(recorder.run_dir, {
+            "round": server_round, "arrays": checkpoint.encode(arrays), "initial": checkpoint.encode(recorder.initial),
+            "scenario": scenario.to_toml(), "strategy": checkpoint.object_state(strategy),
+            "monitor": checkpoint.object_state(monitor) if monitor else None, "grid": grid.checkpoint_state()})
+
+    def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        server_round = local_round + done
         latest[:] = [arrays]
+        if local_round == 0 and done:
+            return None  # a resumed run evaluated its starting model before the interruption
         model.load_state_dict(record_to_state(arrays))
         metrics = evaluate(model, x_test, y_test, data.info.task)
         recorder.record_round(server_round, metrics)
+        if server_round > 0:
+            every = scenario.run.checkpoint_every
+            if resumable and (stop_requested.is_set() or (every and server_round % every == 0)):
+                save_checkpoint(server_round, arrays)
+            if isinstance(strategy, Unlearning):
+                strategy.purge()  # after the checkpoint: a resumed run can serve a request again
+            if stop_requested.is_set() and server_round < scenario.run.rounds:
+                raise Interrupted(server_round)
         return MetricRecord(metrics)
 
-    strategy = prepared.strategy
     seed_sampling(strategy, scenario.run.seed)
     recorder.watch(strategy, unreliable=scenario.faults is not None)
     extras: dict[str, Callable[[], dict]] = {}
@@ -174,11 +232,16 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
         recorder.summary_extras = lambda: {"unlearning": strategy.results, "history": {
             "interval": strategy.store.interval, "rounds": len(strategy.store.rounds()),
             "bytes": strategy.store.size_bytes()}}
+    if resume:
+        checkpoint.restore_object(strategy, resume["strategy"])
+        grid.restore_checkpoint(resume["grid"])
+        if monitor is not None:
+            checkpoint.restore_object(monitor, resume["monitor"])
     try:
-        result = strategy.start(
+        _FromRound(strategy, done).start(
             grid=grid,
-            initial_arrays=state_to_record(model.state_dict()),
-            num_rounds=scenario.run.rounds,
+            initial_arrays=initial,
+            num_rounds=scenario.run.rounds - done,
             timeout=scenario.run.round_timeout_s or math.inf,
             train_config=train_config(scenario),
             evaluate_fn=central_evaluation,
@@ -188,5 +251,4 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> ArrayR
             raise FedsimError("privacy.target_epsilon", f"{exc}, so no round can run",
                               "raise privacy.noise_multiplier or privacy.target_epsilon") from None
         recorder.stopped = str(exc)
-        return latest[0]
-    return result.arrays
+    return latest[0]

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedsim.arrays import record_to_state, state_to_record
+from fedsim.checkpoint import decode, encode, object_state, restore_object
 from fedsim.errors import FedsimError
 from fedsim.scenario import UnlearningRequest, UnlearningSection
 from fedsim.seeding import derive_seed
@@ -164,6 +165,29 @@ class Unlearning(Strategy):
         self.requests.append(UnlearningRequest(at_round=at_round, kind=kind, target=target, samples=samples,
                                                method=method))
 
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """What a resumed run needs (the retrain cache is rebuilt on demand, identically)."""
+        return {"inner": object_state(self.inner), "forgotten": encode(self.forgotten.key()),
+                "requests": encode([r.model_dump() for r in self.requests]), "results": encode(self.results),
+                "nodes": encode(self._nodes), "initial": encode(self._initial),
+                "train_config": encode(self._train_config), "last_round": self._last_round}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        restore_object(self.inner, state["inner"])
+        self.forgotten = Forgotten.from_key(decode(state["forgotten"]))
+        self.requests = [UnlearningRequest(**r) for r in decode(state["requests"])]
+        self.results, self._nodes = decode(state["results"]), decode(state["nodes"])
+        self._initial, self._train_config = decode(state["initial"]), decode(state["train_config"])
+        self._last_round = int(state["last_round"])
+
+    def purge(self) -> None:
+        """Delete every stored update of a forgotten client. Runs before each round; call it after the last
+        round too (fedsim's server calls it after every checkpoint, so a resumed run can serve a request again)."""
+        if self.store is not None:
+            for client in self.forgotten.clients:
+                self.store.forget_client(client)
+
     # ---- Strategy ------------------------------------------------------------------------------------------
     def summary(self) -> None:
         self.inner.summary()
@@ -181,6 +205,7 @@ class Unlearning(Strategy):
                         grid: Grid) -> Iterable[Message]:
         if server_round == 1:
             self._initial, self._train_config = arrays, ConfigRecord(dict(config))
+        self.purge()  # clients forgotten last round (fedsim's server also purges right after each checkpoint)
         due = [r for r in self.requests if r.at_round == server_round - 1]
         if (due or self.store is not None) and not self._nodes:
             self._discover(grid)
@@ -250,9 +275,7 @@ class Unlearning(Strategy):
             outcomes.append((name, new_arrays, strategy, rounds, time.perf_counter() - start))
         if self.evaluate is not None:
             self._report(job, outcomes)
-        if request.kind == "client" and self.store is not None:
-            self.store.forget_client(request.target)
-        self.forgotten = job.now
+        self.forgotten = job.now  # the client's stored updates go at the end of the round (purge)
         _, new_arrays, self.inner, _, _ = outcomes[0]
         return new_arrays
 

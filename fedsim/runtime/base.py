@@ -18,6 +18,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.checkpoint import decode, encode
+
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: stable, and clear of Flower's server node id (1)
 
 
@@ -44,7 +46,7 @@ class VirtualNodesGrid(Grid):
         self.faults, self.seed = faults, seed
         self.fault_counts = {"dropped": 0, "failed": 0, "straggled": 0}
         self.delays: dict[str, float] = {}  # message id -> seconds a straggler waits before answering
-        self._pushes = itertools.count(1)
+        self._pushes = 0  # message batches pushed so far: faults are drawn per (seed, push, node)
         self._run = Run.create_empty(run_id)
         # Messages created in this process are the server's (as in Flower's own ServerApp runner).
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
@@ -91,8 +93,9 @@ class VirtualNodesGrid(Grid):
             if msg.metadata.dst_node_id not in self.contexts:
                 self._replies[msg.metadata.message_id] = error_reply(
                     msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}")
+        self._pushes += 1
         if self.faults is not None:
-            known = self._inject_faults(known, next(self._pushes))
+            known = self._inject_faults(known, self._pushes)
         self._replies.update(self._execute(known, timeout))
         return [m.metadata.message_id for m in batch]
 
@@ -114,6 +117,16 @@ class VirtualNodesGrid(Grid):
                     self.delays[msg.metadata.message_id] = f.straggler_delay_s
                 runs.append(msg)
         return runs
+
+    def checkpoint_state(self) -> dict:
+        """What a resumed run needs: the push counter (fault draws), the nodes still offered, client states."""
+        return {"pushes": self._pushes, "node_ids": list(self._node_ids),
+                "contexts": encode({n: c.state for n, c in self.contexts.items() if len(c.state)})}
+
+    def restore_checkpoint(self, state: dict) -> None:
+        self._pushes, self._node_ids = int(state["pushes"]), [int(n) for n in state["node_ids"]]
+        for node, records in decode(state["contexts"]).items():
+            self.contexts[node].state = records
 
     def take_fault_counts(self) -> dict[str, int]:
         """Faults injected since the last call (one call per round, for metrics.jsonl)."""

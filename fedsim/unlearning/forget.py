@@ -43,6 +43,11 @@ class Forgotten:
         return (tuple(sorted(self.clients)), tuple(sorted(self.classes)),
                 tuple(sorted((pid, tuple(sorted(idx))) for pid, idx in self.samples.items())))
 
+    @classmethod
+    def from_key(cls, key: tuple) -> Forgotten:
+        clients, classes, samples = key
+        return cls(frozenset(clients), frozenset(classes), {int(p): frozenset(idx) for p, idx in samples})
+
     def kept(self, pid: int, y: torch.Tensor) -> torch.Tensor:
         """Boolean mask over partition `pid` (labels `y`): True where the example is not forgotten."""
         if pid in self.clients:

@@ -1,0 +1,134 @@
+"""Checkpoints: everything a run needs to continue exactly after its last complete round.
+
+`RUN_DIR/checkpoint.pt` holds the round number, the global model, the strategy's state (its attributes: FedLD's
+history, FedOpt's moments, ...), the privacy monitor, the Grid's counters and every client's `context.state`
+(DP accountants, bag releases). It is written atomically (temp file + rename) and holds only tensors, numbers,
+strings, lists and dicts, so it loads with `torch.load(weights_only=True)`: nothing in it is unpickled or run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.arrays import state_to_record
+from fedsim.errors import RunDirError
+
+FILE = "checkpoint.pt"
+FORMAT = 1
+_TAG = "$checkpoint-type"
+
+
+class Unencodable(TypeError):
+    """A value a checkpoint cannot hold (a function, an open resource, an arbitrary object)."""
+
+
+def _tagged(kind: str, value: Any) -> dict:
+    return {_TAG: kind, "value": value}
+
+
+def encode(value: Any) -> Any:
+    """`value` as tensors, numbers, strings, lists and dicts (tagged where the type must come back)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, np.ndarray):
+        return _tagged("ndarray", torch.from_numpy(np.array(value)))
+    if isinstance(value, ArrayRecord):
+        return _tagged("arrays", {k: torch.from_numpy(a.numpy()) for k, a in value.items()})
+    if isinstance(value, ConfigRecord | MetricRecord):
+        return _tagged(type(value).__name__, {k: encode(v) for k, v in value.items()})
+    if isinstance(value, RecordDict):
+        return _tagged("records", {k: encode(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return _tagged(type(value).__name__, [encode(v) for v in value])
+    if isinstance(value, set | frozenset):
+        return _tagged(type(value).__name__, [encode(v) for v in sorted(value)])
+    if isinstance(value, dict):
+        return _tagged("dict", [[encode(k), encode(v)] for k, v in value.items()])
+    raise Unencodable(type(value).__name__)
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) or not isinstance(value, dict):
+        return value
+    kind, inner = value[_TAG], value["value"]
+    if kind == "ndarray":
+        return inner.numpy()
+    if kind == "arrays":
+        return state_to_record(inner)
+    if kind in ("ConfigRecord", "MetricRecord"):
+        return {"ConfigRecord": ConfigRecord, "MetricRecord": MetricRecord}[kind](
+            {k: decode(v) for k, v in inner.items()})
+    if kind == "records":
+        return RecordDict({k: decode(v) for k, v in inner.items()})
+    if kind in ("list", "tuple", "set", "frozenset"):
+        return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[kind](decode(v) for v in inner)
+    if kind == "dict":
+        return {decode(k): decode(v) for k, v in inner}
+    raise ValueError(f"unknown entry type {kind!r}")
+
+
+def object_state(obj: Any) -> dict:
+    """The attributes of `obj` a checkpoint can hold (callables and other objects are rebuilt by `prepare`);
+    objects that define `checkpoint_state()` say what theirs is, nested strategies are captured too."""
+    if hasattr(obj, "checkpoint_state"):
+        return {"custom": obj.checkpoint_state()}
+    attrs = {}
+    for name, value in vars(obj).items():
+        if callable(value) and not isinstance(value, type):
+            continue
+        try:
+            attrs[name] = encode(value)
+        except Unencodable:
+            if isinstance(value, Strategy):  # a wrapped strategy
+                attrs[name] = _tagged("object", object_state(value))
+    return {"attrs": attrs}
+
+
+def restore_object(obj: Any, state: dict) -> None:
+    if "custom" in state:
+        obj.restore_checkpoint(state["custom"])
+        return
+    for name, value in state["attrs"].items():
+        if isinstance(value, dict) and value.get(_TAG) == "object":
+            restore_object(getattr(obj, name), value["value"])
+        else:
+            setattr(obj, name, decode(value))
+
+
+def write(run_dir: Path, payload: dict) -> Path:
+    """Write RUN_DIR/checkpoint.pt atomically: a reader sees the previous checkpoint or this one, never a mix."""
+    path = Path(run_dir) / FILE
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read(run_dir: Path) -> dict:
+    """The checkpoint of RUN_DIR, or RunDirError naming the file when it is missing, truncated or corrupt."""
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        raise RunDirError(str(path), "no checkpoint (the run stopped before its first round completed, or "
+                          "checkpoints were off)", "start the scenario again with `fedsim run`")
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every unreadable file is the same problem for the user
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise RunDirError(str(path), f"corrupt or truncated checkpoint ({reason})",
+                          "the run cannot resume from it; start the scenario again") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "round" not in payload:
+        raise RunDirError(str(path), "not a fedsim checkpoint of this version", "start the scenario again")
+    return payload

@@ -1,0 +1,58 @@
+"""Run a scenario in this process and SIGKILL it in the middle of round KILL_ROUND (for the resume tests).
+
+usage: python kill_helpers.py SCENARIO_JSON OUT_DIR KILL_ROUND
+Inline: the process dies when the second client of that round is about to train. Ray: it dies right after
+the round's work has been handed to the actors, while they train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from fedsim.runner import run
+from fedsim.runtime import inline
+from fedsim.scenario import Scenario
+
+
+def _round_of(message) -> int | None:
+    config = message.content.config_records.get("config")
+    return int(config["server-round"]) if config is not None and "server-round" in config else None
+
+
+def main() -> None:
+    scenario = Scenario.model_validate(json.loads(Path(sys.argv[1]).read_text()))
+    out, kill_round = sys.argv[2], int(sys.argv[3])
+    seen = []
+
+    run_client = inline.run_client
+
+    def dying_client(app, msg, context):
+        if msg.metadata.message_type == "train" and _round_of(msg) == kill_round:
+            seen.append(msg)
+            if len(seen) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return run_client(app, msg, context)
+
+    inline.run_client = dying_client
+    if scenario.run.runtime == "ray":
+        from fedsim.runtime.ray_grid import RayGrid
+
+        submit = RayGrid._submit
+
+        def dying_submit(self, chunk, actor):
+            ref = submit(self, chunk, actor)
+            if chunk.messages[0].metadata.message_type == "train" and _round_of(chunk.messages[0]) == kill_round:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return ref
+
+        RayGrid._submit = dying_submit
+    run(scenario, out)
+    sys.exit("the run finished: it was never killed")
+
+
+if __name__ == "__main__":
+    main()

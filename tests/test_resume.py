@@ -1,0 +1,212 @@
+"""Checkpoints and exact resume: a run SIGKILLed mid-round and resumed equals the uninterrupted run; SIGTERM
+stops after the round with a checkpoint and exit 130; damaged checkpoints are clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_scenario
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+import fedsim
+from fedsim import checkpoint
+from fedsim.arrays import state_to_record
+from fedsim.results import load_run, without_timings
+from fedsim.scenario import Scenario
+
+TESTS = Path(__file__).parent
+KILL_ROUND = 3
+
+
+def killed_and_resumed(scenario: Scenario, tmp_path: Path, resume_runtime: str | None = None):
+    """Run `scenario` in a child process that SIGKILLs itself in the middle of round KILL_ROUND, then resume."""
+    spec = tmp_path / "scenario.json"
+    spec.write_text(scenario.model_dump_json())
+    out = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, str(TESTS / "kill_helpers.py"), str(spec), str(out), str(KILL_ROUND)],
+                             start_new_session=True, stderr=subprocess.PIPE, text=True)
+    _, stderr = child.communicate(timeout=300)
+    try:
+        os.killpg(child.pid, signal.SIGKILL)  # whatever the killed driver started (Ray's own processes)
+    except ProcessLookupError:
+        pass
+    assert child.returncode == -signal.SIGKILL, stderr[-2000:]
+    assert checkpoint.read(out)["round"] == KILL_ROUND - 1
+    assert not (out / "summary.json").exists()
+    return fedsim.resume(out, runtime=resume_runtime)
+
+
+def assert_same_run(resumed, reference) -> None:
+    assert without_timings(resumed.metrics) == without_timings(reference.metrics)
+    for key, value in reference.state_dict.items():
+        assert torch.equal(resumed.state_dict[key], value), key
+    assert not (resumed.run_dir / checkpoint.FILE).exists()  # a finished run keeps model.pt, not the checkpoint
+
+
+DP = {"privacy": {"mode": "dp-sgd", "noise_multiplier": 1.0, "target_epsilon": 50.0}}
+CASES = {
+    "fedavg": ({}, None),
+    "fedld": ({"strategy": {"name": "fedld", "server_lr": 2.0}}, None),
+    "fedadam": ({"strategy": {"name": "fedadam"}}, None),
+    "dp-sgd": (DP, None),
+    "faults": ({"faults": {"dropout_rate": 0.2, "failure_rate": 0.1},
+                "strategy": {"name": "fedavg", "min_train_nodes": 1}}, None),
+    "unlearning": ({"unlearning": {"rounds": 1, "requests": [
+        {"at_round": 2, "kind": "client", "target": 1, "method": ["pga", "retrain"]}]}}, None),
+}
+
+
+def scenario_with(extra: dict, runtime: str = "inline") -> Scenario:
+    raw = small_scenario(run__rounds=5, run__runtime=runtime, strategy__fraction_train=0.8).to_dict()
+    for section, values in extra.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return Scenario.from_dict(raw)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case, tmp_path):
+    scenario = scenario_with(CASES[case][0])
+    reference = fedsim.run(scenario, out=tmp_path / "reference")
+    resumed = killed_and_resumed(scenario, tmp_path)
+    assert_same_run(resumed, reference)
+    if case == "dp-sgd":
+        assert resumed.summary["privacy"] == reference.summary["privacy"]
+    if case == "unlearning":
+        def untimed(rows):
+            return [{k: v for k, v in r.items() if k not in ("time_s", "speedup")} for r in rows]
+
+        assert untimed(resumed.summary["unlearning"]) == untimed(reference.summary["unlearning"])
+        assert not list((resumed.run_dir / "history").glob("round-*/client-1.pt"))
+
+
+@pytest.mark.parametrize("case", ["fedld", "dp-sgd"])
+def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_on_ray(case, tmp_path):
+    scenario = scenario_with(CASES[case][0], runtime="ray")
+    reference = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "reference")
+    resumed = killed_and_resumed(scenario, tmp_path)
+    assert resumed.summary["runtime"]["kind"] == "ray"
+    assert_same_run(resumed, reference)
+
+
+def test_sigterm_finishes_the_round_writes_a_checkpoint_and_exits_130(tmp_path):
+    raw = small_scenario(run__rounds=6, data__partitioner__num_partitions=3).to_dict()
+    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.15}  # every round takes ~0.5 s
+    path = tmp_path / "slow.toml"
+    path.write_text(Scenario.from_dict(raw).to_toml())
+    out = tmp_path / "run"
+    fedsim_cli = str(Path(sys.executable).with_name("fedsim"))
+    child = subprocess.Popen([fedsim_cli, "run", str(path), "--out", str(out), "-q"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert f"resume with: fedsim run --resume {out}" in stderr
+    state = checkpoint.read(out)
+    rows = load_rows(out)
+    assert 1 <= state["round"] < 6 and [r["round"] for r in rows] == list(range(1, state["round"] + 1))
+    assert not list(out.glob("*.tmp")) and not (out / "summary.json").exists()
+
+    done = subprocess.run([fedsim_cli, "run", "--resume", str(out), "-q"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    reference = fedsim.run(Scenario.from_toml(path), out=tmp_path / "reference")
+    assert_same_run(load_run(out), reference)
+
+
+def load_rows(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def interrupted_run(tmp_path: Path) -> Path:
+    from fedsim.server import Interrupted, stop_requested
+
+    def stop_at_two(row):
+        if row["round"] == 2:
+            stop_requested.set()
+
+    with pytest.raises(Interrupted):
+        fedsim.run(small_scenario(run__rounds=4), out=tmp_path / "run", on_round=stop_at_two)
+    stop_requested.clear()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "foreign"])
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, tmp_path, cli):
+    run_dir = interrupted_run(tmp_path)
+    path = run_dir / checkpoint.FILE
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(len(data)))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save({"weights": torch.ones(2)}, path)
+    code, _, err = cli("run", "--resume", str(run_dir))
+    assert code == 2 and str(path) in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_refuses_finished_runs_edited_scenarios_and_extra_arguments(tmp_path, cli):
+    finished = fedsim.run(small_scenario(run__rounds=1), out=tmp_path / "done").run_dir
+    code, _, err = cli("run", "--resume", str(finished))
+    assert code == 2 and "is a finished run" in err
+    run_dir = interrupted_run(tmp_path)
+    code, _, err = cli("run", "quickstart", "--resume", str(run_dir))
+    assert code == 2 and "pass only the run dir" in err
+    scenario_file = run_dir / "scenario.toml"
+    scenario_file.write_text(scenario_file.read_text().replace("rounds = 4", "rounds = 5"))
+    code, _, err = cli("run", "--resume", str(run_dir))
+    assert code == 2 and "differs from the scenario the checkpoint was written with" in err
+
+
+def test_checkpoint_holds_only_plain_data_and_round_trips():
+    values = {
+        "array": np.arange(6, dtype=np.float64).reshape(2, 3), "tensor": torch.ones(2, dtype=torch.int64),
+        "record": state_to_record({"w": torch.randn(3)}), "config": ConfigRecord({"a": [1, 2], "b": "x"}),
+        "metrics": MetricRecord({"m": 0.5}), "nested": {3: [1.5, None, (2, "y")], "s": {4, 5}},
+        "records": RecordDict({"c": ConfigRecord({"k": 1})}), "scalar": np.float32(2.5),
+    }
+    back = checkpoint.decode(checkpoint.encode(values))
+    assert np.array_equal(back["array"], values["array"]) and back["array"].dtype == np.float64
+    assert torch.equal(back["tensor"], values["tensor"])
+    assert isinstance(back["record"], ArrayRecord)
+    assert back["record"]["w"].numpy().tobytes() == values["record"]["w"].numpy().tobytes()
+    assert dict(back["config"]) == dict(values["config"]) and dict(back["metrics"]) == {"m": 0.5}
+    assert back["nested"] == {3: [1.5, None, (2, "y")], "s": {4, 5}}
+    assert dict(back["records"]["c"]) == {"k": 1} and back["scalar"] == 2.5
+    with pytest.raises(checkpoint.Unencodable):
+        checkpoint.encode(lambda: 0)
+
+
+def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path):
+    from fedsim.server import Interrupted, stop_requested
+
+    rounds_written = []
+
+    def watch(row):
+        path = tmp_path / "run" / checkpoint.FILE
+        if path.exists():
+            rounds_written.append(torch.load(path, weights_only=True)["round"])
+        if row["round"] == 5:
+            stop_requested.set()
+
+    with pytest.raises(Interrupted):
+        fedsim.run(small_scenario(run__rounds=6, run__checkpoint_every=2), out=tmp_path / "run", on_round=watch)
+    stop_requested.clear()
+    assert rounds_written == [2, 2, 4]  # seen at rounds 3, 4, 5 (each round's checkpoint follows its row)
+    assert checkpoint.read(tmp_path / "run")["round"] == 5  # stopping writes one whatever the interval

@@ -1,11 +1,11 @@
-# fedsim: `make run` (set-up + quickstart) · `make test` (set-up + pytest) · `make bench` · `make lint`
+# fedsim: `make run` (set-up + quickstart) · `make test` (set-up + pytest) · `make bench` · `make soak` · `make lint`
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench soak lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
+
+soak: install
+	$(BIN)/python benchmarks/soak.py
 
 lint: install
 	$(BIN)/ruff check .

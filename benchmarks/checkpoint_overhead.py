@@ -13,11 +13,11 @@ import fedsim
 def main() -> None:
     per_round: dict[int, list[float]] = {0: [], 1: []}
     for _ in range(3):
-        for every in per_round:
+        for every, times in per_round.items():
             scenario = fedsim.Scenario.load("bench-w1", {"run.checkpoint_every": every})
             with tempfile.TemporaryDirectory() as tmp:
                 rows = fedsim.run(scenario, out=Path(tmp) / "run").metrics[1:]  # round 1 warms caches
-            per_round[every].append(statistics.mean(r["time_s"] for r in rows))
+            times.append(statistics.mean(r["time_s"] for r in rows))
     off, on = statistics.median(per_round[0]), statistics.median(per_round[1])
     print(f"bench-w1 s/round: no checkpoints {off:.4f}, checkpoint every round {on:.4f}, ratio {on / off:.3f}")
 

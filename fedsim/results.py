@@ -205,7 +205,11 @@ def load_run(run_dir: str | Path) -> RunResult:
     except json.JSONDecodeError as exc:
         raise RunDirError(str(path), f"corrupt metrics or summary: {exc}", "re-run the scenario") from None
     model_file = path / "model.pt"
-    state = torch.load(model_file, weights_only=True) if model_file.is_file() else {}
+    try:
+        state = torch.load(model_file, weights_only=True) if model_file.is_file() else {}
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or holding anything but tensors
+        raise RunDirError(str(model_file), f"unreadable model file ({type(exc).__name__})",
+                          "re-run the scenario, or delete model.pt to read the metrics alone") from None
     return RunResult(path, Scenario.from_toml(path / "scenario.toml"), rows, summary, state)
 
 

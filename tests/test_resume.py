@@ -210,3 +210,10 @@ def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path):
     stop_requested.clear()
     assert rounds_written == [2, 2, 4]  # seen at rounds 3, 4, 5 (each round's checkpoint follows its row)
     assert checkpoint.read(tmp_path / "run")["round"] == 5  # stopping writes one whatever the interval
+
+
+def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli):
+    run_dir = fedsim.run(small_scenario(run__rounds=1), out=tmp_path / "run").run_dir
+    (run_dir / "model.pt").write_bytes(b"\x80\x04not a model")
+    code, _, err = cli("show", str(run_dir))
+    assert code == 2 and "model.pt: unreadable model file" in err and len(err.strip().splitlines()) == 1

@@ -1,15 +1,23 @@
 """What has been forgotten: whole clients, classes everywhere, and sample indices of one client.
 
 Servers send it to clients in the ConfigRecord (int lists under a prefix); clients drop those examples from their
-partition before doing anything with it.
+partition before doing anything with it. `check_requests` rejects requests naming data a run does not have.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ConfigRecord
+
+from fedsim.errors import ScenarioError
+from fedsim.scenario import CLASSIFICATION_METHODS, REGRESSION_METHODS
+
+if TYPE_CHECKING:
+    from fedsim.data import FederatedData
+    from fedsim.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -79,11 +87,8 @@ class Forgotten:
                    {pid: frozenset(idx) for pid, idx in samples.items()})
 
 
-def check_requests(scenario, data) -> None:
+def check_requests(scenario: Scenario, data: FederatedData) -> None:
     """Raise ScenarioError for a request that names data the run does not have or a method that does not fit."""
-    from fedsim.errors import ScenarioError
-    from fedsim.scenario import CLASSIFICATION_METHODS, REGRESSION_METHODS
-
     unlearning = scenario.unlearning
     if unlearning is None:
         return

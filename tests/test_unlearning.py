@@ -114,6 +114,7 @@ def test_a_forgotten_client_is_never_sampled_again_nor_seen_by_retrain(strategy,
     assert {e["type"] for e in later} == {"train", "evaluate"}
     retrain = [e for e in grid.log if e["phase"] == "retrain"]
     assert len({e["round"] for e in retrain}) == AT and all(e["node"] != gone for e in retrain)
+    assert len(retrain) == AT * 4  # computed once, for the retrain row and every method's gap
     assert all(e["config"]["forget-clients"] == [2] for e in retrain + later)
     assert any(e["node"] == gone for e in grid.log if e["phase"] == "training")
     assert [r["method"] for r in result.summary["unlearning"]] == ["retrain", "finetune", "salun", "federaser", "pga"]
@@ -409,3 +410,84 @@ def test_bad_requests_are_one_line_errors_with_exit_code_2(dataset, request_toml
     code, _out, err = cli("run", str(path), "--out", str(tmp_path / "out"))
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_federaser_reproduces_the_original_model_when_the_client_never_took_part(tmp_path, monkeypatch):
+    """With a client that was never sampled before its request and full-length calibration (ratio 1), every
+    recalibration round repeats the original round (same model, clients and seeds), so each calibrated update
+    equals the stored one and FedEraser must land on the pre-request model: a check of the bookkeeping (stored
+    rounds, clients, example weights) and of the calibration together."""
+    for seed in range(20):
+        probe = small_scenario(run__rounds=AT, run__seed=seed, strategy__fraction_train=0.6)
+        _, grid, _ = run_spied(probe, tmp_path / f"probe{seed}", monkeypatch)
+        sampled = {e["node"] for e in grid.log if e["type"] == "train"}
+        never = [pid for pid in range(5) if node_id_of(pid) not in sampled]
+        if never:
+            break
+    assert never, "no seed left a client out of the first rounds"
+    outcomes = []
+    original = Unlearning._federaser
+
+    def record(self, job, strategy):
+        arrays, rounds = original(self, job, strategy)
+        outcomes.append((record_to_state(job.arrays), arrays.to_torch_state_dict(), rounds))
+        return arrays, rounds
+
+    monkeypatch.setattr(Unlearning, "_federaser", record)
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": never[0], "method": "federaser"}],
+                                {"federaser_ratio": 1.0}, run__seed=seed, strategy__fraction_train=0.6)
+    fedsim.run(scenario, out=tmp_path / "run")
+    before, after, rounds = outcomes[0]
+    assert rounds == AT - 1
+    for key, value in before.items():
+        assert torch.allclose(after[key], value, atol=1e-5), key
+
+
+def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path, monkeypatch):
+    """w_ref = (N w - w_target) / (N - 1) from the target's last stored update; radius sqrt(mean ||w_ref -
+    w_rand||^2 / 3) over 10 random models; the target ascends with lr 0.01, momentum 0.9, 5 epochs, clip 5."""
+    from fedsim.seeding import derive_seed
+
+    seen = {}
+    original = Unlearning._client_step
+
+    def spy(self, job, method, step, arrays, local, nodes=None, extra=None, records=None):
+        if method == "pga":
+            last = max(t for t in self.store.rounds() if t <= AT and 2 in self.store.updates(t))
+            seen.update(strategy=self, w=record_to_state(job.arrays), sent=arrays.to_torch_state_dict(),
+                        extra=dict(extra), local=local, nodes=nodes, stored=self.store.updates(last),
+                        global_model=self.store.global_model(last))
+        return original(self, job, method, step, arrays, local, nodes, extra, records)
+
+    monkeypatch.setattr(Unlearning, "_client_step", spy)
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}])
+    fedsim.run(scenario, out=tmp_path / "run")
+    n, w = len(seen["stored"]), seen["w"]
+    w_ref = {k: (n * w[k] - (seen["global_model"][k] + seen["stored"][2][0][k])) / (n - 1) for k in w}
+    for key, value in w_ref.items():
+        assert torch.allclose(seen["sent"][key], value, atol=1e-6), key
+    randoms = [seen["strategy"].random_model(derive_seed(scenario.run.seed, AT, i, 11)) for i in range(10)]
+    delta = np.mean([sum(float((w_ref[k] - r[k]).pow(2).sum()) for k in w_ref) for r in randoms]) / 3
+    assert seen["extra"]["radius"] == pytest.approx(math.sqrt(delta), rel=1e-5)
+    assert seen["extra"]["clip"] == 5.0 and seen["nodes"] == [node_id_of(2)]
+    local = seen["local"]
+    assert (local.lr, local.momentum, local.local_epochs) == (0.01, 0.9, 5)
+
+
+def test_blindspot_attention_and_step():
+    from fedsim.clients.unlearn import _attention, blindspot
+
+    a = torch.randn(2, 3, 4, 4)
+    expected = a.pow(2).mean(dim=1).flatten(1)
+    assert torch.allclose(_attention(a), expected / expected.norm(dim=1, keepdim=True))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    blind = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    x_f = torch.randn(32, 4)
+    empty = torch.zeros(0, 4)
+    cfg = LocalTraining(local_epochs=5, batch_size=8, lr=0.05)
+    with torch.no_grad():
+        gap = (model(x_f) - blind(x_f)).abs().mean()
+    blindspot(model, blind, (empty, torch.zeros(0), x_f, torch.zeros(32)), cfg, 50.0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(x_f) - blind(x_f)).abs().mean() < gap  # only forgotten data: pulled toward the blindspot

@@ -82,8 +82,8 @@ def run(
         if scenario or set_ or out or ray_address:
             raise FedsimError("--resume", "continues a run exactly as it was set up",
                               "pass only the run dir (and optionally --runtime)")
-        sc = Scenario.from_toml(resume / "scenario.toml") if (resume / "scenario.toml").is_file() else None
-        name, rounds = (sc.run.name, sc.run.rounds) if sc else (str(resume), 0)
+        sc, state = runner.resumable(resume)
+        name, rounds, done = sc.run.name, sc.run.rounds, state["round"]
         job = functools.partial(runner.resume, resume, runtime=runtime)
     else:
         if scenario is None:
@@ -95,11 +95,11 @@ def run(
             overrides["run.ray_address"] = ray_address
             overrides.setdefault("run.runtime", "ray")
         sc = Scenario.load(scenario, overrides)
-        name, rounds = sc.run.name, sc.run.rounds
+        name, rounds, done = sc.run.name, sc.run.rounds, 0
         job = functools.partial(runner.run, sc, out)
     with _stop_after_round():
         try:
-            _run_with_progress(job, name, rounds, quiet)
+            _run_with_progress(job, name, rounds, quiet, done)
         except (runner.Interrupted, KeyboardInterrupt) as exc:
             run_dir = getattr(exc, "run_dir", None)
             done = f"stopped after round {exc.server_round}, checkpoint written" \
@@ -131,8 +131,9 @@ def _stop_after_round():
         stop_requested.clear()
 
 
-def _run_with_progress(job, name: str, rounds: int, quiet: bool) -> None:
-    """`job(on_round)` is fedsim.run or fedsim.runner.resume with its arguments bound."""
+def _run_with_progress(job, name: str, rounds: int, quiet: bool, done: int = 0) -> None:
+    """`job(on_round)` is fedsim.run or fedsim.runner.resume with its arguments bound; `done` rounds are
+    already complete (a resumed run)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if quiet:
@@ -142,7 +143,8 @@ def _run_with_progress(job, name: str, rounds: int, quiet: bool) -> None:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[metrics]}"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(f"{name} round", total=rounds, metrics="preparing")
+        task = progress.add_task(f"{name} round", total=rounds, completed=done,
+                                 metrics="resuming" if done else "preparing")
 
         def on_round(row: dict) -> None:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in row["eval"].items())

@@ -197,8 +197,10 @@ def load_run(run_dir: str | Path) -> RunResult:
     needed = ["scenario.toml", "metrics.jsonl", "summary.json"]
     missing = [n for n in needed if not (path / n).is_file()]
     if missing:
+        interrupted = (path / "checkpoint.pt").is_file()
         raise RunDirError(str(path), f"not a finished run dir (missing {', '.join(missing)})",
-                          "pass a directory written by `fedsim run`")
+                          f"finish it with `fedsim run --resume {path}`" if interrupted
+                          else "pass a directory written by `fedsim run`")
     try:
         rows = _read_rows(path)
         summary = json.loads((path / "summary.json").read_text())

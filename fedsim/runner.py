@@ -62,10 +62,8 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
     return recorder.finish(record_to_state(arrays), prepared.data.info.task, describe() if describe else None)
 
 
-def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
-           runtime: str | None = None) -> RunResult:
-    """Continue an interrupted run from its last checkpoint; the finished run equals an uninterrupted one
-    (timings aside). `runtime` may differ from the original (inline and Ray give identical results)."""
+def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
+    """The scenario and checkpoint of an interrupted run dir; RunDirError if it cannot be resumed."""
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():
         raise RunDirError(str(run_dir), "is a finished run, there is nothing to resume", "look at it with `fedsim show`")
@@ -76,6 +74,14 @@ def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
     if (run_dir / "scenario.toml").read_text(encoding="utf-8") != state["scenario"]:
         raise RunDirError(str(run_dir / "scenario.toml"), "differs from the scenario the checkpoint was written with",
                           "restore the file, or start a new run")
+    return scenario, state
+
+
+def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
+           runtime: str | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint; the finished run equals an uninterrupted one
+    (timings aside). `runtime` may differ from the original (inline and Ray give identical results)."""
+    scenario, state = resumable(run_dir)
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
     prepared = prepare(scenario)

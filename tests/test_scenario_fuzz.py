@@ -56,3 +56,31 @@ def test_random_documents(tmp_path, doc):
     except (TypeError, ValueError):
         return
     _load_text(tmp_path, text)
+
+
+UNLEARN = tomllib.loads(shipped_scenarios()["unlearn-client"].read_text())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["unlearning", "request"]), st.sampled_from(
+    ["at_round", "kind", "target", "samples", "method", "history_interval", "rounds", "per_method", "lr", "x"]),
+    st.one_of(scalars, st.lists(st.text(max_size=8), max_size=3), st.dictionaries(st.text(max_size=8), scalars)))
+def test_mutated_unlearning_requests(tmp_path, where, key, value):
+    doc = tomllib.loads(tomli_w.dumps(UNLEARN))
+    node = doc["unlearning"] if where == "unlearning" else doc["unlearning"]["requests"][0]
+    node[key] = value
+    try:
+        text = tomli_w.dumps(doc)
+    except (TypeError, ValueError):
+        return
+    _load_text(tmp_path, text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["unlearning", "requests", "0", "1", "-1", "at_round", "method", "run", "rounds", ""]),
+                min_size=1, max_size=5), scalars)
+def test_overrides_into_lists_of_tables(path, value):
+    try:
+        Scenario.load("unlearn-client", {".".join(path): value})
+    except FedsimError:
+        pass

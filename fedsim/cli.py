@@ -292,6 +292,7 @@ def compare(
         plot_against,
         plot_groups,
         plot_privacy_utility,
+        plot_unlearning,
         summary_rows,
         unlearning_rows,
     )
@@ -308,6 +309,9 @@ def compare(
     utility = plot_privacy_utility(groups, path.with_name(path.stem + "-privacy-utility.png"))
     if utility:
         (err_console if markdown else out_console).print(f"privacy-utility plot: {utility}")
+    unlearning = plot_unlearning(groups, path.with_name(path.stem + "-unlearning.png"))
+    if unlearning:
+        (err_console if markdown else out_console).print(f"unlearning plot: {unlearning}")
     if x:
         against = path.with_name(f"{path.stem}-vs-{x.replace('.', '-')}.png")
         for line in plot_against(groups, x, [k for k in (lines or "").split(",") if k], against):

@@ -58,10 +58,9 @@ UNLEARNING_COLUMNS = {
 }
 
 
-def unlearning_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
-    """One row per (setting, request, method): the SalUn-protocol metrics, time and speed-up over retrain,
-    as mean ± std over seeds; empty when no run served unlearning requests."""
-    cells: dict[tuple, list[dict]] = {}
+def _unlearning_cells(groups: list[Group]) -> tuple[str, dict[tuple[str, str, str], list[dict]]]:
+    """The task and {(setting, request, method): that row from every seed}."""
+    cells: dict[tuple[str, str, str], list[dict]] = {}
     task = "classification"
     for group in groups:
         for run in group.runs:
@@ -70,6 +69,13 @@ def unlearning_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
                 request = row["request"]
                 described = f"{request['kind']} {request['target']} @ {request['at_round']}"
                 cells.setdefault((group.name, described, row["method"]), []).append(row)
+    return task, cells
+
+
+def unlearning_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """One row per (setting, request, method): the SalUn-protocol metrics, time and speed-up over retrain,
+    as mean ± std over seeds; empty when no run served unlearning requests."""
+    task, cells = _unlearning_cells(groups)
     if not cells:
         return [], []
     columns = UNLEARNING_COLUMNS[task]
@@ -85,6 +91,36 @@ def unlearning_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
         rows.append([name, request, method, str(len(found)), *[cell(k) for k, _ in columns], cell("time_s", 3),
                      f"{np.mean([r['rounds'] for r in found]):g}", cell("speedup", 1)])
     return header, rows
+
+
+def plot_unlearning(groups: list[Group], out: Path) -> Path | None:
+    """Avg. Gap to retrain against speed-up over retrain, one point per method (mean ± std over seeds);
+    None when no run served unlearning requests."""
+    _, cells = _unlearning_cells(groups)
+    cells = {key: rows for key, rows in cells.items() if key[2] != "retrain"}
+    if not cells:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    several = len({(name, request) for name, request, _ in cells}) > 1
+    for (name, request, method), rows in cells.items():
+        speed, gap = np.array([r["speedup"] for r in rows]), np.array([r["avg_gap"] for r in rows])
+        ax.errorbar(speed.mean(), gap.mean(), xerr=speed.std(), yerr=gap.std(), fmt="o", capsize=3)
+        ax.annotate(f"{method} ({name}, {request})" if several else method, (speed.mean(), gap.mean()),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="speed-up over retrain (log)", ylabel="Avg. Gap to retrain (lower is better)",
+           title="unlearning: closeness to retrain vs cost (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], list[list[str]]]:

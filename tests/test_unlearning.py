@@ -491,3 +491,19 @@ def test_blindspot_attention_and_step():
     blindspot(model, blind, (empty, torch.zeros(0), x_f, torch.zeros(32)), cfg, 50.0, torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (model(x_f) - blind(x_f)).abs().mean() < gap  # only forgotten data: pulled toward the blindspot
+
+
+def test_compare_prints_the_method_table_over_seeds_and_plots_gap_against_speed_up(tmp_path, cli):
+    dirs = []
+    for seed in (1, 2):
+        scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 0,
+                                      "method": ["retrain", "finetune", "salun"]}], run__seed=seed)
+        dirs.append(str(fedsim.run(scenario, out=tmp_path / f"seed{seed}").run_dir))
+    code, out, _ = cli("compare", *dirs, "--markdown", "--png", str(tmp_path / "cmp.png"))
+    assert code == 0
+    table = [line for line in out.splitlines() if line.startswith("| small | client 0 @ 3 |")]
+    assert [line.split(" | ")[2] for line in table] == ["retrain", "finetune", "salun"]
+    assert all(" ± " in line and line.split(" | ")[3] == "2" for line in table)
+    assert (tmp_path / "cmp-unlearning.png").stat().st_size > 10_000
+    code, out, _ = cli("show", dirs[0])
+    assert code == 0 and "unlearning client 0 @ 3" in out and "salun" in out

@@ -217,3 +217,30 @@ def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli):
     (run_dir / "model.pt").write_bytes(b"\x80\x04not a model")
     code, _, err = cli("show", str(run_dir))
     assert code == 2 and "model.pt: unreadable model file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_to_the_whole_process_group_on_ray_stops_cleanly_and_resumes(tmp_path):
+    """What a terminal's Ctrl-C does: SIGINT to the driver and every process of its group (Ray's included)."""
+    raw = small_scenario(run__rounds=5, run__runtime="ray", data__partitioner__num_partitions=3).to_dict()
+    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.3}
+    path = tmp_path / "slow.toml"
+    path.write_text(Scenario.from_dict(raw).to_toml())
+    out = tmp_path / "run"
+    fedsim_cli = str(Path(sys.executable).with_name("fedsim"))
+    child = subprocess.Popen([fedsim_cli, "run", str(path), "--out", str(out), "-q"], start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGINT)
+    _, stderr = child.communicate(timeout=180)
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert child.returncode == 130 and "resume with: fedsim run --resume" in stderr, stderr
+    resumed = fedsim.resume(out, runtime="inline")
+    reference = fedsim.run(Scenario.from_toml(path).with_overrides({"run.runtime": "inline"}),
+                           out=tmp_path / "reference")
+    assert_same_run(resumed, reference)

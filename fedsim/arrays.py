@@ -25,6 +25,11 @@ def npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)  # numpy builds this string anew on every call
+
+
 class NpyArray(Array):
     """A Flower `Array` (stype numpy.ndarray) that serialises and deserialises without parsing headers."""
 
@@ -34,7 +39,7 @@ class NpyArray(Array):
             ndarray = ndarray.copy(order="C")  # (np.ascontiguousarray would turn 0-d arrays into 1-d)
         shape = tuple(int(s) for s in ndarray.shape)
         # the state Array's own constructor leaves, without its argument dispatch
-        return _npy_array(str(ndarray.dtype), shape, npy_header(ndarray.dtype.str, shape) + ndarray.tobytes())
+        return _npy_array(_dtype_name(ndarray.dtype), shape, npy_header(ndarray.dtype.str, shape) + ndarray.tobytes())
 
     def __reduce__(self):  # pickled (e.g. by Ray) as itself, whatever __qualname__ says
         return _npy_array, (self.dtype, tuple(self.shape), self.data)

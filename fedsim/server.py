@@ -1,6 +1,8 @@
 """The server side of a run: strategy from the scenario, seeded client sampling, central evaluation, start().
 
-`server_main` is what a Flower ServerApp's main does; fedsim's runtimes only supply the Grid.
+`server_main` is what a Flower ServerApp's main does; fedsim's runtimes only supply the Grid. It also writes the
+per-round checkpoint (fedsim.checkpoint) right after central evaluation: it is the one place that sees the strategy,
+the Grid and the privacy monitor together (RunRecorder sees metrics only).
 """
 
 from __future__ import annotations

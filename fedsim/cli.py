@@ -180,6 +180,9 @@ def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
         f"ok: {scenario}: {sc.data.dataset} ({prepared.data.info.task}), {prepared.data.num_partitions} clients "
         f"({sc.data.partitioner.name}), {sc.model.name}, {sc.strategy.name}, {sc.run.rounds} rounds"
     )
+    for r in sc.unlearning.requests if sc.unlearning else []:
+        out_console.print(f"unlearning: {r.kind} {r.target} after round {r.at_round}: {', '.join(r.method)}",
+                          markup=False, highlight=False)
 
 
 def _print_table(header: list[str], rows: list[list[str]], title: str, markdown: bool = False) -> None:

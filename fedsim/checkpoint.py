@@ -1,14 +1,15 @@
 """Checkpoints: everything a run needs to continue exactly after its last complete round.
 
 `RUN_DIR/checkpoint.pt` holds the round number, the global model, the strategy's state (its attributes: FedLD's
-history, FedOpt's moments, ...), the privacy monitor, the Grid's counters and every client's `context.state`
-(DP accountants, bag releases). It is written atomically (temp file + rename) and holds only tensors, numbers,
+history, FedOpt's moments, ...), the privacy monitor, the Grid's counters, every client's `context.state`
+(DP accountants, bag releases) and the process-wide random generators. It is written atomically (temp file + rename) and holds only tensors, numbers,
 strings, lists and dicts, so it loads with `torch.load(weights_only=True)`: nothing in it is unpickled or run.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,19 @@ def restore_object(obj: Any, state: dict) -> None:
             restore_object(getattr(obj, name), value["value"])
         else:
             setattr(obj, name, decode(value))
+
+
+def rng_state() -> dict:
+    """The process-wide generators (Python's, NumPy's, torch's CPU one). fedsim reseeds them from (seed, round,
+    client) wherever it draws, so this is for code that does not, e.g. a custom strategy drawing in aggregate."""
+    return {"python": encode(random.getstate()), "numpy": encode(np.random.get_state()),
+            "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(decode(state["python"]))
+    np.random.set_state(decode(state["numpy"]))
+    torch.set_rng_state(state["torch"])
 
 
 def write(run_dir: Path, payload: dict) -> Path:

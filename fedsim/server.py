@@ -195,7 +195,8 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
         checkpoint.write(recorder.run_dir, {
             "round": server_round, "arrays": checkpoint.encode(arrays), "initial": checkpoint.encode(recorder.initial),
             "scenario": scenario.to_toml(), "strategy": checkpoint.object_state(strategy),
-            "monitor": checkpoint.object_state(monitor) if monitor else None, "grid": grid.checkpoint_state()})
+            "monitor": checkpoint.object_state(monitor) if monitor else None, "grid": grid.checkpoint_state(),
+            "rng": checkpoint.rng_state()})
 
     def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         server_round = local_round + done
@@ -239,6 +240,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
         grid.restore_checkpoint(resume["grid"])
         if monitor is not None:
             checkpoint.restore_object(monitor, resume["monitor"])
+        checkpoint.restore_rng(resume["rng"])
     try:
         _FromRound(strategy, done).start(
             grid=grid,

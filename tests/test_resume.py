@@ -244,3 +244,18 @@ def test_ctrl_c_to_the_whole_process_group_on_ray_stops_cleanly_and_resumes(tmp_
     reference = fedsim.run(Scenario.from_toml(path).with_overrides({"run.runtime": "inline"}),
                            out=tmp_path / "reference")
     assert_same_run(resumed, reference)
+
+
+def test_process_wide_random_generators_are_checkpointed():
+    import random
+
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    state = checkpoint.decode(checkpoint.encode(checkpoint.rng_state()))  # as written and read back
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    checkpoint.restore_rng(state)
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])

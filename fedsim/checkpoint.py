@@ -8,7 +8,6 @@ strings, lists and dicts, so it loads with `torch.load(weights_only=True)`: noth
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.arrays import state_to_record
 from fedsim.errors import RunDirError
+from fedsim.files import load_tensors, save_tensors
 
 FILE = "checkpoint.pt"
 FORMAT = 1
@@ -122,13 +122,7 @@ def restore_rng(state: dict) -> None:
 
 def write(run_dir: Path, payload: dict) -> Path:
     """Write RUN_DIR/checkpoint.pt atomically: a reader sees the previous checkpoint or this one, never a mix."""
-    path = Path(run_dir) / FILE
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return save_tensors({"format": FORMAT, **payload}, Path(run_dir) / FILE, durable=True)
 
 
 def read(run_dir: Path) -> dict:
@@ -137,12 +131,8 @@ def read(run_dir: Path) -> dict:
     if not path.is_file():
         raise RunDirError(str(path), "no checkpoint (the run stopped before its first round completed, or "
                           "checkpoints were off)", "start the scenario again with `fedsim run`")
-    try:
-        payload = torch.load(path, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every unreadable file is the same problem for the user
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise RunDirError(str(path), f"corrupt or truncated checkpoint ({reason})",
-                          "the run cannot resume from it; start the scenario again") from None
+    payload = load_tensors(path, "checkpoint, truncated or corrupt",
+                           "the run cannot resume from it; start the scenario again")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "round" not in payload:
         raise RunDirError(str(path), "not a fedsim checkpoint of this version", "start the scenario again")
     return payload

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from flwr.app import Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import ClientFailure, RunDirError
+from fedsim.files import atomic_write, load_tensors, save_tensors
 from fedsim.scenario import Scenario
 
 TIMING_KEYS = ("time_s",)
@@ -48,12 +48,6 @@ def new_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
     return path
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _metrics(record: MetricRecord | None) -> dict[str, float]:
     return {k: v for k, v in (record or {}).items()}
 
@@ -75,7 +69,7 @@ class RunRecorder:
         if resume is not None:
             self.initial = resume["initial"]
             self.rows = [r for r in _read_rows(run_dir, torn_tail=True) if r["round"] <= resume["round"]]
-            _atomic_write(run_dir / "metrics.jsonl",
+            atomic_write(run_dir / "metrics.jsonl",
                           lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
         else:
             if run_dir.exists() and any(run_dir.iterdir()):
@@ -164,10 +158,10 @@ class RunRecorder:
             summary.update(self.summary_extras())
         if self.stopped:
             summary["stopped"] = self.stopped
-        _atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+        atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
         state = {k: v.detach().clone() for k, v in state_dict.items()}
         if self.scenario.output.save_model:
-            _atomic_write(self.run_dir / "model.pt", lambda p: torch.save(state, p))
+            save_tensors(state, self.run_dir / "model.pt")
         (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: model.pt and summary.json say it all
         return RunResult(self.run_dir, self.scenario, self.rows, summary, state)
 
@@ -207,11 +201,8 @@ def load_run(run_dir: str | Path) -> RunResult:
     except json.JSONDecodeError as exc:
         raise RunDirError(str(path), f"corrupt metrics or summary: {exc}", "re-run the scenario") from None
     model_file = path / "model.pt"
-    try:
-        state = torch.load(model_file, weights_only=True) if model_file.is_file() else {}
-    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or holding anything but tensors
-        raise RunDirError(str(model_file), f"unreadable model file ({type(exc).__name__})",
-                          "re-run the scenario, or delete model.pt to read the metrics alone") from None
+    state = load_tensors(model_file, "model file", "re-run the scenario, or delete model.pt to read the metrics alone") \
+        if model_file.is_file() else {}
     return RunResult(path, Scenario.from_toml(path / "scenario.toml"), rows, summary, state)
 
 

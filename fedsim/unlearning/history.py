@@ -7,13 +7,12 @@ Forgetting a client deletes its files: a right-to-be-forgotten system must not k
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
-from fedsim.errors import RunDirError
+from fedsim.files import load_tensors, save_tensors
 
 State = dict[str, torch.Tensor]
 
@@ -29,31 +28,22 @@ class HistoryStore:
     def _round_dir(self, server_round: int) -> Path:
         return self.dir / f"round-{server_round:05d}"
 
-    @staticmethod
-    def _save(obj: dict, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-
     def save(self, server_round: int, global_state: State, updates: dict[int, tuple[State, int]]) -> None:
         """Store round `server_round`: the global model sent and each client's (update, num_examples)."""
         folder = self._round_dir(server_round)
         folder.mkdir(parents=True, exist_ok=True)
-        self._save(global_state, folder / "global.pt")
+        save_tensors(global_state, folder / "global.pt")
         for pid, (update, num_examples) in updates.items():
-            self._save({"update": update, "num_examples": torch.tensor(num_examples)}, folder / f"client-{pid}.pt")
+            save_tensors({"update": update, "num_examples": torch.tensor(num_examples)}, folder / f"client-{pid}.pt")
 
     def rounds(self) -> list[int]:
         if not self.dir.is_dir():
             return []
         return sorted(int(p.name.split("-")[1]) for p in self.dir.glob("round-*") if (p / "global.pt").is_file())
 
-    def _load(self, path: Path) -> dict:
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-            raise RunDirError(str(path), f"unreadable history file ({type(exc).__name__})",
-                              "the history store is damaged; re-run the scenario") from None
+    @staticmethod
+    def _load(path: Path) -> dict:
+        return load_tensors(path, "history file", "the history store is damaged; re-run the scenario")
 
     def global_model(self, server_round: int) -> State:
         return self._load(self._round_dir(server_round) / "global.pt")

@@ -140,24 +140,21 @@ def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed:
 def train_on_bags(model: torch.nn.Module, x: torch.Tensor, bags: torch.Tensor, targets: torch.Tensor, local,
                   rho: float, task: str, generator: torch.Generator) -> dict[str, float]:
     """Local training on bag targets: shuffled batches of `batch_size // k` bags; returns the mean loss."""
-    from fedsim.clients.train import make_optimizer
+    from fedsim.clients.train import make_optimizer, minibatches
 
     model.train()
     optimizer = make_optimizer(model, local)
     m, k = bags.shape
     per_batch = max(1, local.batch_size // k)
     total, count = 0.0, 0
-    for _ in range(local.local_epochs):
-        order = torch.randperm(m, generator=generator)
-        for start in range(0, m, per_batch):
-            chosen = order[start : start + per_batch]
-            outputs = model(x[bags[chosen].reshape(-1)]).view(len(chosen), k, -1)
-            loss = bag_loss(outputs, targets[chosen], rho, task)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(chosen)
-            count += len(chosen)
+    for chosen in minibatches(m, per_batch, local.local_epochs, generator):
+        outputs = model(x[bags[chosen].reshape(-1)]).view(len(chosen), k, -1)
+        loss = bag_loss(outputs, targets[chosen], rho, task)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(chosen)
+        count += len(chosen)
     return {"loss": total / max(count, 1)}
 
 

@@ -7,7 +7,7 @@ retained data R and the data F this request forgets (data forgotten by earlier r
 from __future__ import annotations
 
 import torch
-from fedsim.clients.train import LocalTraining, train_locally
+from fedsim.clients.train import LocalTraining, minibatches, train_locally
 from flwr.app import ConfigRecord
 from torch import nn
 from torch.nn import functional as F
@@ -57,19 +57,16 @@ def gradient_ascent(model: nn.Module, x_f: torch.Tensor, y_f: torch.Tensor, cfg:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     center = [p.detach().clone() for p in model.parameters()] if radius is not None else None
     total, seen = 0.0, 0
-    for _ in range(cfg.local_epochs):
-        order = torch.randperm(len(x_f), generator=generator)
-        for start in range(0, len(x_f), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            loss = task_loss(task, model(x_f[idx]), y_f[idx])
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-            optimizer.zero_grad(set_to_none=True)
-            (-loss).backward()
-            if clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            if center is not None:
-                project_to_ball(model, center, radius)
+    for idx in minibatches(len(x_f), cfg.batch_size, cfg.local_epochs, generator):
+        loss = task_loss(task, model(x_f[idx]), y_f[idx])
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
+        optimizer.zero_grad(set_to_none=True)
+        (-loss).backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if center is not None:
+            project_to_ball(model, center, radius)
     return {"forget_loss": total / max(seen, 1)}
 
 
@@ -155,26 +152,23 @@ def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTrainin
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     total, steps = 0.0, 0
-    for _ in range(cfg.local_epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            forgotten = is_forgotten[idx]
-            c = forgotten.float().mean()
-            out, acts = _activations(model, x[idx])
-            out = out.squeeze(-1)
-            loss = torch.zeros(())
-            if (~forgotten).any():
-                loss = loss + (1 - c) * F.l1_loss(out[~forgotten], y[idx][~forgotten])
-            if forgotten.any():
-                with torch.no_grad():
-                    blind_out, blind_acts = _activations(blind, x[idx][forgotten])
-                l_f = F.l1_loss(out[forgotten], blind_out.squeeze(-1))
-                for a, b in zip(acts, blind_acts, strict=True):
-                    l_f = l_f + beta * (_attention(a[forgotten]) - _attention(b)).pow(2).sum(dim=1).mean()
-                loss = loss + c * l_f
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
+    for idx in minibatches(len(x), cfg.batch_size, cfg.local_epochs, generator):
+        forgotten = is_forgotten[idx]
+        c = forgotten.float().mean()
+        out, acts = _activations(model, x[idx])
+        out = out.squeeze(-1)
+        loss = torch.zeros(())
+        if (~forgotten).any():
+            loss = loss + (1 - c) * F.l1_loss(out[~forgotten], y[idx][~forgotten])
+        if forgotten.any():
+            with torch.no_grad():
+                blind_out, blind_acts = _activations(blind, x[idx][forgotten])
+            l_f = F.l1_loss(out[forgotten], blind_out.squeeze(-1))
+            for a, b in zip(acts, blind_acts, strict=True):
+                l_f = l_f + beta * (_attention(a[forgotten]) - _attention(b)).pow(2).sum(dim=1).mean()
+            loss = loss + c * l_f
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
     return {"loss": total / max(steps, 1)}

@@ -15,12 +15,18 @@ def task_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 4096) -> dict[str, float]:
-    """Evaluate in large batches; returns {'loss', 'accuracy'} or {'loss', 'mse', 'mae'}."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """The model's outputs in eval mode, in large batches; its train/eval mode is left as it was."""
     was_training = model.training
     model.eval()
-    outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else model(x)
     model.train(was_training)
+    return outputs
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 4096) -> dict[str, float]:
+    """Evaluate in large batches; returns {'loss', 'accuracy'} or {'loss', 'mse', 'mae'}."""
+    outputs = predict(model, x, batch_size)
     loss = task_loss(task, outputs, y).item()
     if task == "regression":
         return {"loss": loss, "mse": loss, "mae": (outputs.squeeze(-1) - y).abs().mean().item()}

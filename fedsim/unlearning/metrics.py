@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from fedsim.arrays import record_to_state
 from fedsim.data import FederatedData
+from fedsim.evaluation import predict
 from fedsim.unlearning.forget import Forgotten
 
 GAP_KEYS = {"classification": ("ua", "ra", "ta", "mia"), "regression": ("forgotten_l1", "retained_l1", "test_l1")}
@@ -39,12 +40,6 @@ def avg_gap(row: dict, reference: dict) -> float:
     return float(np.mean([abs(row[k] - reference[k]) for k in keys]))
 
 
-@torch.no_grad()
-def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i : i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else model(x)
-
-
 class UnlearningEvaluator:
     """Measures a global model against the forgotten, retained and test data of a run (server side)."""
 
@@ -54,10 +49,17 @@ class UnlearningEvaluator:
         self.lr, self.batch_size = lr, batch_size
         self.task = data.info.task
         self._original_loss: tuple[ArrayRecord | None, float] = (None, 0.0)
+        self._splits: dict[tuple, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def split(self, target: Forgotten, everything: Forgotten) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """forgotten (this request's data), retained (training data never forgotten) and test data; after a
-        class request the test set holds the remaining classes only."""
+        class request the test set holds the remaining classes only. Built once per request, for all methods."""
+        key = (target.key(), everything.key())
+        if key not in self._splits:
+            self._splits[key] = self._split(target, everything)
+        return self._splits[key]
+
+    def _split(self, target: Forgotten, everything: Forgotten) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         parts = {"forgotten": ([], []), "retained": ([], [])}
         for pid in range(self.data.num_partitions):
             x, y = self.data.partition(pid)
@@ -83,14 +85,14 @@ class UnlearningEvaluator:
     def _classification(self, parts: dict) -> dict[str, float]:
         accuracy, confidence = {}, {}
         for name, (x, y) in parts.items():
-            out = _outputs(self.model, x)
+            out = predict(self.model, x)
             accuracy[name] = float((out.argmax(1) == y).float().mean() * 100) if len(y) else float("nan")
             confidence[name] = F.softmax(out, dim=1).gather(1, y.view(-1, 1)).squeeze(1).numpy()
         return {"ua": 100 - accuracy["forgotten"], "ra": accuracy["retained"], "ta": accuracy["test"],
                 "mia": mia_efficacy(confidence["retained"], confidence["test"], confidence["forgotten"], self.seed)}
 
     def _l1(self, x: torch.Tensor, y: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        return (_outputs(model or self.model, x).squeeze(-1) - y).abs()
+        return (predict(model or self.model, x).squeeze(-1) - y).abs()
 
     def _regression(self, parts: dict, original: ArrayRecord) -> dict[str, float]:
         losses = {name: self._l1(*xy) for name, xy in parts.items()}

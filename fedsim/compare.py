@@ -100,10 +100,7 @@ def plot_unlearning(groups: list[Group], out: Path) -> Path | None:
     cells = {key: rows for key, rows in cells.items() if key[2] != "retrain"}
     if not cells:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedsim.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5))
     several = len({(name, request) for name, request, _ in cells}) > 1
@@ -116,10 +113,7 @@ def plot_unlearning(groups: list[Group], out: Path) -> Path | None:
     ax.set(xlabel="speed-up over retrain (log)", ylabel="Avg. Gap to retrain (lower is better)",
            title="unlearning: closeness to retrain vs cost (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -149,10 +143,7 @@ def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], 
 
 def plot_groups(groups: list[Group], out: Path) -> Path:
     """Mean central metric per round for each setting, with a ± std band over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedsim.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(11, 5))
     colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
@@ -166,10 +157,7 @@ def plot_groups(groups: list[Group], out: Path) -> Path:
     ax.set(xlabel="round", ylabel=f"test {groups[0].key}", title="comparison (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -181,10 +169,7 @@ def plot_privacy_utility(groups: list[Group], out: Path) -> Path | None:
         if None in eps:
             return None
         points.append((group.name, np.mean(eps), group.curves()[:, -1]))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedsim.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, eps, finals in sorted(points, key=lambda p: p[1]):
@@ -193,9 +178,7 @@ def plot_privacy_utility(groups: list[Group], out: Path) -> Path | None:
            title="privacy-utility (mean ± std over seeds)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -226,10 +209,7 @@ def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Pat
     """Final metric vs a scenario field (one line per combination of `line_keys`, mean ± std over seeds), written
     to `out`; for aggregate-responses linear regression the predicted test mse is drawn dashed, its optimum
     starred. Returns one line of text per plotted line: its best measured x and the predicted optimum if any."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedsim.plots import plt, save_figure
 
     lines: dict[str, dict[float, list[float]]] = {}
     example: dict[str, RunResult] = {}
@@ -259,7 +239,5 @@ def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Pat
     ax.set(xlabel=x_key, ylabel=f"final test {groups[0].key}", title=f"final {groups[0].key} vs {x_key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return report

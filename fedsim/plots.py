@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedsim.data import FederatedData
-from fedsim.results import RunResult
+if TYPE_CHECKING:
+    from fedsim.data import FederatedData
+    from fedsim.results import RunResult
+
+
+def save_figure(fig, out: Path, tight_layout: bool = True, **savefig) -> Path:
+    """Write `fig` to `out` (creating its folder) at 120 dpi and free it."""
+    if tight_layout:
+        fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, **savefig)
+    plt.close(fig)
+    return out
 
 
 def plot_run(result: RunResult) -> Path:
@@ -29,17 +41,11 @@ def plot_run(result: RunResult) -> Path:
     for ax in (ax_main, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out = result.run_dir / "plots" / "metrics.png"
-    out.parent.mkdir(exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, result.run_dir / "plots" / "metrics.png")
 
 
 def plot_partitions(data: FederatedData, out: Path, title: str) -> Path:
     """Heatmap of examples per (client, class) via flwr-datasets; partition sizes for regression."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     if data.info.task == "classification":
         from flwr_datasets.visualization import plot_label_distributions
 
@@ -54,6 +60,4 @@ def plot_partitions(data: FederatedData, out: Path, title: str) -> Path:
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.bar(range(data.num_partitions), data.label_counts()[:, 0])
         ax.set(xlabel="partition", ylabel="examples", title=title)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, tight_layout=False, bbox_inches="tight")

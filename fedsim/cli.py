@@ -84,7 +84,7 @@ def run(
                               "pass only the run dir (and optionally --runtime)")
         sc, state = runner.resumable(resume)
         name, rounds, done = sc.run.name, sc.run.rounds, state["round"]
-        job = functools.partial(runner.resume, resume, runtime=runtime)
+        job = functools.partial(runner.run_from_checkpoint, resume, sc, state, runtime=runtime)
     else:
         if scenario is None:
             raise FedsimError("fedsim run", "no scenario given", "pass a scenario file or name (fedsim list)")

@@ -81,7 +81,12 @@ def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
            runtime: str | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint; the finished run equals an uninterrupted one
     (timings aside). `runtime` may differ from the original (inline and Ray give identical results)."""
-    scenario, state = resumable(run_dir)
+    return run_from_checkpoint(run_dir, *resumable(run_dir), on_round, runtime)
+
+
+def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
+                        on_round: Callable[[dict], None] | None = None, runtime: str | None = None) -> RunResult:
+    """`resume` once `resumable` has checked the run dir and read its checkpoint."""
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
     prepared = prepare(scenario)

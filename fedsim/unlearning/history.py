@@ -56,10 +56,6 @@ class HistoryStore:
             out[int(re.findall(r"\d+", path.stem)[0])] = (entry["update"], int(entry["num_examples"]))
         return out
 
-    def clients(self) -> set[int]:
-        """Every client with at least one stored update."""
-        return {int(re.findall(r"\d+", p.stem)[0]) for p in self.dir.glob("round-*/client-*.pt")}
-
     def forget_client(self, pid: int) -> int:
         """Delete every stored update of client `pid`; returns how many files were removed."""
         files = list(self.dir.glob(f"round-*/client-{pid}.pt"))

@@ -247,7 +247,7 @@ class Unlearning(Strategy):
 
     def _store(self, server_round: int, replies: list[Message]) -> None:
         clients = {node: pid for pid, node in self._nodes.items()}
-        sent = {k: v.clone() for k, v in record_to_state(self._sent).items()}
+        sent = record_to_state(self._sent)  # read-only: updates are new tensors, the store only saves it
         updates = {}
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -400,7 +400,7 @@ class Unlearning(Strategy):
             for key, g in reply.content["arrays"].to_torch_state_dict().items():
                 gradients[key] = gradients.get(key, 0) + g
         mask = saliency_mask(gradients, self.settings.salun_fraction)
-        start = {k: v.clone() for k, v in record_to_state(job.arrays).items()}
+        start = record_to_state(job.arrays)  # read-only (apply_mask builds new tensors)
 
         def restore(arrays: ArrayRecord) -> ArrayRecord:
             return state_to_record(apply_mask(arrays.to_torch_state_dict(), start, mask))

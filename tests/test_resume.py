@@ -24,6 +24,15 @@ from fedsim.scenario import Scenario
 
 TESTS = Path(__file__).parent
 KILL_ROUND = 3
+FEDSIM = str(Path(sys.executable).with_name("fedsim"))
+
+
+def kill_group(pid: int) -> None:
+    """Kill what is left of a child's process group (Ray's own processes, when its driver died)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def killed_and_resumed(scenario: Scenario, tmp_path: Path, resume_runtime: str | None = None):
@@ -34,10 +43,7 @@ def killed_and_resumed(scenario: Scenario, tmp_path: Path, resume_runtime: str |
     child = subprocess.Popen([sys.executable, str(TESTS / "kill_helpers.py"), str(spec), str(out), str(KILL_ROUND)],
                              start_new_session=True, stderr=subprocess.PIPE, text=True)
     _, stderr = child.communicate(timeout=300)
-    try:
-        os.killpg(child.pid, signal.SIGKILL)  # whatever the killed driver started (Ray's own processes)
-    except ProcessLookupError:
-        pass
+    kill_group(child.pid)
     assert child.returncode == -signal.SIGKILL, stderr[-2000:]
     assert checkpoint.read(out)["round"] == KILL_ROUND - 1
     assert not (out / "summary.json").exists()
@@ -96,19 +102,25 @@ def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_on_ray(case,
     assert_same_run(resumed, reference)
 
 
-def test_sigterm_finishes_the_round_writes_a_checkpoint_and_exits_130(tmp_path):
-    raw = small_scenario(run__rounds=6, data__partitioner__num_partitions=3).to_dict()
-    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.15}  # every round takes ~0.5 s
+def slow_run_in_child(tmp_path: Path, rounds: int, delay_s: float, runtime: str = "inline"):
+    """`fedsim run` of a 3-client scenario whose every client straggles `delay_s`, in a child process (its own
+    process group); returns (child, scenario file, run dir) once the first round's row is written."""
+    raw = small_scenario(run__rounds=rounds, run__runtime=runtime, data__partitioner__num_partitions=3).to_dict()
+    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": delay_s}
     path = tmp_path / "slow.toml"
     path.write_text(Scenario.from_dict(raw).to_toml())
     out = tmp_path / "run"
-    fedsim_cli = str(Path(sys.executable).with_name("fedsim"))
-    child = subprocess.Popen([fedsim_cli, "run", str(path), "--out", str(out), "-q"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    child = subprocess.Popen([FEDSIM, "run", str(path), "--out", str(out), "-q"], start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
     while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
         assert time.monotonic() < deadline and child.poll() is None
         time.sleep(0.05)
+    return child, path, out
+
+
+def test_sigterm_finishes_the_round_writes_a_checkpoint_and_exits_130(tmp_path):
+    child, path, out = slow_run_in_child(tmp_path, rounds=6, delay_s=0.15)  # every round takes ~0.5 s
     child.send_signal(signal.SIGTERM)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
@@ -118,7 +130,7 @@ def test_sigterm_finishes_the_round_writes_a_checkpoint_and_exits_130(tmp_path):
     assert 1 <= state["round"] < 6 and [r["round"] for r in rows] == list(range(1, state["round"] + 1))
     assert not list(out.glob("*.tmp")) and not (out / "summary.json").exists()
 
-    done = subprocess.run([fedsim_cli, "run", "--resume", str(out), "-q"], capture_output=True, text=True,
+    done = subprocess.run([FEDSIM, "run", "--resume", str(out), "-q"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     reference = fedsim.run(Scenario.from_toml(path), out=tmp_path / "reference")
@@ -221,24 +233,10 @@ def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli):
 
 def test_ctrl_c_to_the_whole_process_group_on_ray_stops_cleanly_and_resumes(tmp_path):
     """What a terminal's Ctrl-C does: SIGINT to the driver and every process of its group (Ray's included)."""
-    raw = small_scenario(run__rounds=5, run__runtime="ray", data__partitioner__num_partitions=3).to_dict()
-    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.3}
-    path = tmp_path / "slow.toml"
-    path.write_text(Scenario.from_dict(raw).to_toml())
-    out = tmp_path / "run"
-    fedsim_cli = str(Path(sys.executable).with_name("fedsim"))
-    child = subprocess.Popen([fedsim_cli, "run", str(path), "--out", str(out), "-q"], start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
-        assert time.monotonic() < deadline and child.poll() is None
-        time.sleep(0.05)
+    child, path, out = slow_run_in_child(tmp_path, rounds=5, delay_s=0.3, runtime="ray")
     os.killpg(child.pid, signal.SIGINT)
     _, stderr = child.communicate(timeout=180)
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    kill_group(child.pid)
     assert child.returncode == 130 and "resume with: fedsim run --resume" in stderr, stderr
     resumed = fedsim.resume(out, runtime="inline")
     reference = fedsim.run(Scenario.from_toml(path).with_overrides({"run.runtime": "inline"}),

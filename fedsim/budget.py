@@ -8,22 +8,19 @@ the run stops before the round that would exceed the budget.
 from __future__ import annotations
 
 from flwr.app import Message
-from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients.dp_sgd import EXHAUSTED
+from fedsim.loop import RoundCallback
 from fedsim.privacy import Ledger, epsilon_of
 from fedsim.scenario import PrivacySection
 
 
-class BudgetExhausted(Exception):
-    """The privacy budget allows no further round; the run ends cleanly with what it has."""
+class PrivacyMonitor(RoundCallback):
+    """Keeps the privacy ledger (a `privacy` entry in every round's row) and enforces `target_epsilon` by
+    retiring clients or stopping the run. `needed`: the fewest clients a round can run with."""
 
-
-class PrivacyMonitor:
-    """Keeps the privacy ledger and enforces `target_epsilon` by retiring clients or stopping the run."""
-
-    def __init__(self, privacy: PrivacySection, grid, noise_multiplier: float | None = None) -> None:
-        self.privacy, self.grid = privacy, grid
+    def __init__(self, privacy: PrivacySection, grid, noise_multiplier: float | None = None, needed: int = 1) -> None:
+        self.privacy, self.grid, self.needed = privacy, grid, needed
         self.noise_multiplier = noise_multiplier  # client-dp: the server's noise multiplier
         self.clients: dict[int, dict] = {}  # dp-sgd: latest report per node
         self.retired: set[int] = set()
@@ -46,34 +43,29 @@ class PrivacyMonitor:
         entry.update(mode=p.mode, target_epsilon=p.target_epsilon, retired_clients=len(self.retired))
         return entry
 
-    # ---- enforcement -------------------------------------------------------------------------------------
-    def watch(self, strategy: Strategy) -> None:
-        configure, aggregate = strategy.configure_train, strategy.aggregate_train
-        needed = max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
+    # ---- round hooks ---------------------------------------------------------------------------------------
+    def before_round(self, server_round: int) -> str | None:
+        """Client-level DP: stop before the round that would exceed the target; DP-SGD: stop once too few
+        clients with budget left remain (decided from the previous round's replies)."""
+        p = self.privacy
+        if p.mode == "client-dp" and p.target_epsilon is not None:
+            after = epsilon_of([(self.noise_multiplier, p.q, server_round)], p.delta, p.accountant)
+            if after > p.target_epsilon:
+                self.stop_reason = (f"privacy budget: round {server_round} would reach epsilon {after:.3f} > "
+                                    f"target {p.target_epsilon}")
+        return self.stop_reason
 
-        def configure_train(server_round, arrays, config, grid):
-            if self.privacy.mode == "client-dp" and self.privacy.target_epsilon is not None:
-                p = self.privacy
-                after = epsilon_of([(self.noise_multiplier, p.q, server_round)], p.delta, p.accountant)
-                if after > p.target_epsilon:
-                    self.stop_reason = (f"privacy budget: round {server_round} would reach epsilon {after:.3f} > "
-                                        f"target {p.target_epsilon}")
-            if self.stop_reason:
-                raise BudgetExhausted(self.stop_reason)
-            return configure(server_round, arrays, config, grid)
+    def on_train_replies(self, server_round: int, replies: list[Message]) -> None:
+        self.rounds = server_round
+        if self.privacy.mode == "dp-sgd":
+            for msg in replies:
+                self._observe(msg)
+            if len(self.grid.get_node_ids()) < self.needed:
+                self.stop_reason = (f"privacy budget: {len(self.retired)} clients have spent their budget and "
+                                    f"fewer than {self.needed} remain")
 
-        def aggregate_train(server_round, replies):
-            replies = list(replies)
-            self.rounds = server_round
-            if self.privacy.mode == "dp-sgd":
-                for msg in replies:
-                    self._observe(msg)
-                if len(self.grid.get_node_ids()) < needed:
-                    self.stop_reason = (f"privacy budget: {len(self.retired)} clients have spent their budget and "
-                                        f"fewer than {needed} remain")
-            return aggregate(server_round, replies)
-
-        strategy.configure_train, strategy.aggregate_train = configure_train, aggregate_train
+    def round_metrics(self, server_round: int) -> dict:
+        return {"privacy": self.ledger()}
 
     def _observe(self, msg: Message) -> None:
         node = msg.metadata.src_node_id

@@ -10,6 +10,7 @@ import functools
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -97,9 +98,9 @@ def run(
         sc = Scenario.load(scenario, overrides)
         name, rounds, done = sc.run.name, sc.run.rounds, 0
         job = functools.partial(runner.run, sc, out)
-    with _stop_after_round():
+    with _stop_after_round() as stop:
         try:
-            _run_with_progress(job, name, rounds, quiet, done)
+            _run_with_progress(functools.partial(job, stop=stop), name, rounds, quiet, done)
         except (runner.Interrupted, KeyboardInterrupt) as exc:
             run_dir = getattr(exc, "run_dir", None)
             done = f"stopped after round {exc.server_round}, checkpoint written" \
@@ -113,7 +114,7 @@ def run(
 @contextlib.contextmanager
 def _stop_after_round():
     """Ctrl-C or SIGTERM: finish the current round, write its checkpoint and stop; a second one stops now."""
-    from fedsim.server import stop_requested
+    stop_requested = threading.Event()
 
     def handler(signum, frame) -> None:
         if stop_requested.is_set():
@@ -122,13 +123,11 @@ def _stop_after_round():
         err_console.print("stopping after this round (Ctrl-C again to stop now)", markup=False, highlight=False)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    stop_requested.clear()
     try:
-        yield
+        yield stop_requested
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        stop_requested.clear()
 
 
 def _run_with_progress(job, name: str, rounds: int, quiet: bool, done: int = 0) -> None:

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Message, MetricRecord
-from flwr.serverapp.strategy import Strategy
 
-from fedsim.errors import ClientFailure, RunDirError
+from fedsim.errors import RunDirError
 from fedsim.files import atomic_write, load_tensors, save_tensors
+from fedsim.loop import RoundCallback
 from fedsim.scenario import Scenario
 
 TIMING_KEYS = ("time_s",)
@@ -48,16 +47,9 @@ def new_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
     return path
 
 
-def _metrics(record: MetricRecord | None) -> dict[str, float]:
-    return {k: v for k, v in (record or {}).items()}
-
-
-class RunRecorder:
-    """Writes the run dir round by round and collects what each round's replies said.
-
-    `watch(strategy)` wraps the strategy's aggregate methods (on this instance only) to see the replies
-    and the aggregated client metrics; `record_round` is called from central evaluation after each round.
-    """
+class RunRecorder(RoundCallback):
+    """Writes the run dir round by round: the round callback that appends each round's row to metrics.jsonl
+    (adding its wall time) and, at the end, writes summary.json and model.pt."""
 
     def __init__(self, run_dir: Path, scenario: Scenario, on_round: Callable[[dict], None] | None = None,
                  resume: dict | None = None) -> None:
@@ -76,61 +68,19 @@ class RunRecorder:
                 raise RunDirError(str(run_dir), "already exists and is not empty", "pick another --out or remove it")
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
-        self._round: dict[str, Any] = {}
         self._start = self._last = time.perf_counter()
-        self.row_extras: Callable[[], dict] | None = None  # e.g. the privacy ledger
-        self.summary_extras: Callable[[], dict] | None = None  # e.g. the unlearning table
+        self.summary_extras: dict[str, Any] = {}  # e.g. the unlearning table
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did
 
-    def watch(self, strategy: Strategy, unreliable: bool = False) -> None:
-        """With `unreliable` (simulated faults), a round with fewer good replies than the strategy's minimum is
-        skipped (global model unchanged); otherwise a round in which every client fails stops the run."""
-        aggregate_train, aggregate_evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
-        minimum = max(1, getattr(strategy, "min_train_nodes", 1))
+    def on_run_start(self, first_round: int, initial: dict[str, float] | None) -> None:
+        if initial is not None:
+            self.initial = initial
+        self._last = time.perf_counter()
 
-        def train(server_round: int, replies: list[Message]):
-            replies = list(replies)
-            errors = [m for m in replies if m.has_error()]
-            good = len(replies) - len(errors)
-            self._round.update(replies=good, failures=len(errors))
-            if errors:
-                self._round["first_error"] = errors[0].error.reason
-            if unreliable and good < minimum:
-                self._round.update(skipped=True, train={})
-                return None, None
-            if errors and not good:
-                raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: "
-                                    f"{errors[0].error.reason}", "fix the cause above and run again")
-            arrays, metrics = aggregate_train(server_round, replies)
-            self._round["train"] = _metrics(metrics)
-            return arrays, metrics
-
-        def evaluate(server_round: int, replies: list[Message]):
-            metrics = aggregate_evaluate(server_round, replies)
-            if metrics is not None:
-                self._round["clients_eval"] = _metrics(metrics)
-            return metrics
-
-        strategy.aggregate_train, strategy.aggregate_evaluate = train, evaluate
-
-    def record_round(self, server_round: int, central: dict[str, float]) -> None:
-        if server_round == 0:
-            self.initial = central
-            self._last = time.perf_counter()
-            return
+    def after_round(self, server_round: int, arrays, row: dict[str, Any], stopping: bool) -> None:
         now = time.perf_counter()
-        row = {"round": server_round, "train": self._round.get("train", {}), "eval": central}
-        if "clients_eval" in self._round:
-            row["clients_eval"] = self._round["clients_eval"]
-        row.update(replies=self._round.get("replies", 0), failures=self._round.get("failures", 0))
-        if "first_error" in self._round:
-            row["first_error"] = self._round["first_error"]
-        if self._round.get("skipped"):
-            row["skipped"] = True
-        if self.row_extras:
-            row.update(self.row_extras())
         row["time_s"] = round(now - self._last, 6)
-        self._last, self._round = now, {}
+        self._last = now
         self.rows.append(row)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -154,8 +104,7 @@ class RunRecorder:
         for key in ("privacy", "label_privacy"):
             if self.rows and key in self.rows[-1]:
                 summary[key] = self.rows[-1][key]
-        if self.summary_extras:
-            summary.update(self.summary_extras())
+        summary.update(self.summary_extras)
         if self.stopped:
             summary["stopped"] = self.stopped
         atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from fedsim import checkpoint
 from fedsim.arrays import record_to_state
@@ -40,15 +42,17 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
 
 def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
                 on_round: Callable[[dict], None] | None = None,
-                describe: Callable[[], dict] | None = None, resume: dict | None = None) -> RunResult:
+                describe: Callable[[], dict] | None = None, resume: dict | None = None,
+                stop: threading.Event | None = None) -> RunResult:
     """The server loop on any Grid (fedsim's or Flower's), writing the run dir (continuing it from the
     checkpoint `resume`). A run stopped by Ctrl-C / SIGTERM, or that crashed after a checkpoint, keeps its run
     dir so `fedsim run --resume` can continue it; otherwise (bad input) nothing is kept.
-    `describe()` says what ran the clients, asked at the end (e.g. how many Ray actors were replaced)."""
+    `describe()` says what ran the clients, asked at the end (e.g. how many Ray actors were replaced); a set
+    `stop` event ends the run after the current round, with its checkpoint written (Interrupted)."""
     run_dir = Path(out) if resume is not None else new_run_dir(prepared.scenario, out)
     recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume)
     try:
-        arrays = server_main(grid, prepared, recorder, resume)
+        arrays = server_main(grid, prepared, recorder, resume, stop)
     except Interrupted as exc:
         exc.run_dir = run_dir
         raise
@@ -78,30 +82,36 @@ def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
 
 
 def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
-           runtime: str | None = None) -> RunResult:
+           runtime: str | None = None, stop: threading.Event | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint; the finished run equals an uninterrupted one
     (timings aside). `runtime` may differ from the original (inline and Ray give identical results)."""
-    return run_from_checkpoint(run_dir, *resumable(run_dir), on_round, runtime)
+    return run_from_checkpoint(run_dir, *resumable(run_dir), on_round, runtime, stop)
 
 
 def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
-                        on_round: Callable[[dict], None] | None = None, runtime: str | None = None) -> RunResult:
+                        on_round: Callable[[dict], None] | None = None, runtime: str | None = None,
+                        stop: threading.Event | None = None) -> RunResult:
     """`resume` once `resumable` has checked the run dir and read its checkpoint."""
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
     prepared = prepare(scenario)
     grid = make_grid(scenario)
     try:
-        return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state)
+        return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop)
     finally:
         grid.close()
 
 
-def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None) -> RunResult:
-    """Run `scenario` to the end; returns what the run dir holds. Nothing is written if the input is bad."""
-    prepared = prepare(scenario)
+def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None, *,
+        strategy: Strategy | None = None, stop: threading.Event | None = None) -> RunResult:
+    """Run `scenario` to the end; returns what the run dir holds. Nothing is written if the input is bad.
+
+    `strategy`: any Flower strategy to run instead of the scenario's [strategy]; it gets every feature the
+    scenario asks for (seeded sampling, checkpoints, privacy ledger, faults, unlearning). `on_round(row)` is
+    called after every round; a set `stop` event ends the run after the current round (Interrupted)."""
+    prepared = prepare(scenario, strategy)
     grid = make_grid(scenario)
     try:
-        return run_on_grid(prepared, grid, out, on_round, grid.describe)
+        return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop)
     finally:
         grid.close()

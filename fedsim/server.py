@@ -1,43 +1,40 @@
-"""The server side of a run: strategy from the scenario, seeded client sampling, central evaluation, start().
+"""The server side of a run: the strategy from the scenario, the run's round callbacks, central evaluation.
 
-`server_main` is what a Flower ServerApp's main does; fedsim's runtimes only supply the Grid. It also writes the
-per-round checkpoint (fedsim.checkpoint) right after central evaluation: it is the one place that sees the strategy,
-the Grid and the privacy monitor together (RunRecorder sees metrics only).
+`prepare` builds (and so validates) everything before anything is written; `server_main` is what a Flower
+ServerApp's main does: it hands the strategy, the Grid and the callbacks to the round pipeline (fedsim.loop).
+fedsim's runtimes only supply the Grid.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import random
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import checkpoint
 from fedsim.arrays import record_to_state, state_to_record
-from fedsim.budget import BudgetExhausted, PrivacyMonitor
+from fedsim.budget import PrivacyMonitor
+from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
 from fedsim.clients.app import REPORT_TRAIN_LOSS
 from fedsim.clients.dp_sgd import private_model
 from fedsim.clients.train import LocalTraining
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
+from fedsim.loop import INTERRUPTED, RoundCallback, run_rounds
 from fedsim.models import initial_model
 from fedsim.privacy import noise_multiplier
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
-from fedsim.seeding import derive_seed
 from fedsim.strategies import build_strategy
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from fedsim.strategies.unlearning import Unlearning
 from fedsim.unlearning.forget import check_requests
-from fedsim.unlearning.history import HistoryStore
 from fedsim.unlearning.metrics import UnlearningEvaluator
 
 
@@ -48,7 +45,8 @@ class Prepared:
     scenario: Scenario
     data: FederatedData
     model: nn.Module
-    strategy: Strategy
+    strategy: Strategy  # what the server loop runs (the Unlearning wrapper when there is one)
+    unlearning: Unlearning | None = None
 
 
 def client_dp_noise(scenario: Scenario) -> float:
@@ -95,8 +93,9 @@ def make_strategy(scenario: Scenario) -> Strategy:
         raise ScenarioError("strategy", what, fix) from None
 
 
-def prepare(scenario: Scenario) -> Prepared:
-    """Load data (all partitions), build the initial model and the strategy; raises FedsimError on bad input."""
+def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
+    """Load data (all partitions), build the initial model and the strategy (the scenario's, or `strategy`: any
+    Flower strategy, which then gets every fedsim feature the scenario asks for); FedsimError on bad input."""
     logging.getLogger("flwr").setLevel(logging.ERROR)  # fedsim reports rounds itself
     data = federated_data(scenario.data, scenario.run.seed)
     data.partition(0)  # computes the partitioning (and its errors); other partitions load when sampled
@@ -110,10 +109,9 @@ def prepare(scenario: Scenario) -> Prepared:
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
         model = private_model(model, scenario.privacy)
-    strategy = make_strategy(scenario)
-    if scenario.unlearning is not None:
-        strategy = unlearning_strategy(scenario, data, model, strategy)
-    return Prepared(scenario, data, model, strategy)
+    strategy = make_strategy(scenario) if strategy is None else strategy
+    unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
+    return Prepared(scenario, data, model, unlearning or strategy, unlearning)
 
 
 def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Module, strategy: Strategy) -> Unlearning:
@@ -132,18 +130,6 @@ def train_config(scenario: Scenario) -> ConfigRecord:
     return config
 
 
-def seed_sampling(strategy: Strategy, seed: int) -> None:
-    """Make Flower's node sampling (module-level `random`) depend only on (seed, round, phase)."""
-    for phase, name in enumerate(("configure_train", "configure_evaluate")):
-        method = getattr(strategy, name)
-
-        def seeded(server_round, arrays, config, grid, _method=method, _phase=phase):
-            random.seed(derive_seed(seed, server_round, _phase))
-            return _method(server_round, arrays, config, grid)
-
-        setattr(strategy, name, seeded)
-
-
 class Interrupted(Exception):
     """The run stopped on request (Ctrl-C, SIGTERM) after a complete round, whose checkpoint is on disk."""
 
@@ -152,107 +138,63 @@ class Interrupted(Exception):
         self.server_round = server_round
 
 
-stop_requested = threading.Event()  # set by the CLI's signal handler: finish the round, checkpoint, stop
+def _needed(strategy: Strategy) -> int:
+    """The fewest clients a round of `strategy` can run with."""
+    return max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
 
 
-class _FromRound(Strategy):
-    """`strategy` with Flower's round numbers shifted by `offset`: start() counts from 1, a resumed run from
-    the round after its checkpoint."""
-
-    def __init__(self, strategy: Strategy, offset: int) -> None:
-        self.strategy, self.offset = strategy, offset
-
-    def configure_train(self, server_round, arrays, config, grid):
-        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
-
-    def aggregate_train(self, server_round, replies):
-        return self.strategy.aggregate_train(server_round + self.offset, replies)
-
-    def configure_evaluate(self, server_round, arrays, config, grid):
-        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round, replies):
-        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-
-def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: dict | None = None) -> ArrayRecord:
-    """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
-    centrally and checkpointing after every round; with `resume` (a checkpoint), from the round after it.
-    Returns the final global arrays."""
-    scenario, data, model = prepared.scenario, prepared.data, prepared.model
-    x_test, y_test = data.test
-    strategy = prepared.strategy
-    done = resume["round"] if resume else 0
-    initial = checkpoint.decode(resume["arrays"]) if resume else state_to_record(model.state_dict())
-    latest: list[ArrayRecord] = [initial]
-    resumable = hasattr(grid, "checkpoint_state")  # Flower's own runtime keeps client state out of reach
-    monitor: PrivacyMonitor | None = None
-
-    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
-        checkpoint.write(recorder.run_dir, {
-            "round": server_round, "arrays": checkpoint.encode(arrays), "initial": checkpoint.encode(recorder.initial),
-            "scenario": scenario.to_toml(), "strategy": checkpoint.object_state(strategy),
-            "monitor": checkpoint.object_state(monitor) if monitor else None, "grid": grid.checkpoint_state(),
-            "rng": checkpoint.rng_state()})
-
-    def central_evaluation(local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        server_round = local_round + done
-        latest[:] = [arrays]
-        if local_round == 0 and done:
-            return None  # a resumed run evaluated its starting model before the interruption
-        model.load_state_dict(record_to_state(arrays))
-        metrics = evaluate(model, x_test, y_test, data.info.task)
-        recorder.record_round(server_round, metrics)
-        if server_round > 0:
-            every = scenario.run.checkpoint_every
-            if resumable and (stop_requested.is_set() or (every and server_round % every == 0)):
-                save_checkpoint(server_round, arrays)
-            if isinstance(strategy, Unlearning):
-                strategy.purge()  # after the checkpoint: a resumed run can serve a request again
-            if stop_requested.is_set() and server_round < scenario.run.rounds:
-                raise Interrupted(server_round)
-        return MetricRecord(metrics)
-
-    seed_sampling(strategy, scenario.run.seed)
-    recorder.watch(strategy, unreliable=scenario.faults is not None)
-    extras: dict[str, Callable[[], dict]] = {}
+def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> tuple[list[RoundCallback], Checkpointer]:
+    """The run's callbacks, in the order they see each hook: seeded sampling, the privacy monitor and the
+    ledgers (their row fields in this order), the recorder, the checkpoint, then the unlearning store purge."""
+    scenario, strategy = prepared.scenario, prepared.strategy
+    callbacks: list[RoundCallback] = [SeededSampling(scenario.run.seed)]
+    monitor = None
     if scenario.privacy is not None:
         noise = client_dp_noise(scenario) if scenario.privacy.mode == "client-dp" else None
-        monitor = PrivacyMonitor(scenario.privacy, grid, noise)
-        monitor.watch(strategy)
-        extras["privacy"] = monitor.ledger
+        monitor = PrivacyMonitor(scenario.privacy, grid, noise, _needed(strategy))
+        callbacks.append(monitor)
     if scenario.bags is not None and scenario.bags.epsilon is not None:
-        label_dp = label_privacy(scenario)
-        extras["label_privacy"] = lambda: label_dp
+        callbacks.append(ConstantLedger("label_privacy", label_privacy(scenario)))
     if scenario.faults is not None and hasattr(grid, "take_fault_counts"):
-        extras["faults"] = grid.take_fault_counts
-    recorder.row_extras = lambda: {key: ledger() for key, ledger in extras.items()}
-    if isinstance(strategy, Unlearning):
-        strategy.store = HistoryStore(recorder.run_dir / "history", scenario.unlearning.history_interval)
-        recorder.summary_extras = lambda: {"unlearning": strategy.results, "history": {
-            "interval": strategy.store.interval, "rounds": len(strategy.store.rounds()),
-            "bytes": strategy.store.size_bytes()}}
+        callbacks.append(FaultCounts(grid))
+    callbacks.append(recorder)
+    checkpointer = Checkpointer(recorder.run_dir, scenario.run.checkpoint_every, scenario.to_toml(), grid,
+                                {"strategy": strategy, "monitor": monitor}, lambda: recorder.initial)
+    if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
+        callbacks.append(checkpointer)
+    if prepared.unlearning is not None:
+        callbacks.append(UnlearningRecords(prepared.unlearning, recorder.run_dir, scenario.unlearning.history_interval))
+    return callbacks, checkpointer
+
+
+def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: dict | None = None,
+                stop: threading.Event | None = None) -> ArrayRecord:
+    """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
+    centrally and checkpointing after every round; with `resume` (a checkpoint), from the round after it.
+    A set `stop` event ends the run after the current round (Interrupted). Returns the final global arrays."""
+    scenario, data, model = prepared.scenario, prepared.data, prepared.model
+    x_test, y_test = data.test
+    done = resume["round"] if resume else 0
+    initial = checkpoint.decode(resume["arrays"]) if resume else state_to_record(model.state_dict())
+
+    def central_evaluation(arrays: ArrayRecord) -> dict[str, float]:
+        model.load_state_dict(record_to_state(arrays))
+        return evaluate(model, x_test, y_test, data.info.task)
+
+    callbacks, checkpointer = round_callbacks(grid, prepared, recorder)
     if resume:
-        checkpoint.restore_object(strategy, resume["strategy"])
-        grid.restore_checkpoint(resume["grid"])
-        if monitor is not None:
-            checkpoint.restore_object(monitor, resume["monitor"])
-        checkpoint.restore_rng(resume["rng"])
-    try:
-        _FromRound(strategy, done).start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=scenario.run.rounds - done,
-            timeout=scenario.run.round_timeout_s or math.inf,
-            train_config=train_config(scenario),
-            evaluate_fn=central_evaluation,
-        )
-    except BudgetExhausted as exc:
+        checkpointer.restore(resume)
+    outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1, last_round=scenario.run.rounds,
+                         train_config=train_config(scenario), evaluate_fn=central_evaluation, callbacks=callbacks,
+                         timeout=scenario.run.round_timeout_s, tolerate_failures=scenario.faults is not None,
+                         stop=stop)
+    if outcome.stopped == INTERRUPTED:
+        raise Interrupted(outcome.last_round)
+    if outcome.stopped is not None:
         if not recorder.rows:
-            raise FedsimError("privacy.target_epsilon", f"{exc}, so no round can run",
-                              "raise privacy.noise_multiplier or privacy.target_epsilon") from None
-        recorder.stopped = str(exc)
-    return latest[0]
+            raise FedsimError("privacy.target_epsilon", f"{outcome.stopped}, so no round can run",
+                              "raise privacy.noise_multiplier or privacy.target_epsilon")
+        recorder.stopped = outcome.stopped
+    for cb in callbacks:
+        recorder.summary_extras.update(cb.on_run_end())
+    return outcome.arrays

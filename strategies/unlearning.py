@@ -151,10 +151,13 @@ class Unlearning(Strategy):
         self._retrained: dict[tuple, tuple[ArrayRecord, Strategy, dict]] = {}
         self._last_round = 0
 
-    def __getattr__(self, name: str):  # min_train_nodes, fraction_train, ... of the wrapped strategy
-        if name in ("inner", "__setstate__") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def min_train_nodes(self) -> int:
+        return getattr(self.inner, "min_train_nodes", 1)
+
+    @property
+    def min_available_nodes(self) -> int:
+        return getattr(self.inner, "min_available_nodes", 1)
 
     def request_unlearning(self, kind: str, target: int, method: str | list[str] = "retrain",
                            samples: list[int] | None = None, at_round: int | None = None) -> None:

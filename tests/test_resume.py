@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,15 +145,16 @@ def load_rows(run_dir: Path) -> list[dict]:
 
 
 def interrupted_run(tmp_path: Path) -> Path:
-    from fedsim.server import Interrupted, stop_requested
+    from fedsim.server import Interrupted
+
+    stop_requested = threading.Event()
 
     def stop_at_two(row):
         if row["round"] == 2:
             stop_requested.set()
 
     with pytest.raises(Interrupted):
-        fedsim.run(small_scenario(run__rounds=4), out=tmp_path / "run", on_round=stop_at_two)
-    stop_requested.clear()
+        fedsim.run(small_scenario(run__rounds=4), out=tmp_path / "run", on_round=stop_at_two, stop=stop_requested)
     return tmp_path / "run"
 
 
@@ -206,9 +208,9 @@ def test_checkpoint_holds_only_plain_data_and_round_trips():
 
 
 def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path):
-    from fedsim.server import Interrupted, stop_requested
+    from fedsim.server import Interrupted
 
-    rounds_written = []
+    rounds_written, stop_requested = [], threading.Event()
 
     def watch(row):
         path = tmp_path / "run" / checkpoint.FILE
@@ -218,8 +220,8 @@ def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path):
             stop_requested.set()
 
     with pytest.raises(Interrupted):
-        fedsim.run(small_scenario(run__rounds=6, run__checkpoint_every=2), out=tmp_path / "run", on_round=watch)
-    stop_requested.clear()
+        fedsim.run(small_scenario(run__rounds=6, run__checkpoint_every=2), out=tmp_path / "run", on_round=watch,
+                   stop=stop_requested)
     assert rounds_written == [2, 2, 4]  # seen at rounds 3, 4, 5 (each round's checkpoint follows its row)
     assert checkpoint.read(tmp_path / "run")["round"] == 5  # stopping writes one whatever the interval
 

@@ -1,0 +1,105 @@
+"""Round callbacks every fedsim run uses (fedsim.loop.RoundCallback): seeded sampling, checkpoints, the
+unlearning bookkeeping, and the small per-round ledgers. The metrics recorder (fedsim.results.RunRecorder) and
+the privacy monitor (fedsim.budget.PrivacyMonitor) are callbacks too, in their own modules."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from fedsim import checkpoint
+from fedsim.loop import Phase, RoundCallback
+from fedsim.seeding import derive_seed
+from fedsim.strategies.unlearning import Unlearning
+from fedsim.unlearning.history import HistoryStore
+
+_PHASES = {"train": 0, "evaluate": 1}
+
+
+class SeededSampling(RoundCallback):
+    """Flower's strategies sample nodes with the module-level `random`: seed it from (seed, round, phase)
+    right before each configure step, so sampling depends on nothing else (resume, runtime, earlier draws)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def before_configure(self, server_round: int, phase: Phase) -> None:
+        random.seed(derive_seed(self.seed, server_round, _PHASES[phase]))
+
+
+class Checkpointer(RoundCallback):
+    """Writes RUN_DIR/checkpoint.pt every `every` rounds and when the run is stopping (Ctrl-C, SIGTERM).
+
+    `stateful` are the objects whose state a resumed run needs (the strategy, the privacy monitor, ...): their
+    `checkpoint_state()` or, failing that, their encodable attributes (fedsim.checkpoint.object_state).
+    """
+
+    def __init__(self, run_dir: Path, every: int, scenario_toml: str, grid, stateful: dict[str, Any],
+                 initial_metrics: Callable[[], dict]) -> None:
+        self.run_dir, self.every, self.scenario_toml, self.grid = run_dir, every, scenario_toml, grid
+        self.stateful, self.initial_metrics = stateful, initial_metrics
+
+    def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> None:
+        if stopping or (self.every and server_round % self.every == 0):
+            checkpoint.write(self.run_dir, {
+                "round": server_round, "arrays": checkpoint.encode(arrays),
+                "initial": checkpoint.encode(self.initial_metrics()), "scenario": self.scenario_toml,
+                **{name: checkpoint.object_state(obj) if obj is not None else None
+                   for name, obj in self.stateful.items()},
+                "grid": self.grid.checkpoint_state(), "rng": checkpoint.rng_state()})
+
+    def restore(self, state: dict) -> None:
+        """Put every stateful object, the Grid and the random generators back as the checkpoint has them."""
+        for name, obj in self.stateful.items():
+            if obj is not None:
+                checkpoint.restore_object(obj, state[name])
+        self.grid.restore_checkpoint(state["grid"])
+        checkpoint.restore_rng(state["rng"])
+
+
+class UnlearningRecords(RoundCallback):
+    """Gives an `Unlearning` strategy its history store in the run dir, deletes forgotten clients' stored
+    updates after each round (after its checkpoint, so a resumed run can serve the request again) and adds
+    the unlearning table and the store's size to summary.json."""
+
+    def __init__(self, strategy: Unlearning, run_dir: Path, history_interval: int) -> None:
+        self.strategy = strategy
+        strategy.store = HistoryStore(run_dir / "history", history_interval)
+
+    def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> None:
+        self.strategy.purge()
+
+    def on_run_end(self) -> dict:
+        store = self.strategy.store
+        return {"unlearning": self.strategy.results,
+                "history": {"interval": store.interval, "rounds": len(store.rounds()), "bytes": store.size_bytes()}}
+
+
+class ConstantLedger(RoundCallback):
+    """Adds the same entry to every round's row (e.g. the label-DP ledger: one release, epsilon never grows)."""
+
+    def __init__(self, key: str, entry: dict) -> None:
+        self.key, self.entry = key, entry
+
+    def round_metrics(self, server_round: int) -> dict:
+        return {self.key: self.entry}
+
+
+class FaultCounts(RoundCallback):
+    """Adds the faults the Grid injected this round (dropped, failed, straggled) to the round's row."""
+
+    def __init__(self, grid) -> None:
+        self.grid = grid
+
+    def round_metrics(self, server_round: int) -> dict:
+        return {"faults": self.grid.take_fault_counts()}
+
+
+def strategy_min(strategy: Strategy, name: str) -> int:
+    """A strategy's `min_train_nodes` / `min_available_nodes` (1 for strategies without one)."""
+    return max(1, getattr(strategy, name, 1))

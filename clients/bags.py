@@ -1,17 +1,6 @@
-"""Learning from aggregate responses (ICLR 2024): bags, the Laplace label-DP release, bag/instance/interpolating
-losses, and the linear closed form with its risk predictor. Definitions: ../shared/REFERENCE.md section 2.
-
-A client's n examples are split at random into m = n // k disjoint bags of size k; the n - m k left over are
-dropped (they would make a smaller, differently-noised bag). The learner sees every feature but only each bag's
-mean response (regression) or label proportions (classification).
-
-Label-DP: responses are clipped to [-B, B] with B = clip * sqrt(log n) (the paper's bound for sub-Gaussian
-responses; `clip` is in response units, so 1 suits standardised targets), averaged per bag, and released once with
-Laplace noise. Replacing one response moves one bag mean by at most 2B/k, so scale 2B/(k epsilon) gives
-epsilon-label-DP under replace-one adjacency (the paper prints B/(k epsilon), the add/remove-style bound); for
-proportions one changed label moves the vector by 2/k in L1, so scale 2/(k epsilon) per class. Training on the
-release is post-processing: epsilon does not grow with rounds or epochs.
-"""
+"""Learning from aggregate responses, the client side: the bags and released targets a client trains on (drawn
+once, kept in its context.state) and the bag / instance / interpolating loss (docs/algorithms.md, Learning from
+aggregate responses). The mechanism and the theory are fedsim.bag_theory."""
 
 from __future__ import annotations
 
@@ -19,43 +8,12 @@ import math
 
 import numpy as np
 import torch
+from fedsim.clients.train import make_optimizer, minibatches
 from torch.nn import functional as F
 
+from fedsim.bag_theory import make_bags, release
 
-def make_bags(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(m, k) example indices: random disjoint bags of size k (n - m k examples left out), in canonical order."""
-    if k < 1 or n < k:
-        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
-    m = n // k
-    bags = np.sort(rng.permutation(n)[: m * k].reshape(m, k), axis=1)
-    return bags[np.argsort(bags[:, 0])]  # a bag set has no order: sort it (for k = 1 this is the identity)
-
-
-def clip_bound(n: int, clip: float) -> float:
-    """B = clip * sqrt(log n) (at least clip)."""
-    return clip * math.sqrt(max(math.log(n), 1.0))
-
-
-def bag_targets(y: np.ndarray, bags: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per bag: the mean response (regression, num_classes == 0) or the label proportions (m, num_classes)."""
-    if num_classes:
-        return np.eye(num_classes)[y[bags]].mean(axis=1)
-    return y[bags].mean(axis=1)
-
-
-def release(y: np.ndarray, bags: np.ndarray, num_classes: int, epsilon: float | None, clip: float,
-            rng: np.random.Generator) -> np.ndarray:
-    """The released bag targets: clipped (regression), averaged, plus Laplace noise when `epsilon` is given."""
-    k = bags.shape[1]
-    if num_classes:
-        targets, scale = bag_targets(y, bags, num_classes), (2.0 / (k * epsilon) if epsilon else 0.0)
-    else:
-        bound = clip_bound(len(y), clip)
-        targets = bag_targets(np.clip(y, -bound, bound), bags, 0)
-        scale = 2.0 * bound / (k * epsilon) if epsilon else 0.0
-    if scale:
-        targets = targets + rng.laplace(0.0, scale, targets.shape)
-    return targets.astype(np.float32)
+STATE_KEY = "bags"
 
 
 def bag_loss(outputs: torch.Tensor, targets: torch.Tensor, rho: float, task: str) -> torch.Tensor:
@@ -82,47 +40,6 @@ def bag_loss(outputs: torch.Tensor, targets: torch.Tensor, rho: float, task: str
     return total
 
 
-# ---- the linear model in closed form, and what theory predicts ------------------------------------------------
-def interpolating_linear_estimator(x: np.ndarray, y_bar: np.ndarray, bags: np.ndarray, rho: float) -> np.ndarray:
-    """theta_rho = (k Xbar^T Xbar + rho Xc^T Xc)^-1 k Xbar^T ybar (Xbar: bag-mean features, Xc: within-bag centred)."""
-    k = bags.shape[1]
-    grouped = x[bags]  # (m, k, d)
-    x_bar = grouped.mean(axis=1)
-    x_c = (grouped - x_bar[:, None, :]).reshape(-1, x.shape[1])
-    gram = k * x_bar.T @ x_bar + rho * x_c.T @ x_c
-    return np.linalg.solve(gram, k * x_bar.T @ y_bar)
-
-
-def predicted_risk(n: int, d: int, k: int, rho: float, epsilon: float | None = None, snr: float = 1.0,
-                   clip: float = 1.0, noise_var: float = 1.0) -> float:
-    """Predicted E|theta_rho - theta|^2 for x ~ N(0, I_d), noise variance `noise_var`, |theta|^2 = snr * noise_var.
-
-    With m = n / k bags and M = m + rho (n - m) (the effective sample count of the rho-weighted Gram matrix):
-    the estimator shrinks theta by 1 / (1 + rho (k - 1)), giving bias^2 (1 - shrink)^2 |theta|^2, and its noise part
-    has variance v k m d / (M (M - d - 1)), where v = noise_var / k + 2 b^2 is the variance of a released bag mean
-    (b the Laplace scale). rho = 0 gives noise_var d / (m - d - 1) without label noise, rho = 1 gives
-    noise_var / (k (psi - 1)) plus the bias: the paper's corollaries. Clipping is assumed not to bind.
-    """
-    m = n // k
-    big_m = m + rho * (n - m)
-    if big_m - d - 1 <= 0:
-        return math.inf
-    b = 2.0 * clip_bound(n, clip) / (k * epsilon) if epsilon else 0.0
-    v = noise_var / k + 2.0 * b * b
-    shrink = 1.0 / (1.0 + rho * (k - 1))
-    return (1.0 - shrink) ** 2 * snr * noise_var + v * k * m * d / (big_m * (big_m - d - 1))
-
-
-def optimal_bag_size(n: int, d: int, epsilon: float | None, rho: float, snr: float = 1.0, clip: float = 1.0,
-                     max_k: int | None = None) -> tuple[int, dict[int, float]]:
-    """The bag size k minimising predicted risk, and the predicted risk for every k tried (1 .. max_k)."""
-    limit = max_k or max(1, n // (d + 2))
-    risks = {k: predicted_risk(n, d, k, rho, epsilon, snr, clip) for k in range(1, limit + 1)}
-    best = min(risks, key=lambda k: (risks[k], k))
-    return best, risks
-
-
-# ---- the client side --------------------------------------------------------------------------------------------
 def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """This client's bags and released targets, drawn once (seeded by client) and kept in `context.state`."""
     from flwr.app import Array, ArrayRecord
@@ -140,8 +57,6 @@ def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed:
 def train_on_bags(model: torch.nn.Module, x: torch.Tensor, bags: torch.Tensor, targets: torch.Tensor, local,
                   rho: float, task: str, generator: torch.Generator) -> dict[str, float]:
     """Local training on bag targets: shuffled batches of `batch_size // k` bags; returns the mean loss."""
-    from fedsim.clients.train import make_optimizer, minibatches
-
     model.train()
     optimizer = make_optimizer(model, local)
     m, k = bags.shape
@@ -156,6 +71,3 @@ def train_on_bags(model: torch.nn.Module, x: torch.Tensor, bags: torch.Tensor, t
         total += loss.item() * len(chosen)
         count += len(chosen)
     return {"loss": total / max(count, 1)}
-
-
-STATE_KEY = "bags"

@@ -12,17 +12,18 @@ import math
 import warnings
 
 import torch
-from fedsim.clients.train import LocalTraining, make_optimizer
+from fedsim.clients.train import make_optimizer
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedsim import protocol
 from fedsim.errors import FedsimError
 from fedsim.evaluation import task_loss
 from fedsim.privacy import History, epsilon_of, noise_multiplier
+from fedsim.protocol import DPSGDSettings, LocalTraining
 
 STATE_KEY = "dp-sgd"
-EXHAUSTED = "privacy budget exhausted"
 
 
 def check_model(model: nn.Module) -> None:
@@ -39,10 +40,10 @@ def check_model(model: nn.Module) -> None:
                               "set privacy.fix_model = true (Opacus swaps it) or model.batch_norm = false")
 
 
-def private_model(model: nn.Module, privacy) -> nn.Module:
-    """The model DP-SGD trains: with `privacy.fix_model`, Opacus's ModuleValidator.fix swaps layers it cannot
+def private_model(model: nn.Module, fix_model: bool) -> nn.Module:
+    """The model DP-SGD trains: with `fix_model`, Opacus's ModuleValidator.fix swaps layers it cannot
     train (BatchNorm -> GroupNorm); then every layer is checked."""
-    if privacy.fix_model:
+    if fix_model:
         from opacus.validators import ModuleValidator
 
         model = ModuleValidator.fix(model)
@@ -70,7 +71,7 @@ def round_plan(n: int, cfg: LocalTraining) -> tuple[float, int]:
     return 1.0 / batches, batches * cfg.local_epochs
 
 
-def client_noise(state: RecordDict, n: int, cfg: LocalTraining, privacy, planned_rounds: int) -> float:
+def client_noise(state: RecordDict, n: int, cfg: LocalTraining, privacy: DPSGDSettings) -> float:
     """The client's noise multiplier: given, or derived once for its whole planned run from target_epsilon."""
     record = state.config_records.get(STATE_KEY)
     if record is not None:
@@ -78,19 +79,19 @@ def client_noise(state: RecordDict, n: int, cfg: LocalTraining, privacy, planned
     if privacy.noise_multiplier is not None:
         return privacy.noise_multiplier
     q, steps = round_plan(n, cfg)
-    return noise_multiplier(privacy.target_epsilon, q, steps * max(1, planned_rounds), privacy.delta,
+    return noise_multiplier(privacy.target_epsilon, q, steps * max(1, privacy.planned_rounds), privacy.delta,
                             privacy.accountant)
 
 
 def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTraining, task: str, seed: int,
-                 sigma: float, privacy, history: History) -> tuple[dict[str, float], History]:
+                 sigma: float, privacy: DPSGDSettings, history: History) -> tuple[dict[str, float], History]:
     """One round of DP-SGD on (x, y), updating `model` in place; returns metrics and the extended history."""
     from opacus import PrivacyEngine
 
     q, steps = round_plan(len(x), cfg)
     spent_next = epsilon_of([*history, (sigma, q, steps)], privacy.delta, privacy.accountant)
     if privacy.target_epsilon is not None and spent_next > privacy.target_epsilon:
-        raise RuntimeError(f"{EXHAUSTED}: another round would reach epsilon {spent_next:.3f} > "
+        raise RuntimeError(f"{protocol.EXHAUSTED}: another round would reach epsilon {spent_next:.3f} > "
                            f"{privacy.target_epsilon}")
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded on purpose: reproducible runs
@@ -119,6 +120,7 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
     model.load_state_dict(local.state_dict())
     spent = spent_next  # the accountant recorded exactly the planned (sigma, q, steps) of this round
     after_next = epsilon_of([*new_history, (sigma, q, steps)], privacy.delta, privacy.accountant)
-    metrics = {"loss": total / max(seen, 1), "epsilon": spent, "epsilon-next": after_next,
-               "noise-multiplier": sigma, "sample-rate": q, "steps": sum(t for _, _, t in new_history)}
+    metrics = {"loss": total / max(seen, 1), protocol.EPSILON: spent, protocol.EPSILON_NEXT: after_next,
+               protocol.NOISE_MULTIPLIER: sigma, protocol.SAMPLE_RATE: q,
+               protocol.STEPS: sum(t for _, _, t in new_history)}
     return metrics, new_history

@@ -4,37 +4,12 @@ margin-control loss when asked for. The reported loss is the task loss (CE / MSE
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
-from flwr.app import ConfigRecord
 from torch import nn
 
 from fedsim.evaluation import task_loss
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """A client's training instructions, as sent in the train ConfigRecord."""
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    proximal_mu: float = 0.0
-    loss: str = "ce"  # "ce" | "fedld-margin"
-    margin_lambda: float = 0.1
-    margin_reduction: str = "batch"  # "batch" (reference: Frobenius norm over the batch) | "mean"
-
-    def to_config(self) -> ConfigRecord:
-        return ConfigRecord({k.replace("_", "-"): v for k, v in self.__dict__.items()})
-
-    @classmethod
-    def from_config(cls, config: ConfigRecord) -> LocalTraining:
-        known = {k.replace("_", "-") for k in cls.__dataclass_fields__}
-        return cls(**{k.replace("-", "_"): v for k, v in config.items() if k in known})
+from fedsim.protocol import LocalTraining
 
 
 def margin_penalty(outputs: torch.Tensor, reduction: str) -> torch.Tensor:

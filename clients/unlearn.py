@@ -7,12 +7,14 @@ retained data R and the data F this request forgets (data forgotten by earlier r
 from __future__ import annotations
 
 import torch
-from fedsim.clients.train import LocalTraining, minibatches, train_locally
+from fedsim.clients.train import minibatches, train_locally
 from flwr.app import ConfigRecord
 from torch import nn
 from torch.nn import functional as F
 
+from fedsim import protocol
 from fedsim.evaluation import task_loss
+from fedsim.protocol import LocalTraining
 from fedsim.unlearning.forget import Forgotten
 
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -20,8 +22,8 @@ Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def split(pid: int, x: torch.Tensor, y: torch.Tensor, config: ConfigRecord) -> Split:
     """(x_r, y_r, x_f, y_f): retained data, and the data this request forgets."""
-    present = Forgotten.read(config, "forget").kept(pid, y)
-    requested = ~Forgotten.read(config, "unlearn").kept(pid, y)
+    present = Forgotten.read(config, protocol.FORGET).kept(pid, y)
+    requested = ~Forgotten.read(config, protocol.UNLEARN_TARGET).kept(pid, y)
     f, r = present & requested, present & ~requested
     return x[r], y[r], x[f], y[f]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flwr.app import Message
 
-from fedsim.clients.dp_sgd import EXHAUSTED
+from fedsim import protocol
 from fedsim.loop import RoundCallback
 from fedsim.privacy import Ledger, epsilon_of
 from fedsim.scenario import PrivacySection
@@ -35,9 +35,9 @@ class PrivacyMonitor(RoundCallback):
             entry = Ledger(epsilon_of(history, p.delta, p.accountant), p.delta, p.accountant,
                            self.noise_multiplier, p.q, self.rounds).to_dict()
         elif self.clients:
-            worst = max(self.clients.values(), key=lambda c: c["epsilon"])
-            entry = Ledger(worst["epsilon"], p.delta, p.accountant, worst["noise-multiplier"], worst["sample-rate"],
-                           int(worst["steps"])).to_dict()
+            worst = max(self.clients.values(), key=lambda c: c[protocol.EPSILON])
+            entry = Ledger(worst[protocol.EPSILON], p.delta, p.accountant, worst[protocol.NOISE_MULTIPLIER],
+                           worst[protocol.SAMPLE_RATE], int(worst[protocol.STEPS])).to_dict()
         else:
             entry = Ledger(0.0, p.delta, p.accountant, p.noise_multiplier or 0.0, 0.0, 0).to_dict()
         entry.update(mode=p.mode, target_epsilon=p.target_epsilon, retired_clients=len(self.retired))
@@ -70,16 +70,15 @@ class PrivacyMonitor(RoundCallback):
     def _observe(self, msg: Message) -> None:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            if EXHAUSTED in (msg.error.reason or ""):
+            if protocol.EXHAUSTED in (msg.error.reason or ""):
                 self._retire(node)
             return
         metrics = next(iter(msg.content.metric_records.values()), {})
-        if "epsilon" not in metrics:
+        if protocol.EPSILON not in metrics:
             return
-        self.clients[node] = {k: metrics[k] for k in ("epsilon", "epsilon-next", "noise-multiplier", "sample-rate",
-                                                       "steps")}
+        self.clients[node] = {k: metrics[k] for k in protocol.DP_REPORT}
         target = self.privacy.target_epsilon
-        if target is not None and metrics["epsilon-next"] > target:
+        if target is not None and metrics[protocol.EPSILON_NEXT] > target:
             self._retire(node)
 
     def _retire(self, node: int) -> None:

@@ -370,7 +370,7 @@ def privacy_bag_size(
     json_out: JsonOpt = False,
 ) -> None:
     """Predicted risk of the interpolating linear estimator for every bag size k, and the best k."""
-    from fedsim.clients.bags import optimal_bag_size
+    from fedsim.bag_theory import optimal_bag_size
     from fedsim.privacy import check
 
     check("", epsilon=epsilon, sample_rate=None)

@@ -192,7 +192,7 @@ def field(result: RunResult, dotted: str):
 
 def _predicted_curve(result: RunResult, rhos: np.ndarray) -> np.ndarray | None:
     """Predicted test mse vs rho for federated linear regression on gaussian-regression bags (pooled closed form)."""
-    from fedsim.clients.bags import predicted_risk
+    from fedsim.bag_theory import predicted_risk
 
     s = result.scenario
     if s.data.dataset != "gaussian-regression" or s.model.name != "linear" or s.bags is None:

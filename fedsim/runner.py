@@ -12,8 +12,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim import checkpoint
 from fedsim.arrays import record_to_state
-from fedsim.clients.app import SCENARIO_KEY
 from fedsim.clients.app import app as client_app
+from fedsim.clients.workspace import ClientSpec
 from fedsim.errors import FedsimError, RunDirError, ScenarioError
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
@@ -23,7 +23,7 @@ from fedsim.server import Interrupted, Prepared, prepare, server_main
 
 def make_grid(scenario: Scenario) -> VirtualNodesGrid:
     """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS)."""
-    run_config = {SCENARIO_KEY: scenario.model_dump_json()}
+    run_config = ClientSpec.of(scenario).run_config()
     n = scenario.data.partitioner.num_partitions
     if scenario.run.runtime == "inline":
         if scenario.run.round_timeout_s is not None:

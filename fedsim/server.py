@@ -8,6 +8,7 @@ fedsim's runtimes only supply the Grid.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass
 
@@ -16,19 +17,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim import checkpoint
+from fedsim import checkpoint, protocol
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import PrivacyMonitor
 from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
-from fedsim.clients.app import REPORT_TRAIN_LOSS
 from fedsim.clients.dp_sgd import private_model
-from fedsim.clients.train import LocalTraining
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
 from fedsim.loop import INTERRUPTED, RoundCallback, run_rounds
 from fedsim.models import initial_model
 from fedsim.privacy import noise_multiplier
+from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
 from fedsim.strategies import build_strategy
@@ -108,7 +108,7 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
     check_requests(scenario, data)
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
-        model = private_model(model, scenario.privacy)
+        model = private_model(model, scenario.privacy.fix_model)
     strategy = make_strategy(scenario) if strategy is None else strategy
     unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
     return Prepared(scenario, data, model, unlearning or strategy, unlearning)
@@ -124,9 +124,19 @@ def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Modul
 
 
 def train_config(scenario: Scenario) -> ConfigRecord:
+    """Everything a client needs to train in a round: LocalTraining, and DP-SGD's or the bags' settings."""
     config = LocalTraining(**scenario.client.model_dump(exclude={"device"})).to_config()
     if scenario.strategy.name == "qfedavg":
-        config[REPORT_TRAIN_LOSS] = True
+        config[protocol.REPORT_TRAIN_LOSS] = True
+    p = scenario.privacy
+    if p is not None and p.mode == "dp-sgd":
+        planned = math.ceil(scenario.run.rounds * scenario.strategy.fraction_train)  # rounds a client expects
+        config.update(DPSGDSettings(delta=p.delta, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
+                                    planned_rounds=planned, noise_multiplier=p.noise_multiplier,
+                                    target_epsilon=p.target_epsilon).to_config())
+    b = scenario.bags
+    if b is not None:
+        config.update(BagSettings(k=b.k, rho=b.rho, clip=b.clip, epsilon=b.epsilon).to_config())
     return config
 
 

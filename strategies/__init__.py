@@ -13,6 +13,7 @@ from fedsim.strategies.fedld import FedLD
 from fedsim.strategies.unlearning import Unlearning
 from flwr.serverapp import strategy as flower
 
+from fedsim import protocol
 from fedsim.errors import suggest
 
 __all__ = ["STRATEGIES", "FedLD", "Unlearning", "build_strategy", "check_strategy", "strategy_params"]
@@ -36,8 +37,6 @@ _MANAGED = {
     "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes",
     "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
 }
-# Keys clients must add to their train replies for a strategy (q-FedAvg needs the pre-training loss).
-TRAIN_LOSS_KEY = "train_loss"
 
 
 def strategy_params(name: str) -> list[str]:
@@ -74,7 +73,7 @@ def build_strategy(
     kwargs = {k: v for k, v in (defaults or {}).items() if k in allowed}
     kwargs.update(params)
     if name == "qfedavg":
-        kwargs.setdefault("train_loss_key", TRAIN_LOSS_KEY)
+        kwargs.setdefault("train_loss_key", protocol.TRAIN_LOSS)
     try:
         return STRATEGIES[name](
             fraction_train=fraction_train,

@@ -22,15 +22,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from fedsim.clients.train import LocalTraining
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.checkpoint import decode, encode, object_state, restore_object
 from fedsim.errors import FedsimError
+from fedsim.protocol import LocalTraining
 from fedsim.scenario import UnlearningRequest, UnlearningSection
 from fedsim.seeding import derive_seed
 from fedsim.unlearning.forget import Forgotten
@@ -87,8 +88,8 @@ class _Job:
 
 def _weighted(replies: list[Message]) -> ArrayRecord | None:
     """Example-weighted mean of the replies' arrays (replies with no examples carry no weight)."""
-    useful = [m.content for m in replies if not m.has_error() and m.content["metrics"]["num-examples"] > 0]
-    return aggregate_arrayrecords(useful, "num-examples") if useful else None
+    useful = [m.content for m in replies if not m.has_error() and m.content[p.METRICS][p.NUM_EXAMPLES] > 0]
+    return aggregate_arrayrecords(useful, p.NUM_EXAMPLES) if useful else None
 
 
 def _mean_update(updates: Iterable[tuple[State, int]]) -> State:
@@ -201,7 +202,7 @@ class Unlearning(Strategy):
     def _with_forgotten(self, config: ConfigRecord, forgotten: Forgotten) -> ConfigRecord:
         config = ConfigRecord(dict(config))
         if forgotten:
-            forgotten.write(config, "forget")
+            forgotten.write(config, p.FORGET)
         return config
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -243,10 +244,10 @@ class Unlearning(Strategy):
             missing = [n for n in grid.get_node_ids() if n not in self._nodes.values()]
             if not missing:
                 return
-            messages = [Message(RecordDict(), dst_node_id=n, message_type="query.partition") for n in missing]
+            messages = [Message(RecordDict(), dst_node_id=n, message_type=p.QUERY_PARTITION) for n in missing]
             for reply in grid.send_and_receive(messages, timeout=self.timeout):
                 if not reply.has_error():
-                    self._nodes[int(reply.content["metrics"]["partition-id"])] = reply.metadata.src_node_id
+                    self._nodes[int(reply.content[p.METRICS][p.PARTITION_ID])] = reply.metadata.src_node_id
 
     def _store(self, server_round: int, replies: list[Message]) -> None:
         clients = {node: pid for pid, node in self._nodes.items()}
@@ -256,9 +257,9 @@ class Unlearning(Strategy):
             node = reply.metadata.src_node_id
             if reply.has_error() or node not in clients:
                 continue
-            state = reply.content["arrays"].to_torch_state_dict()
+            state = reply.content[p.ARRAYS].to_torch_state_dict()
             updates[clients[node]] = ({k: state[k] - sent[k] for k in sent},
-                                      int(reply.content["metrics"]["num-examples"]))
+                                      int(reply.content[p.METRICS][p.NUM_EXAMPLES]))
         self.store.save(server_round, sent, updates)
 
     # ---- serving a request ---------------------------------------------------------------------------------
@@ -337,14 +338,14 @@ class Unlearning(Strategy):
                      records: dict[str, ArrayRecord] | None = None) -> list[Message]:
         """Send one `train.unlearn` step to `nodes` (default: every client not already forgotten)."""
         config = local.to_config()
-        config.update({"method": method, "server-round": self._round_number(job, step), "unlearn-step": step,
+        config.update({p.METHOD: method, p.SERVER_ROUND: self._round_number(job, step), p.UNLEARN_STEP: step,
                        **(extra or {})})
-        job.before.write(config, "forget")
-        job.target.write(config, "unlearn")
+        job.before.write(config, p.FORGET)
+        job.target.write(config, p.UNLEARN_TARGET)
         if nodes is None:
             nodes = sorted(set(job.grid.get_node_ids()) - self._excluded(job.before))
-        content = RecordDict({"arrays": arrays, "config": config, **(records or {})})
-        messages = [Message(content, dst_node_id=n, message_type="train.unlearn") for n in nodes]
+        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config, **(records or {})})
+        messages = [Message(content, dst_node_id=n, message_type=p.UNLEARN) for n in nodes]
         return [m for m in job.grid.send_and_receive(messages, timeout=self.timeout) if not m.has_error()]
 
     def _federated_steps(self, job: _Job, method: str, records: dict | None = None,
@@ -377,7 +378,7 @@ class Unlearning(Strategy):
         arrays = job.arrays
         for step in range(rounds):
             arrays = self._train_round(strategy, job.grid, arrays, self._round_number(job, step), job.now,
-                                       {"local-epochs": local.local_epochs, "lr": local.lr})
+                                       {p.LOCAL_EPOCHS: local.local_epochs, p.LR: local.lr})
         return arrays, rounds
 
     def _holders(self, job: _Job) -> list[int] | None:
@@ -385,22 +386,22 @@ class Unlearning(Strategy):
         return None if job.request.kind == "class" else [self._nodes[job.request.target]]
 
     def _gradient_ascent(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
-        return self._federated_steps(job, "gradient-ascent", nodes=self._holders(job))
+        return self._federated_steps(job, p.GRADIENT_ASCENT, nodes=self._holders(job))
 
     def _random_label(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
-        return self._federated_steps(job, "random-label")
+        return self._federated_steps(job, p.RANDOM_LABEL)
 
     def _gaussian(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
-        return self._federated_steps(job, "gaussian")
+        return self._federated_steps(job, p.GAUSSIAN)
 
     def _salun(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
         """Saliency gradients from the clients holding forgotten data (summed), the mask, then masked RL;
         the server re-applies the mask after aggregating, so unmasked weights are exactly the start's."""
         _, local = self._budget("salun")
-        replies = self._client_step(job, "saliency", 0, job.arrays, local, self._holders(job))
+        replies = self._client_step(job, p.SALIENCY, 0, job.arrays, local, self._holders(job))
         gradients: State = {}
         for reply in replies:
-            for key, g in reply.content["arrays"].to_torch_state_dict().items():
+            for key, g in reply.content[p.ARRAYS].to_torch_state_dict().items():
                 gradients[key] = gradients.get(key, 0) + g
         mask = saliency_mask(gradients, self.settings.salun_fraction)
         start = record_to_state(job.arrays)  # read-only (apply_mask builds new tensors)
@@ -408,7 +409,7 @@ class Unlearning(Strategy):
         def restore(arrays: ArrayRecord) -> ArrayRecord:
             return state_to_record(apply_mask(arrays.to_torch_state_dict(), start, mask))
 
-        arrays, rounds = self._federated_steps(job, "salun", {"mask": state_to_record(mask)}, after=restore)
+        arrays, rounds = self._federated_steps(job, p.SALUN, {p.MASK: state_to_record(mask)}, after=restore)
         return arrays, rounds + 1
 
     def _federaser(self, job: _Job, strategy: Strategy) -> tuple[ArrayRecord, int]:
@@ -434,14 +435,14 @@ class Unlearning(Strategy):
             if old is None:
                 continue
             config = self._with_forgotten(self._train_config, job.now)
-            config.update({"server-round": t, "local-epochs": epochs})
-            content = RecordDict({"arrays": state_to_record(arrays_state), "config": config})
-            messages = [Message(content, dst_node_id=self._nodes[pid], message_type="train") for pid in updates]
+            config.update({p.SERVER_ROUND: t, p.LOCAL_EPOCHS: epochs})
+            content = RecordDict({p.ARRAYS: state_to_record(arrays_state), p.CONFIG: config})
+            messages = [Message(content, dst_node_id=self._nodes[pid], message_type=p.TRAIN) for pid in updates]
             replies = [m for m in job.grid.send_and_receive(messages, timeout=self.timeout) if not m.has_error()]
             if not replies:
                 continue
-            new = _mean_update([({k: v - arrays_state[k] for k, v in m.content["arrays"].to_torch_state_dict().items()},
-                                 int(m.content["metrics"]["num-examples"])) for m in replies])
+            new = _mean_update([({k: v - arrays_state[k] for k, v in m.content[p.ARRAYS].to_torch_state_dict().items()},
+                                 int(m.content[p.METRICS][p.NUM_EXAMPLES])) for m in replies])
             step = calibrate(new, old)
             arrays_state = {k: v + step[k] for k, v in arrays_state.items()}
         return state_to_record(arrays_state), len(stored) - 1
@@ -473,9 +474,9 @@ class Unlearning(Strategy):
         s = self.settings
         local = dataclasses.replace(self.local, lr=s.pga_lr, local_epochs=s.pga_epochs, momentum=0.9,
                                     weight_decay=0.0)
-        replies = self._client_step(job, "pga", 0, state_to_record(w_ref), local, nodes=[self._nodes[target]],
-                                    extra={"clip": s.pga_clip, "radius": radius})
-        arrays = replies[0].content["arrays"] if replies else state_to_record(w_ref)
+        replies = self._client_step(job, p.PGA, 0, state_to_record(w_ref), local, nodes=[self._nodes[target]],
+                                    extra={p.CLIP: s.pga_clip, p.RADIUS: radius})
+        arrays = replies[0].content[p.ARRAYS] if replies else state_to_record(w_ref)
         rounds, _ = self._budget("pga")
         for step in range(rounds):
             arrays = self._train_round(strategy, job.grid, arrays, self._round_number(job, step + 1), job.now)
@@ -487,11 +488,11 @@ class Unlearning(Strategy):
             raise FedsimError("unlearning", "blindspot needs a fresh model to train", "pass random_model=")
         fresh = state_to_record(self.random_model(derive_seed(self.seed, job.request.at_round, 13)))
         blind = self._train_round(copy.deepcopy(self._pristine), job.grid, fresh, self._round_number(job, 0),
-                                  job.now, {"local-epochs": self.settings.blindspot_epochs})
+                                  job.now, {p.LOCAL_EPOCHS: self.settings.blindspot_epochs})
         rounds, local = self._budget("blindspot")
         arrays = job.arrays
         for step in range(rounds):
-            replies = self._client_step(job, "blindspot", step + 1, arrays, local,
-                                        extra={"beta": self.settings.blindspot_beta}, records={"blindspot": blind})
+            replies = self._client_step(job, p.BLINDSPOT_STEP, step + 1, arrays, local,
+                                        extra={p.BETA: self.settings.blindspot_beta}, records={p.BLINDSPOT: blind})
             arrays = _weighted(replies) or arrays
         return arrays, rounds + 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fedsim.clients.bags import (
-    bag_loss,
+from fedsim.clients.bags import bag_loss
+
+from fedsim.bag_theory import (
     bag_targets,
     clip_bound,
     interpolating_linear_estimator,

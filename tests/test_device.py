@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fedsim.clients.app import select_device
+from fedsim.clients.workspace import select_device
 
 from fedsim.errors import FedsimError
 

@@ -134,8 +134,8 @@ def test_fedld_single_client_rounds(tmp_path):
 
 def test_fedld_in_a_users_own_server_loop():
     """The README's programmatic use: FedLD().start(grid=...) with any Grid (here fedsim's InlineGrid)."""
-    from fedsim.clients.app import SCENARIO_KEY
     from fedsim.clients.app import app as client_app
+    from fedsim.clients.workspace import ClientSpec
     from flwr.app import ArrayRecord
 
     from fedsim.data import federated_data
@@ -143,7 +143,7 @@ def test_fedld_in_a_users_own_server_loop():
     from fedsim.runtime import InlineGrid
 
     scenario = small_scenario()
-    grid = InlineGrid(client_app, 5, {SCENARIO_KEY: scenario.model_dump_json()})
+    grid = InlineGrid(client_app, 5, ClientSpec.of(scenario).run_config())
     model = initial_model(scenario.model, federated_data(scenario.data, 0).info, 0)
     strategy = FedLD(k_proportion=0.8, server_lr=1.0, margin_lambda=0.1, fraction_train=0.6, min_available_nodes=5)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=3)

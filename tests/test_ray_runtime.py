@@ -38,9 +38,9 @@ def scenario_for_ray(**kw):
 def run_with_app(scenario, out: Path, client_app: str):
     """fedsim.run, but with a test ClientApp on the Ray workers."""
     prepared = prepare(scenario)
-    from fedsim.clients.app import SCENARIO_KEY
+    from fedsim.clients.workspace import ClientSpec
 
-    grid = RayGrid(scenario.data.partitioner.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()},
+    grid = RayGrid(scenario.data.partitioner.num_partitions, ClientSpec.of(scenario).run_config(),
                    scenario.run.resources, client_app=client_app)
     try:
         return run_on_grid(prepared, grid, out, describe=grid.describe)

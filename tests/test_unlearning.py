@@ -62,10 +62,10 @@ class SpyGrid(InlineGrid):
 def run_spied(scenario: Scenario, tmp_path, monkeypatch):
     """Run `scenario` inline, marking messages sent while requests are served and while retrain runs."""
     prepared = prepare(scenario)
-    from fedsim.clients.app import SCENARIO_KEY
     from fedsim.clients.app import app as client_app
+    from fedsim.clients.workspace import ClientSpec
 
-    grid = SpyGrid(client_app, scenario.data.partitioner.num_partitions, {SCENARIO_KEY: scenario.model_dump_json()},
+    grid = SpyGrid(client_app, scenario.data.partitioner.num_partitions, ClientSpec.of(scenario).run_config(),
                    seed=scenario.run.seed)
     serve, retrain = Unlearning._serve, Unlearning._retrain
 
@@ -363,10 +363,10 @@ def test_regression_methods_report_l1_mia_and_anamnesis_index(tmp_path):
 def test_programmatic_request_on_a_plain_flower_strategy():
     scenario = small_scenario(run__rounds=4)
     prepared = prepare(scenario)
-    from fedsim.clients.app import SCENARIO_KEY
     from fedsim.clients.app import app as client_app
+    from fedsim.clients.workspace import ClientSpec
 
-    grid = SpyGrid(client_app, 5, {SCENARIO_KEY: scenario.model_dump_json()})
+    grid = SpyGrid(client_app, 5, ClientSpec.of(scenario).run_config())
     strategy = Unlearning(FedAvg(fraction_evaluate=0.0, min_available_nodes=2))
     strategy.request_unlearning("client", 1, "finetune", at_round=2)
     model = initial_model(scenario.model, prepared.data.info, 0)

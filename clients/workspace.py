@@ -1,0 +1,113 @@
+"""What every virtual client of a run shares in one process: its data, one model instance, the device.
+
+The run config names them with a `ClientSpec` (the scenario's data and model sections, the run seed, the
+device, threads per client and whether DP-SGD's model fix applies): the server-side sections of a scenario
+(strategy, rounds, privacy budget, unlearning) never reach a client; its instructions come in each Message.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from flwr.app import ArrayRecord, Context
+from pydantic import BaseModel, ConfigDict
+
+from fedsim import protocol
+from fedsim.arrays import record_to_state
+from fedsim.data import FederatedData, federated_data
+from fedsim.errors import FedsimError
+from fedsim.models import build_model
+from fedsim.scenario import DataSection, ModelSection, Scenario
+
+
+class ClientSpec(BaseModel):
+    """The data and model every client of a run shares, as put in the run config."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: DataSection
+    model: ModelSection
+    seed: int
+    device: str = "auto"
+    threads: int = 1
+    dp_sgd: bool = False  # the model is trained with Opacus (checked, and fixed when fix_model)
+    fix_model: bool = False
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> ClientSpec:
+        private = scenario.privacy is not None and scenario.privacy.mode == "dp-sgd"
+        return cls(data=scenario.data, model=scenario.model, seed=scenario.run.seed, device=scenario.client.device,
+                   threads=max(1, int(scenario.run.resources.num_cpus)), dp_sgd=private,
+                   fix_model=private and scenario.privacy.fix_model)
+
+    def run_config(self) -> dict[str, str]:
+        return {protocol.CLIENT_SPEC: self.model_dump_json()}
+
+
+def select_device(preference: str, cuda_available: bool | None = None) -> torch.device:
+    """'auto': CUDA when this process sees a GPU (a Ray actor given num_gpus > 0), else CPU."""
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if preference == "cuda" and not available:
+        raise FedsimError("client.device", "'cuda' but no GPU is visible to this client",
+                          "use device = 'auto', or give clients GPUs with run.resources.num_gpus")
+    return torch.device("cuda" if preference != "cpu" and available else "cpu")
+
+
+def client_model(spec: ClientSpec, info) -> torch.nn.Module:
+    """The model clients train (DP-SGD's checked / fixed one when the run uses DP-SGD)."""
+    model = build_model(spec.model, info)
+    if spec.dp_sgd:
+        from fedsim.clients.dp_sgd import private_model
+
+        model = private_model(model, spec.fix_model)
+    return model
+
+
+class Workspace:
+    """Per-process state shared by all virtual clients of one run: data cache and one model instance."""
+
+    def __init__(self, spec: ClientSpec) -> None:
+        self.spec = spec
+        torch.set_num_threads(spec.threads)
+        self.device = select_device(spec.device)
+        self.data: FederatedData = federated_data(spec.data, spec.seed)
+        self.model = client_model(spec, self.data.info).to(self.device)
+        self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def partition(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Partition `pid` on this workspace's device (cached there too when that is a GPU)."""
+        if self.device.type == "cpu":
+            return self.data.partition(pid)
+        if pid not in self._on_device:
+            self._on_device[pid] = tuple(t.to(self.device) for t in self.data.partition(pid))
+        return self._on_device[pid]
+
+    def release(self) -> None:
+        """Free cached CUDA memory after a task (the next client may be on another actor's share)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @property
+    def task(self) -> str:
+        return self.data.info.task
+
+    def load_global(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """Load the received global model; the same ArrayRecord object is deserialised only once."""
+        self.model.load_state_dict(record_to_state(arrays))
+        return self.model
+
+
+@functools.lru_cache(maxsize=4)
+def _workspace(spec_json: str) -> Workspace:
+    return Workspace(ClientSpec.model_validate_json(spec_json))
+
+
+@functools.lru_cache(maxsize=4)
+def _resolve(name_or_path: str) -> str:
+    return ClientSpec.of(Scenario.load(name_or_path)).model_dump_json()
+
+
+def workspace(context: Context) -> Workspace:
+    """fedsim's runtimes put the ClientSpec in the run config; `flwr run` puts the scenario's name or path."""
+    spec_json = context.run_config.get(protocol.CLIENT_SPEC) or _resolve(str(context.run_config[protocol.SCENARIO]))
+    return _workspace(str(spec_json))

@@ -1,0 +1,139 @@
+"""The client/server contract: every Message type, record key, config key and reply flag, in one place.
+
+Both sides import this module and nothing of each other. A client acts only on what a Message's ConfigRecord
+says (the settings below, written with `to_config` and read with `from_config`) plus its own partition; the
+run config names the data and model every client shares (`CLIENT_SPEC`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from flwr.app import ConfigRecord
+
+# ---- message types (Flower's "train" / "evaluate", plus fedsim's own) --------------------------------------------
+TRAIN = "train"
+EVALUATE = "evaluate"
+UNLEARN = "train.unlearn"  # one client step of an unlearning method
+QUERY_PARTITION = "query.partition"  # which client (partition) a node is
+
+# ---- run config ----------------------------------------------------------------------------------------------
+CLIENT_SPEC = "fedsim-client"  # run_config entry: JSON of fedsim.clients.spec.ClientSpec (data, model, seed, ...)
+SCENARIO = "scenario"  # run_config entry under `flwr run`: a scenario name or path the client resolves
+
+# ---- records of a Message's content ----------------------------------------------------------------------------
+ARRAYS = "arrays"  # ArrayRecord: the model sent, or the model / gradients replied
+CONFIG = "config"  # ConfigRecord: the instructions
+METRICS = "metrics"  # MetricRecord of a reply
+MASK = "mask"  # ArrayRecord: SalUn's saliency mask (1 = may change)
+BLINDSPOT = "blindspot"  # ArrayRecord: the blindspot model's weights
+
+# ---- config keys -----------------------------------------------------------------------------------------------
+LOCAL_EPOCHS, LR = "local-epochs", "lr"  # LocalTraining's keys the server overrides for some rounds
+SERVER_ROUND = "server-round"  # set by every Flower strategy; seeds the client's generator with (seed, round, client)
+REPORT_TRAIN_LOSS = "report-train-loss"  # also report the received model's loss before training (q-FedAvg)
+METHOD = "method"  # UNLEARN: which client step (UnlearningStep)
+UNLEARN_STEP = "unlearn-step"  # UNLEARN: the step's index within its method, for seeding
+CLIP = "clip"  # UNLEARN pga: gradient-norm clip
+RADIUS = "radius"  # UNLEARN pga: projection radius around the received model
+BETA = "beta"  # UNLEARN blindspot: weight of the attention term
+FORGET = "forget"  # prefix of the keys listing data forgotten by served requests (fedsim.unlearning.forget)
+UNLEARN_TARGET = "unlearn"  # prefix of the keys listing the data the current request forgets
+
+# ---- metric keys of replies ------------------------------------------------------------------------------------
+NUM_EXAMPLES = "num-examples"  # the weight of a reply in example-weighted aggregation
+TRAIN_LOSS = "train_loss"  # REPORT_TRAIN_LOSS: the received model's loss on the client's data
+PARTITION_ID = "partition-id"  # QUERY_PARTITION reply
+FORGOTTEN_COUNT = "forgotten"  # UNLEARN reply: how many of the client's examples the request forgets
+EPSILON, EPSILON_NEXT = "epsilon", "epsilon-next"  # DP-SGD: spent so far / after one more round
+NOISE_MULTIPLIER, SAMPLE_RATE, STEPS = "noise-multiplier", "sample-rate", "steps"  # DP-SGD: the accountant's inputs
+DP_REPORT = (EPSILON, EPSILON_NEXT, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
+
+# ---- reply flags -----------------------------------------------------------------------------------------------
+EXHAUSTED = "privacy budget exhausted"  # starts the error reason of a DP-SGD client whose budget is spent
+
+# ---- client steps of unlearning methods (METHOD values) -----------------------------------------------------
+SALIENCY = "saliency"  # SalUn's first step: reply with the forgetting loss's gradients, not a model
+GRADIENT_ASCENT, PGA, RANDOM_LABEL, SALUN = "gradient-ascent", "pga", "random-label", "salun"
+GAUSSIAN, BLINDSPOT_STEP = "gaussian", "blindspot"
+
+Settings = TypeVar("Settings")
+
+
+def _to_config(settings: Any, prefix: str = "") -> ConfigRecord:
+    return ConfigRecord({prefix + f.name.replace("_", "-"): getattr(settings, f.name) for f in fields(settings)
+                         if getattr(settings, f.name) is not None})
+
+
+def _from_config(cls: type[Settings], config: ConfigRecord, prefix: str = "") -> Settings:
+    values = {}
+    for f in fields(cls):
+        key = prefix + f.name.replace("_", "-")
+        if key in config:
+            values[f.name] = config[key]
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How a client trains locally, as sent in every train ConfigRecord (keys: the field names with dashes)."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    loss: str = "ce"  # "ce" | "fedld-margin"
+    margin_lambda: float = 0.1
+    margin_reduction: str = "batch"  # "batch" (reference: Frobenius norm over the batch) | "mean"
+
+    def to_config(self) -> ConfigRecord:
+        return _to_config(self)
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> LocalTraining:
+        return _from_config(cls, config)
+
+
+@dataclass(frozen=True)
+class DPSGDSettings:
+    """DP-SGD inside the client (keys prefixed `dp-`): noise given, or derived once from target_epsilon for
+    `planned_rounds` rounds of the client; a client whose next round would exceed target_epsilon refuses it."""
+
+    delta: float
+    accountant: str
+    max_grad_norm: float
+    planned_rounds: int
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+
+    PREFIX = "dp-"
+
+    def to_config(self) -> ConfigRecord:
+        return _to_config(self, self.PREFIX)
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> DPSGDSettings | None:
+        return _from_config(cls, config, cls.PREFIX) if cls.PREFIX + "delta" in config else None
+
+
+@dataclass(frozen=True)
+class BagSettings:
+    """Learning from aggregate responses (keys prefixed `bags-`): bag size, loss interpolation, label-DP."""
+
+    k: int
+    rho: float
+    clip: float
+    epsilon: float | None = None
+
+    PREFIX = "bags-"
+
+    def to_config(self) -> ConfigRecord:
+        return _to_config(self, self.PREFIX)
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord) -> BagSettings | None:
+        return _from_config(cls, config, cls.PREFIX) if cls.PREFIX + "k" in config else None

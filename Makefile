@@ -1,11 +1,12 @@
-# fedsim: `make run` (set-up + quickstart) · `make test` (set-up + pytest) · `make bench` · `make soak` · `make lint`
+# fedsim: `make run` (set-up + quickstart) · `make test` (set-up + pytest, without the slow end-to-end checks)
+#         `make test-all` (everything) · `make bench` · `make soak` · `make lint`
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench soak lint clean
+.PHONY: install run test test-all bench soak lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ run: install
 	$(BIN)/fedsim run quickstart
 
 test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
 	$(BIN)/python -m pytest -q
 
 bench: install

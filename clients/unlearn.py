@@ -1,4 +1,4 @@
-"""Client-side unlearning steps (REFERENCE.md section 3), each on one client's forgotten / retained split.
+"""Client-side unlearning steps (docs/algorithms.md, Machine unlearning), each on one client's forgotten / retained split.
 
 The server says which step in the `method` entry of the ConfigRecord; `split` separates the partition into
 retained data R and the data F this request forgets (data forgotten by earlier requests is in neither).

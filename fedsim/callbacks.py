@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import Strategy
 
 from fedsim import checkpoint
 from fedsim.loop import Phase, RoundCallback
@@ -98,8 +97,3 @@ class FaultCounts(RoundCallback):
 
     def round_metrics(self, server_round: int) -> dict:
         return {"faults": self.grid.take_fault_counts()}
-
-
-def strategy_min(strategy: Strategy, name: str) -> int:
-    """A strategy's `min_train_nodes` / `min_available_nodes` (1 for strategies without one)."""
-    return max(1, getattr(strategy, name, 1))

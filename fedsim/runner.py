@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flwr.serverapp import Grid
@@ -15,6 +15,7 @@ from fedsim.arrays import record_to_state
 from fedsim.clients.app import app as client_app
 from fedsim.clients.workspace import ClientSpec
 from fedsim.errors import FedsimError, RunDirError, ScenarioError
+from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
@@ -43,7 +44,7 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
 def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
                 on_round: Callable[[dict], None] | None = None,
                 describe: Callable[[], dict] | None = None, resume: dict | None = None,
-                stop: threading.Event | None = None) -> RunResult:
+                stop: threading.Event | None = None, callbacks: Sequence[RoundCallback] = ()) -> RunResult:
     """The server loop on any Grid (fedsim's or Flower's), writing the run dir (continuing it from the
     checkpoint `resume`). A run stopped by Ctrl-C / SIGTERM, or that crashed after a checkpoint, keeps its run
     dir so `fedsim run --resume` can continue it; otherwise (bad input) nothing is kept.
@@ -52,7 +53,7 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
     run_dir = Path(out) if resume is not None else new_run_dir(prepared.scenario, out)
     recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume)
     try:
-        arrays = server_main(grid, prepared, recorder, resume, stop)
+        arrays = server_main(grid, prepared, recorder, resume, stop, callbacks)
     except Interrupted as exc:
         exc.run_dir = run_dir
         raise
@@ -103,15 +104,17 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
 
 
 def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None, *,
-        strategy: Strategy | None = None, stop: threading.Event | None = None) -> RunResult:
+        strategy: Strategy | None = None, callbacks: Sequence[RoundCallback] = (),
+        stop: threading.Event | None = None) -> RunResult:
     """Run `scenario` to the end; returns what the run dir holds. Nothing is written if the input is bad.
 
     `strategy`: any Flower strategy to run instead of the scenario's [strategy]; it gets every feature the
-    scenario asks for (seeded sampling, checkpoints, privacy ledger, faults, unlearning). `on_round(row)` is
-    called after every round; a set `stop` event ends the run after the current round (Interrupted)."""
+    scenario asks for (seeded sampling, checkpoints, privacy ledger, faults, unlearning). `callbacks`: your own
+    fedsim.loop.RoundCallbacks (docs/extending.md). `on_round(row)` is called after every round; a set `stop`
+    event ends the run after the current round (Interrupted)."""
     prepared = prepare(scenario, strategy)
     grid = make_grid(scenario)
     try:
-        return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop)
+        return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop, callbacks=callbacks)
     finally:
         grid.close()

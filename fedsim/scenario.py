@@ -145,7 +145,7 @@ class StrategySection(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> StrategySection:
-        from fedsim.strategies import check_strategy  # flwr import kept off the schema's import path
+        from fedsim.strategies.registry import check_strategy  # flwr import kept off the schema's import path
 
         check_strategy(self.name, self.params)
         return self
@@ -179,7 +179,7 @@ class PrivacySection(Section):
 
 
 class BagsSection(Section):
-    """Learning from aggregate responses: clients only see bag means / label proportions (REFERENCE.md section 2)."""
+    """Learning from aggregate responses: clients only see bag means / label proportions (docs/algorithms.md)."""
 
     k: int = Field(1, ge=1)
     rho: float = Field(0.0, ge=0, le=1)  # 0 bag-level, 1 instance-level, in between interpolating

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -31,8 +32,8 @@ from fedsim.privacy import noise_multiplier
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
-from fedsim.strategies import build_strategy
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
+from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.unlearning import Unlearning
 from fedsim.unlearning.forget import check_requests
 from fedsim.unlearning.metrics import UnlearningEvaluator
@@ -153,9 +154,11 @@ def _needed(strategy: Strategy) -> int:
     return max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
 
 
-def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> tuple[list[RoundCallback], Checkpointer]:
+def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder,
+                    extra: Sequence[RoundCallback] = ()) -> tuple[list[RoundCallback], Checkpointer]:
     """The run's callbacks, in the order they see each hook: seeded sampling, the privacy monitor and the
-    ledgers (their row fields in this order), the recorder, the checkpoint, then the unlearning store purge."""
+    ledgers (their row fields in this order), the user's `extra` callbacks, the recorder, the checkpoint, then
+    the unlearning store purge."""
     scenario, strategy = prepared.scenario, prepared.strategy
     callbacks: list[RoundCallback] = [SeededSampling(scenario.run.seed)]
     monitor = None
@@ -167,7 +170,7 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> tu
         callbacks.append(ConstantLedger("label_privacy", label_privacy(scenario)))
     if scenario.faults is not None and hasattr(grid, "take_fault_counts"):
         callbacks.append(FaultCounts(grid))
-    callbacks.append(recorder)
+    callbacks += [*extra, recorder]
     checkpointer = Checkpointer(recorder.run_dir, scenario.run.checkpoint_every, scenario.to_toml(), grid,
                                 {"strategy": strategy, "monitor": monitor}, lambda: recorder.initial)
     if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
@@ -178,10 +181,11 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder) -> tu
 
 
 def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: dict | None = None,
-                stop: threading.Event | None = None) -> ArrayRecord:
+                stop: threading.Event | None = None, extra: Sequence[RoundCallback] = ()) -> ArrayRecord:
     """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
     centrally and checkpointing after every round; with `resume` (a checkpoint), from the round after it.
-    A set `stop` event ends the run after the current round (Interrupted). Returns the final global arrays."""
+    A set `stop` event ends the run after the current round (Interrupted); `extra` are the user's own round
+    callbacks. Returns the final global arrays."""
     scenario, data, model = prepared.scenario, prepared.data, prepared.model
     x_test, y_test = data.test
     done = resume["round"] if resume else 0
@@ -191,7 +195,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
         model.load_state_dict(record_to_state(arrays))
         return evaluate(model, x_test, y_test, data.info.task)
 
-    callbacks, checkpointer = round_callbacks(grid, prepared, recorder)
+    callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra)
     if resume:
         checkpointer.restore(resume)
     outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1, last_round=scenario.run.rounds,

@@ -1,87 +1,25 @@
-"""Server-side strategies by name: Flower's own classes, configured (never rewritten), plus fedsim's (FedLD).
-
-`STRATEGIES` is the registry later strategies (FedLD, ...) are added to. Parameters from a scenario's
-`[strategy]` section are checked against the class's constructor before a run starts.
-"""
+"""fedsim's server-side strategies: FedLD, Poisson-sampled DP-FedAvg, the Unlearning wrapper, and the registry
+of strategies by name (Flower's own plus FedLD). Exports load on first use, so importing one module (e.g. the
+registry, which the scenario schema asks) does not import the others."""
 
 from __future__ import annotations
 
-import inspect
+import importlib
 from typing import Any
 
-from fedsim.strategies.fedld import FedLD
-from fedsim.strategies.unlearning import Unlearning
-from flwr.serverapp import strategy as flower
-
-from fedsim import protocol
-from fedsim.errors import suggest
-
-__all__ = ["STRATEGIES", "FedLD", "Unlearning", "build_strategy", "check_strategy", "strategy_params"]
-
-STRATEGIES: dict[str, type[flower.Strategy]] = {
-    "fedavg": flower.FedAvg,
-    "fedprox": flower.FedProx,
-    "fedadam": flower.FedAdam,
-    "fedyogi": flower.FedYogi,
-    "fedadagrad": flower.FedAdagrad,
-    "fedavgm": flower.FedAvgM,
-    "fedmedian": flower.FedMedian,
-    "fedtrimmedavg": flower.FedTrimmedAvg,
-    "krum": flower.Krum,
-    "qfedavg": flower.QFedAvg,
-    "fedld": FedLD,
+_EXPORTS = {
+    "FedLD": "fedsim.strategies.fedld",
+    "PoissonDPFedAvg": "fedsim.strategies.dp_fedavg",
+    "Unlearning": "fedsim.strategies.unlearning",
+    "STRATEGIES": "fedsim.strategies.registry",
+    "build_strategy": "fedsim.strategies.registry",
+    "check_strategy": "fedsim.strategies.registry",
+    "strategy_params": "fedsim.strategies.registry",
 }
-
-# Constructor arguments fedsim sets itself (from other scenario sections); not user parameters.
-_MANAGED = {
-    "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes",
-    "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
-}
+__all__ = ["STRATEGIES", "FedLD", "PoissonDPFedAvg", "Unlearning", "build_strategy", "check_strategy", "strategy_params"]
 
 
-def strategy_params(name: str) -> list[str]:
-    """The user-settable constructor parameters of strategy `name`."""
-    params = inspect.signature(STRATEGIES[name].__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.name not in _MANAGED and p.kind is not p.VAR_KEYWORD]
-
-
-def check_strategy(name: str, params: dict[str, Any]) -> None:
-    """Raise ValueError('what; fix') for an unknown strategy or parameter."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy '{name}'; {suggest(name, STRATEGIES)}")
-    allowed = strategy_params(name)
-    for key in params:
-        if key not in allowed:
-            choices = allowed or ["(none)"]
-            raise ValueError(f"strategy '{name}' has no parameter '{key}'; {suggest(key, choices)}")
-
-
-def build_strategy(
-    name: str,
-    params: dict[str, Any],
-    *,
-    fraction_train: float,
-    fraction_evaluate: float,
-    min_train_nodes: int,
-    min_evaluate_nodes: int,
-    min_available_nodes: int,
-    defaults: dict[str, Any] | None = None,
-) -> flower.Strategy:
-    """Instantiate strategy `name`; `defaults` fill parameters the user did not set (if the class takes them)."""
-    check_strategy(name, params)
-    allowed = strategy_params(name)
-    kwargs = {k: v for k, v in (defaults or {}).items() if k in allowed}
-    kwargs.update(params)
-    if name == "qfedavg":
-        kwargs.setdefault("train_loss_key", protocol.TRAIN_LOSS)
-    try:
-        return STRATEGIES[name](
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            **kwargs,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"strategy '{name}' rejected its parameters: {exc}; check [strategy]") from None
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fedsim.strategies' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """FedLD (MICCAI 2024) server side: principal-gradient aggregation, as a Flower FedAvg subclass.
 
-Definitions: ../shared/REFERENCE.md section 1. Per layer, with G the m x d matrix of client updates:
+Definitions: docs/algorithms.md, FedLD. Per layer, with G the m x d matrix of client updates:
 H = G G^T / m, eigen-pairs (s_j, e_j) descending, v_j = G^T e_j, k = int(m * k_proportion), and
     Delta = sum_{j<k} c_j w_j (1/m) sum_i |g_i| sign(g_i . w_j),   w_j = v_j / |v_j|,   c_j = s_j / sum(s).
 Vectorised: |v_j|^2 = m s_j and G v_j = m H e_j, so after the m x m Gram matrix and its eigen-decomposition the

@@ -2,7 +2,7 @@
 
 A request (forget a client, a class, or samples of one client) is served after round `at_round`: every listed
 method runs from the same pre-request state (global model and a copy of the wrapped strategy's state), is
-timed and evaluated against `retrain` (REFERENCE.md section 3), and training continues from the first listed
+timed and evaluated against `retrain` (docs/algorithms.md, Machine unlearning), and training continues from the first listed
 method's result. From then on the forgotten data never takes part again: a forgotten client is never sampled,
 and every train / evaluate message tells clients which classes and samples to drop.
 

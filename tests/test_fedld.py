@@ -1,4 +1,4 @@
-"""FedLD: principal-gradient aggregation against a loop transcription of REFERENCE.md, edge cases, strategy, loss."""
+"""FedLD: principal-gradient aggregation against a loop transcription of docs/algorithms.md, edge cases, strategy, loss."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import fedsim
 
 
 def reference_layer(g: np.ndarray, k_proportion: float = 0.8) -> np.ndarray:
-    """REFERENCE.md section 1, transcribed literally: loops over clients and directions."""
+    """docs/algorithms.md (FedLD, the authors' loop), transcribed literally: loops over clients and directions."""
     m, d = g.shape
     if d == 1:
         return g.mean(axis=0)

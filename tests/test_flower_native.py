@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # `make test-all` (and CI, after `make test`)
 
 
 def _stop_superlinks(flwr_home: Path) -> None:

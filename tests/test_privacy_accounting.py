@@ -10,7 +10,7 @@ import pytest
 from fedsim.errors import FedsimError
 from fedsim.privacy import epsilon, epsilon_of, noise_multiplier
 
-# REFERENCE.md section 4's table, and two settings of our own
+# docs/algorithms.md's table (Differential privacy), and two settings of our own
 SETTINGS = [(256 / 60000, 1.1, 14062), (0.01, 1.0, 1000), (1.0, 5.0, 50), (0.05, 0.8, 300), (0.002, 2.0, 20000)]
 
 

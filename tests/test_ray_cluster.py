@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import ray
 
 from fedsim.runtime.ray_grid import RayGrid
 from fedsim.scenario import ResourcesSection
+
+pytestmark = pytest.mark.slow  # `make test-all` (and CI, after `make test`)
 
 
 @ray.remote(num_cpus=0)

@@ -1,4 +1,4 @@
-"""How well a model forgot (REFERENCE.md section 3): UA, RA, TA, MIA-efficacy and the gap to retrain;
+"""How well a model forgot (docs/algorithms.md, Machine unlearning): UA, RA, TA, MIA-efficacy and the gap to retrain;
 for regression, L1 on forgotten / retained / test data, loss-based MIA and the anamnesis index (AIN)."""
 
 from __future__ import annotations

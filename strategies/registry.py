@@ -1,0 +1,85 @@
+"""Strategies by name: Flower's own classes, configured (never rewritten), plus fedsim's FedLD.
+
+`STRATEGIES` is the registry scenario files name strategies from; a `[strategy]` section's parameters are checked
+against the class's constructor when the scenario loads. Nothing here depends on the scenario schema (the schema
+asks this module), so the registry sits below it (docs/design.md, Layers).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from fedsim.strategies.fedld import FedLD
+from flwr.serverapp import strategy as flower
+
+from fedsim import protocol
+from fedsim.errors import suggest
+
+STRATEGIES: dict[str, type[flower.Strategy]] = {
+    "fedavg": flower.FedAvg,
+    "fedprox": flower.FedProx,
+    "fedadam": flower.FedAdam,
+    "fedyogi": flower.FedYogi,
+    "fedadagrad": flower.FedAdagrad,
+    "fedavgm": flower.FedAvgM,
+    "fedmedian": flower.FedMedian,
+    "fedtrimmedavg": flower.FedTrimmedAvg,
+    "krum": flower.Krum,
+    "qfedavg": flower.QFedAvg,
+    "fedld": FedLD,
+}
+
+# Constructor arguments fedsim sets itself (from other scenario sections); not user parameters.
+_MANAGED = {
+    "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes",
+    "weighted_by_key", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn", "evaluate_metrics_aggr_fn",
+}
+
+
+def strategy_params(name: str) -> list[str]:
+    """The user-settable constructor parameters of strategy `name`."""
+    params = inspect.signature(STRATEGIES[name].__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.name not in _MANAGED and p.kind is not p.VAR_KEYWORD]
+
+
+def check_strategy(name: str, params: dict[str, Any]) -> None:
+    """Raise ValueError('what; fix') for an unknown strategy or parameter."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy '{name}'; {suggest(name, STRATEGIES)}")
+    allowed = strategy_params(name)
+    for key in params:
+        if key not in allowed:
+            choices = allowed or ["(none)"]
+            raise ValueError(f"strategy '{name}' has no parameter '{key}'; {suggest(key, choices)}")
+
+
+def build_strategy(
+    name: str,
+    params: dict[str, Any],
+    *,
+    fraction_train: float,
+    fraction_evaluate: float,
+    min_train_nodes: int,
+    min_evaluate_nodes: int,
+    min_available_nodes: int,
+    defaults: dict[str, Any] | None = None,
+) -> flower.Strategy:
+    """Instantiate strategy `name`; `defaults` fill parameters the user did not set (if the class takes them)."""
+    check_strategy(name, params)
+    allowed = strategy_params(name)
+    kwargs = {k: v for k, v in (defaults or {}).items() if k in allowed}
+    kwargs.update(params)
+    if name == "qfedavg":
+        kwargs.setdefault("train_loss_key", protocol.TRAIN_LOSS)
+    try:
+        return STRATEGIES[name](
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            **kwargs,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"strategy '{name}' rejected its parameters: {exc}; check [strategy]") from None

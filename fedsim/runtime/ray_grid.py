@@ -172,6 +172,8 @@ class RayGrid(VirtualNodesGrid):
                     for msg in chunk.messages:
                         replies[msg.metadata.message_id] = error_reply(
                             msg, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, f"timed out after {timeout:g} s")
+                # the replacements start now, not on the next round's clock: the timeout bounds client work
+                ray.get([self.actors[chunk.actor].where.remote() for chunk in running.values()])
                 break
             chunk = running.pop(done[0])
             try:

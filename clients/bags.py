@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 import torch
-from fedsim.clients.train import make_optimizer, minibatches
 from torch.nn import functional as F
 
 from fedsim.bag_theory import make_bags, release
+from fedsim.training import Step, minibatches, train_loop
 
 STATE_KEY = "bags"
 
@@ -57,17 +57,12 @@ def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed:
 def train_on_bags(model: torch.nn.Module, x: torch.Tensor, bags: torch.Tensor, targets: torch.Tensor, local,
                   rho: float, task: str, generator: torch.Generator) -> dict[str, float]:
     """Local training on bag targets: shuffled batches of `batch_size // k` bags; returns the mean loss."""
-    model.train()
-    optimizer = make_optimizer(model, local)
     m, k = bags.shape
-    per_batch = max(1, local.batch_size // k)
-    total, count = 0.0, 0
-    for chosen in minibatches(m, per_batch, local.local_epochs, generator):
+
+    def loss_fn(chosen: torch.Tensor) -> Step:
         outputs = model(x[bags[chosen].reshape(-1)]).view(len(chosen), k, -1)
         loss = bag_loss(outputs, targets[chosen], rho, task)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(chosen)
-        count += len(chosen)
-    return {"loss": total / max(count, 1)}
+        return Step(loss, loss, len(chosen))
+
+    batches = minibatches(m, max(1, local.batch_size // k), local.local_epochs, generator)
+    return train_loop(model, batches, local, loss_fn).metrics()

@@ -12,7 +12,6 @@ import math
 import warnings
 
 import torch
-from fedsim.clients.train import make_optimizer
 from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,6 +21,7 @@ from fedsim.errors import FedsimError
 from fedsim.evaluation import task_loss
 from fedsim.privacy import History, epsilon_of, noise_multiplier
 from fedsim.protocol import DPSGDSettings, LocalTraining
+from fedsim.training import Step, make_optimizer, train_loop
 
 STATE_KEY = "dp-sgd"
 
@@ -49,6 +49,17 @@ def private_model(model: nn.Module, fix_model: bool) -> nn.Module:
         model = ModuleValidator.fix(model)
     check_model(model)
     return model
+
+
+def check_local_training(cfg: LocalTraining) -> None:
+    """DP-SGD clips and noises per-example gradients: a loss term that is not a sum over examples (FedProx's
+    proximal term, FedLD's batch-level margin) would be dropped by Opacus without a word, so it is refused."""
+    if cfg.proximal_mu > 0:
+        raise FedsimError("client.proximal_mu", "DP-SGD cannot train with a proximal term (Opacus noises "
+                          "per-example gradients only)", "set proximal_mu = 0 and use a strategy other than fedprox")
+    if cfg.loss != "ce":
+        raise FedsimError("client.loss", f"DP-SGD cannot train with the '{cfg.loss}' loss (not a per-example sum)",
+                          "use loss = 'ce' with privacy.mode = 'dp-sgd'")
 
 
 def load_history(state: RecordDict) -> History:
@@ -88,6 +99,7 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
     """One round of DP-SGD on (x, y), updating `model` in place; returns metrics and the extended history."""
     from opacus import PrivacyEngine
 
+    check_local_training(cfg)
     q, steps = round_plan(len(x), cfg)
     spent_next = epsilon_of([*history, (sigma, q, steps)], privacy.delta, privacy.accountant)
     if privacy.target_epsilon is not None and spent_next > privacy.target_epsilon:
@@ -104,23 +116,20 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
         private, optimizer, batches = engine.make_private(
             module=local, optimizer=make_optimizer(local, cfg), data_loader=loader, noise_multiplier=sigma,
             max_grad_norm=privacy.max_grad_norm, poisson_sampling=True)
-        private.train()
-        total, seen = 0.0, 0
-        for _ in range(cfg.local_epochs):
-            for xb, yb in batches:
-                outputs = private(xb)
-                # an empty Poisson batch still takes a (noise-only) step, as the accountant assumes
-                loss = task_loss(task, outputs, yb) if len(xb) else outputs.sum() * 0.0
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(xb)
-                seen += len(xb)
+        def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
+            xb, yb = batch
+            outputs = private(xb)
+            # an empty Poisson batch still takes a (noise-only) step, as the accountant assumes
+            loss = task_loss(task, outputs, yb) if len(xb) else outputs.sum() * 0.0
+            return Step(loss, loss, len(xb))
+
+        epochs = (batch for _ in range(cfg.local_epochs) for batch in batches)
+        stats = train_loop(private, epochs, cfg, loss_fn, optimizer=optimizer)
         new_history = [(float(s), float(r), int(t)) for s, r, t in engine.accountant.history]
     model.load_state_dict(local.state_dict())
     spent = spent_next  # the accountant recorded exactly the planned (sigma, q, steps) of this round
     after_next = epsilon_of([*new_history, (sigma, q, steps)], privacy.delta, privacy.accountant)
-    metrics = {"loss": total / max(seen, 1), protocol.EPSILON: spent, protocol.EPSILON_NEXT: after_next,
+    metrics = {**stats.metrics(), protocol.EPSILON: spent, protocol.EPSILON_NEXT: after_next,
                protocol.NOISE_MULTIPLIER: sigma, protocol.SAMPLE_RATE: q,
                protocol.STEPS: sum(t for _, _, t in new_history)}
     return metrics, new_history

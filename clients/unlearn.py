@@ -7,7 +7,7 @@ retained data R and the data F this request forgets (data forgotten by earlier r
 from __future__ import annotations
 
 import torch
-from fedsim.clients.train import minibatches, train_locally
+from fedsim.clients.train import train_locally
 from flwr.app import ConfigRecord
 from torch import nn
 from torch.nn import functional as F
@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from fedsim import protocol
 from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
+from fedsim.training import Step, minibatches, train_loop
 from fedsim.unlearning.forget import Forgotten
 
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -55,21 +56,15 @@ def gradient_ascent(model: nn.Module, x_f: torch.Tensor, y_f: torch.Tensor, cfg:
                     radius: float | None = None) -> dict[str, float]:
     """Maximise the loss on the forgotten data (GA); with `radius`, projected onto the ball around the start
     (PGA), with `clip`, gradients clipped to that norm."""
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     center = [p.detach().clone() for p in model.parameters()] if radius is not None else None
-    total, seen = 0.0, 0
-    for idx in minibatches(len(x_f), cfg.batch_size, cfg.local_epochs, generator):
+
+    def loss_fn(idx: torch.Tensor) -> Step:
         loss = task_loss(task, model(x_f[idx]), y_f[idx])
-        total, seen = total + loss.item() * len(idx), seen + len(idx)
-        optimizer.zero_grad(set_to_none=True)
-        (-loss).backward()
-        if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        if center is not None:
-            project_to_ball(model, center, radius)
-    return {"forget_loss": total / max(seen, 1)}
+        return Step(-loss, loss, len(idx))
+
+    project = (lambda _optimizer: project_to_ball(model, center, radius)) if center is not None else None
+    batches = minibatches(len(x_f), cfg.batch_size, cfg.local_epochs, generator)
+    return train_loop(model, batches, cfg, loss_fn, clip=clip, after_step=project).metrics("forget_loss")
 
 
 def random_labels(y_f: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -151,10 +146,8 @@ def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTrainin
     is_forgotten = torch.cat([torch.zeros(len(x_r), dtype=torch.bool), torch.ones(len(x_f), dtype=torch.bool)])
     y = torch.cat([y_r, torch.zeros(len(x_f), dtype=y_r.dtype)])
     blind.eval()
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    total, steps = 0.0, 0
-    for idx in minibatches(len(x), cfg.batch_size, cfg.local_epochs, generator):
+
+    def loss_fn(idx: torch.Tensor) -> Step:
         forgotten = is_forgotten[idx]
         c = forgotten.float().mean()
         out, acts = _activations(model, x[idx])
@@ -169,8 +162,7 @@ def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTrainin
             for a, b in zip(acts, blind_acts, strict=True):
                 l_f = l_f + beta * (_attention(a[forgotten]) - _attention(b)).pow(2).sum(dim=1).mean()
             loss = loss + c * l_f
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total, steps = total + loss.item(), steps + 1
-    return {"loss": total / max(steps, 1)}
+        return Step(loss, loss, 1)  # reported per step: the mean of the steps' losses
+
+    batches = minibatches(len(x), cfg.batch_size, cfg.local_epochs, generator)
+    return train_loop(model, batches, cfg, loss_fn).metrics()

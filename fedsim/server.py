@@ -22,7 +22,7 @@ from fedsim import checkpoint, protocol
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import PrivacyMonitor
 from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
-from fedsim.clients.dp_sgd import private_model
+from fedsim.clients.dp_sgd import check_local_training, private_model
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
@@ -109,6 +109,10 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
     check_requests(scenario, data)
     model = initial_model(scenario.model, data.info, scenario.run.seed)
     if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
+        mu = scenario.strategy.params.get("proximal_mu", scenario.client.proximal_mu) \
+            if scenario.strategy.name == "fedprox" else scenario.client.proximal_mu
+        check_local_training(LocalTraining(**scenario.client.model_dump(exclude={"device", "proximal_mu"}),
+                                           proximal_mu=mu))
         model = private_model(model, scenario.privacy.fix_model)
     strategy = make_strategy(scenario) if strategy is None else strategy
     unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None

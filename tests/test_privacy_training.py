@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import small_scenario
 from fedsim.clients.dp_sgd import train_dp_sgd
-from fedsim.clients.train import LocalTraining
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 import fedsim
 from fedsim.arrays import state_to_record
 from fedsim.privacy import epsilon_of
+from fedsim.protocol import LocalTraining
 from fedsim.runtime import InlineGrid
 from fedsim.scenario import PrivacySection
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import small_scenario
 from fedsim.clients import app as client_module
-from fedsim.clients.train import LocalTraining
 from fedsim.clients.unlearn import gradient_ascent, project_to_ball, random_labels, relabel_and_train
 from fedsim.strategies.unlearning import Unlearning, apply_mask, calibrate, saliency_mask
 from flwr.app import ConfigRecord
@@ -20,6 +19,7 @@ import fedsim
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.evaluation import task_loss
 from fedsim.models import initial_model
+from fedsim.protocol import LocalTraining
 from fedsim.runner import make_grid, run_on_grid
 from fedsim.runtime import InlineGrid
 from fedsim.runtime.base import node_id_of

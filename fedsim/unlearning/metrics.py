@@ -15,6 +15,8 @@ from torch.nn import functional as F
 from fedsim.arrays import record_to_state
 from fedsim.data import FederatedData
 from fedsim.evaluation import predict
+from fedsim.protocol import LocalTraining
+from fedsim.training import Step, train_loop
 from fedsim.unlearning.forget import Forgotten
 
 GAP_KEYS = {"classification": ("ua", "ra", "ta", "mia"), "regression": ("forgotten_l1", "retained_l1", "test_l1")}
@@ -114,16 +116,14 @@ class UnlearningEvaluator:
         """SGD steps on the forgotten data until its L1 is within 5% of the original model's (AIN's numerator
         or denominator); capped at RELEARN_MAX_STEPS."""
         model = copy.deepcopy(self.model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(self.seed)
         goal = 1.05 * original_loss
-        for step in range(RELEARN_MAX_STEPS):
-            if float(self._l1(x, y, model).mean()) <= goal:
-                return step
-            idx = torch.randint(0, len(x), (min(self.batch_size, len(x)),), generator=generator)
-            model.train()
+
+        def loss_fn(idx: torch.Tensor) -> Step:
             loss = F.l1_loss(model(x[idx]).squeeze(-1), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return RELEARN_MAX_STEPS
+            return Step(loss, loss, len(idx))
+
+        batches = (torch.randint(0, len(x), (min(self.batch_size, len(x)),), generator=generator)
+                   for _ in range(RELEARN_MAX_STEPS))
+        relearned = lambda: float(self._l1(x, y, model).mean()) <= goal
+        return train_loop(model, batches, LocalTraining(lr=self.lr), loss_fn, stop=relearned).steps

@@ -1,0 +1,98 @@
+"""The one local-optimisation loop: every place fedsim takes optimiser steps goes through `train_loop`.
+
+Plain local training, training on bags, DP-SGD (Opacus wraps the model and the optimizer; the loop is the same),
+every unlearning method's client step and the relearn-time metric differ only in what a step's loss is
+(`loss_fn`), where the batches come from, and what happens around the step (gradient clipping, a projection, a
+weight restore). The optimizer always comes from the LocalTraining settings (`sgd` or `adam`), so the client's
+choice holds everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from fedsim.protocol import LocalTraining
+
+Batch = TypeVar("Batch")
+
+
+@dataclass
+class Step:
+    """What `loss_fn` returns for one batch: the objective to minimise and what to report."""
+
+    objective: torch.Tensor  # minimised (e.g. -loss for gradient ascent); the proximal term is added by the loop
+    reported: torch.Tensor  # the loss reported in metrics (the task loss alone)
+    weight: int  # how many examples `reported` stands for (its weight in the reported mean)
+    correct: int | None = None  # classification: correct predictions in the batch
+
+
+@dataclass
+class Stats:
+    """What a loop did: the weighted sum of the reported loss, correct predictions, optimiser steps."""
+
+    loss_sum: float = 0.0
+    weight: int = 0
+    correct: int = 0
+    steps: int = 0
+
+    def metrics(self, loss_key: str = "loss", accuracy: bool = False) -> dict[str, float]:
+        """The weighted mean reported loss (and the accuracy over the reported examples)."""
+        out = {loss_key: self.loss_sum / max(self.weight, 1)}
+        if accuracy:
+            out["accuracy"] = self.correct / max(self.weight, 1)
+        return out
+
+
+def minibatches(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches for `epochs` passes over range(n), reshuffled by `generator` before each pass."""
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+
+def make_optimizer(model: nn.Module, cfg: LocalTraining) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_loop(model: nn.Module, batches: Iterable[Batch], cfg: LocalTraining, loss_fn: Callable[[Batch], Step], *,
+               optimizer: torch.optim.Optimizer | None = None, clip: float | None = None,
+               after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+               stop: Callable[[], bool] | None = None) -> Stats:
+    """Train `model` in place: for each batch, `loss_fn(batch)`, plus FedProx's proximal term when
+    `cfg.proximal_mu` > 0, backward, gradient-norm clip to `clip`, optimiser step, `after_step(optimizer)`.
+
+    `optimizer` defaults to the one `cfg` names (pass Opacus's DP optimizer to wrap it); `stop()` is asked
+    before each batch and ends the loop when true.
+    """
+    model.train()
+    optimizer = optimizer or make_optimizer(model, cfg)
+    anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
+    stats = Stats()
+    for batch in batches:
+        if stop is not None and stop():
+            break
+        step = loss_fn(batch)
+        stats.loss_sum += step.reported.item() * step.weight
+        stats.weight += step.weight
+        stats.correct += step.correct or 0
+        objective = step.objective
+        if anchor is not None:
+            objective = objective + cfg.proximal_mu / 2 * sum(
+                (p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if after_step is not None:
+            after_step(optimizer)
+        stats.steps += 1
+    return stats

@@ -1,0 +1,70 @@
+"""One local-optimisation loop (fedsim.training.train_loop) for every trainer, with the optimizer LocalTraining
+names: plain training, bags, DP-SGD, unlearning steps and the relearn metric all go through it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_scenario
+from fedsim.clients.unlearn import gradient_ascent
+from torch import nn
+
+from fedsim.errors import FedsimError
+from fedsim.evaluation import task_loss
+from fedsim.protocol import LocalTraining
+from fedsim.training import minibatches
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_only_the_training_loop_builds_or_steps_an_optimizer():
+    pattern = re.compile(r"torch\.optim\.(SGD|Adam\w*)\(|\.step\(\)|\.backward\(\)")
+    found = []
+    for folder in ("fedsim", "clients", "strategies"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line) and path.name != "training.py":
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    # the one exception: SalUn's saliency is a gradient (a backward pass, no step), not an optimisation loop
+    assert len(found) == 1 and found[0].startswith("clients/unlearn.py") and found[0].endswith(".backward()"), found
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_gradient_ascent_honours_adam():
+    x, y = torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 3
+    cfg = LocalTraining(optimizer="adam", lr=0.01, batch_size=8, local_epochs=2, weight_decay=1e-3)
+    model = _model()
+    gradient_ascent(model, x, y, cfg, "classification", torch.Generator().manual_seed(2))
+
+    reference = _model()  # a hand-written Adam ascent over the same batches
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=1e-3)
+    for idx in minibatches(40, 8, 2, torch.Generator().manual_seed(2)):
+        optimizer.zero_grad()
+        (-task_loss("classification", reference(x[idx]), y[idx])).backward()
+        optimizer.step()
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+    sgd = _model()
+    gradient_ascent(sgd, x, y, LocalTraining(lr=0.01, batch_size=8, local_epochs=2), "classification",
+                    torch.Generator().manual_seed(2))
+    assert not torch.allclose(next(sgd.parameters()), next(model.parameters()))
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"client.proximal_mu": 0.1}, "client.proximal_mu"),
+    ({"strategy.name": "fedprox", "strategy.proximal_mu": 0.5}, "client.proximal_mu"),
+    ({"client.loss": "fedld-margin"}, "client.loss"),
+])
+def test_dp_sgd_refuses_loss_terms_opacus_would_drop(overrides, field):
+    from fedsim.server import prepare
+
+    scenario = small_scenario(privacy__mode="dp-sgd", privacy__noise_multiplier=1.0).with_overrides(overrides)
+    with pytest.raises(FedsimError, match=f"^{re.escape(field)}: DP-SGD cannot train"):
+        prepare(scenario)

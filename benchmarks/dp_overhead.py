@@ -10,12 +10,12 @@ import time
 
 import torch
 from fedsim.clients.dp_sgd import train_dp_sgd
-from fedsim.clients.train import train_locally
 
 import fedsim
 from fedsim.data import federated_data
 from fedsim.models import initial_model
 from fedsim.protocol import LocalTraining
+from fedsim.training import train_locally
 
 
 def measure(repeats: int = 3) -> dict[str, float]:

@@ -8,8 +8,7 @@ run config (fedsim.clients.workspace.ClientSpec).
 from __future__ import annotations
 
 import torch
-from fedsim.clients import bags, dp_sgd, unlearn
-from fedsim.clients.train import train_locally
+from fedsim.clients import bags, dp_sgd
 from fedsim.clients.workspace import Workspace, workspace
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -21,7 +20,10 @@ from fedsim.evaluation import evaluate, task_loss
 from fedsim.models import build_model
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
 from fedsim.seeding import derive_seed
+from fedsim.training import train_locally
 from fedsim.unlearning.forget import Forgotten
+from fedsim.unlearning.methods import client_steps
+from fedsim.unlearning.methods.base import ClientWork, Split
 
 app = ClientApp()
 
@@ -80,43 +82,37 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({p.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
+def unlearning_split(pid: int, x: torch.Tensor, y: torch.Tensor, config: ConfigRecord) -> Split:
+    """(x_r, y_r, x_f, y_f): retained data, and the data this request forgets (data forgotten by earlier
+    requests is in neither)."""
+    present = Forgotten.read(config, p.FORGET).kept(pid, y)
+    requested = ~Forgotten.read(config, p.UNLEARN_TARGET).kept(pid, y)
+    f, r = present & requested, present & ~requested
+    return x[r], y[r], x[f], y[f]
+
+
 @app.train("unlearn")
 def unlearning_step(msg: Message, context: Context) -> Message:
-    """One client's part of an unlearning method (`method` in the config), on its retained / forgotten split.
-    Replies with the model (or SalUn's saliency gradients) and `num-examples`, the weight for aggregation."""
+    """One client's part of an unlearning method: the step its config names (fedsim.unlearning.methods), on
+    the retained / forgotten split. Replies with the model (or what the step sends instead) and `num-examples`,
+    the weight for aggregation."""
     ws = workspace(context)
     config: ConfigRecord = msg.content[p.CONFIG]
     pid = int(context.node_config["partition-id"])
-    data = unlearn.split(pid, *ws.partition(pid), config)
-    x_r, _, x_f, y_f = data
-    model = ws.load_global(msg.content[p.ARRAYS])
-    local = LocalTraining.from_config(config)
-    method = str(config[p.METHOD])
+    name = str(config[p.METHOD])
+    step = client_steps().get(name)
+    if step is None:
+        raise FedsimError("unlearning.method", f"no client step '{name}'", "use a method from `fedsim list`")
+    data = unlearning_split(pid, *ws.partition(pid), config)
     generator = torch.Generator().manual_seed(
         derive_seed(ws.spec.seed, int(config[p.SERVER_ROUND]), pid, int(config[p.UNLEARN_STEP])))
-    metrics: dict[str, float] = {}
-    weight = len(x_r) + len(x_f)
-    if method == p.SALIENCY:
-        state, weight = unlearn.saliency_gradients(model, x_f, y_f, ws.task, local.batch_size), len(x_f)
-    elif method in (p.GRADIENT_ASCENT, p.PGA):
-        metrics = unlearn.gradient_ascent(model, x_f, y_f, local, ws.task, generator, config.get(p.CLIP),
-                                          config.get(p.RADIUS))
-        weight = len(x_f)
-    elif method in (p.RANDOM_LABEL, p.SALUN):
-        mask = {k: v.to(ws.device) for k, v in msg.content[p.MASK].to_torch_state_dict().items()} \
-            if method == p.SALUN else None
-        metrics = unlearn.relabel_and_train(model, data, ws.data.info.num_classes, local, generator, mask)
-    elif method == p.GAUSSIAN:
-        metrics = unlearn.gaussian_targets(data, local, model, generator)
-    elif method == p.BLINDSPOT_STEP:
-        blind = build_model(ws.spec.model, ws.data.info).to(ws.device)
-        blind.load_state_dict(msg.content[p.BLINDSPOT].to_torch_state_dict())
-        metrics = unlearn.blindspot(model, blind, data, local, float(config[p.BETA]), generator)
-    else:
-        raise FedsimError("unlearning.method", f"no client step '{method}'", "use a method from `fedsim list`")
-    if method != p.SALIENCY:
-        state = model.state_dict()
-    metrics.update({p.NUM_EXAMPLES: weight, p.FORGOTTEN_COUNT: len(x_f)})
+    work = ClientWork(model=ws.load_global(msg.content[p.ARRAYS]), data=data, local=LocalTraining.from_config(config),
+                      generator=generator, config=config, content=msg.content, task=ws.task,
+                      num_classes=ws.data.info.num_classes, device=ws.device,
+                      new_model=lambda: build_model(ws.spec.model, ws.data.info).to(ws.device))
+    result = step(work)
+    state = result.state if result.state is not None else work.model.state_dict()
+    metrics = {**result.metrics, p.NUM_EXAMPLES: result.weight, p.FORGOTTEN_COUNT: len(data[2])}
     content = RecordDict({p.ARRAYS: state_to_record(state), p.METRICS: MetricRecord(metrics)})
     ws.release()
     return Message(content=content, reply_to=msg)

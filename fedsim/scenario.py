@@ -196,20 +196,10 @@ class FaultsSection(Section):
     straggler_delay_s: float = Field(1.0, ge=0)
 
 
-UNLEARNING_METHODS = {
-    "retrain": "the reference: retrain from the initial model without the forgotten data",
-    "finetune": "FT: keep training on retained data only",
-    "gradient-ascent": "GA: gradient ascent on the forgotten data",
-    "random-label": "RL: forgotten examples trained toward random labels, with retained data",
-    "salun": "SalUn: random labels restricted to the most salient weights",
-    "federaser": "FedEraser: calibrated retraining from the history store (client requests)",
-    "pga": "PGA: projected gradient ascent by the target client, then rounds without it (client requests)",
-    "blindspot": "Blindspot: match a model never trained on the forgotten data (regression)",
-    "gaussian": "Gaussian: fine-tune with forgotten targets replaced by noise (regression)",
-}
-CLIENT_ONLY_METHODS = ("federaser", "pga")
-REGRESSION_METHODS = ("blindspot", "gaussian")
-CLASSIFICATION_METHODS = ("random-label", "salun")
+def _unlearning_methods() -> dict:
+    from fedsim.unlearning.methods import methods  # the registry; torch kept off the schema's import path
+
+    return methods()
 
 
 class UnlearningRequest(Section):
@@ -228,8 +218,9 @@ class UnlearningRequest(Section):
 
     @model_validator(mode="after")
     def _complete(self) -> UnlearningRequest:
+        known = _unlearning_methods()
         for name in self.method:
-            _one_of(name, tuple(UNLEARNING_METHODS), "unlearning method")
+            _one_of(name, tuple(known), "unlearning method")
         if len(set(self.method)) != len(self.method):
             raise ValueError("a method is listed twice; list each method once")
         if self.kind == "samples" and not self.samples:
@@ -238,10 +229,11 @@ class UnlearningRequest(Section):
             raise ValueError(f"samples is only for kind 'samples' (this request is kind '{self.kind}'); remove it")
         if self.samples is not None and len(set(self.samples)) != len(self.samples):
             raise ValueError("samples lists an index twice; list each index once")
-        wrong = [m for m in self.method if m in CLIENT_ONLY_METHODS and self.kind != "client"]
+        wrong = [m for m in self.method if self.kind not in known[m].kinds]
         if wrong:
-            raise ValueError(f"'{wrong[0]}' forgets whole clients but this request is kind '{self.kind}'; "
-                             "use it with kind = 'client'")
+            kinds = sorted(known[wrong[0]].kinds)
+            raise ValueError(f"'{wrong[0]}' serves {' / '.join(kinds)} requests but this request is kind "
+                             f"'{self.kind}'; use it with kind = '{kinds[0]}'")
         return self
 
 
@@ -276,7 +268,7 @@ class UnlearningSection(Section):
     @classmethod
     def _methods(cls, v: dict[str, MethodSettings]) -> dict[str, MethodSettings]:
         for name in v:
-            _one_of(name, tuple(UNLEARNING_METHODS), "unlearning method")
+            _one_of(name, tuple(_unlearning_methods()), "unlearning method")
         return v
 
 

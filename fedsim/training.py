@@ -1,4 +1,5 @@
-"""The one local-optimisation loop: every place fedsim takes optimiser steps goes through `train_loop`.
+"""The one local-optimisation loop (`train_loop`: every place fedsim takes optimiser steps goes through it), and
+plain local training on it (`train_locally`: task loss, FedLD's margin-control loss, FedProx's proximal term).
 
 Plain local training, training on bags, DP-SGD (Opacus wraps the model and the optimizer; the loop is the same),
 every unlearning method's client step and the relearn-time metric differ only in what a step's loss is
@@ -16,6 +17,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
 
 Batch = TypeVar("Batch")
@@ -96,3 +98,32 @@ def train_loop(model: nn.Module, batches: Iterable[Batch], cfg: LocalTraining, l
             after_step(optimizer)
         stats.steps += 1
     return stats
+
+
+# ---- plain local training ----------------------------------------------------------------------------------
+def margin_penalty(outputs: torch.Tensor, reduction: str) -> torch.Tensor:
+    """FedLD's margin control: log(1 + |softmax(z)|^2), the norm over the whole batch or per sample (mean)."""
+    squared = torch.softmax(outputs, dim=1).pow(2)
+    if reduction == "batch":
+        return torch.log1p(squared.sum())
+    return torch.log1p(squared.sum(dim=1)).mean()
+
+
+def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTraining, task: str,
+                  generator: torch.Generator,
+                  after_step: Callable[[torch.optim.Optimizer], None] | None = None) -> dict[str, float]:
+    """Train `model` in place; returns the mean training loss (and accuracy) over all local steps.
+    `after_step(optimizer)` runs after every optimiser step (SalUn's weight restore)."""
+    classification = task == "classification"
+
+    def loss_fn(idx: torch.Tensor) -> Step:
+        xb, yb = x[idx], y[idx]
+        outputs = model(xb)
+        loss = task_loss(task, outputs, yb)
+        objective = loss + cfg.margin_lambda * margin_penalty(outputs, cfg.margin_reduction) \
+            if cfg.loss == "fedld-margin" else loss
+        correct = int((outputs.argmax(1) == yb).sum()) if classification else None
+        return Step(objective, loss, len(idx), correct)
+
+    batches = minibatches(len(x), cfg.batch_size, cfg.local_epochs, generator)
+    return train_loop(model, batches, cfg, loss_fn, after_step=after_step).metrics(accuracy=classification)

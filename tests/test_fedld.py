@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import small_scenario
-from fedsim.clients.train import margin_penalty
 from fedsim.strategies.fedld import FedLD, principal_gradient_update
 
 import fedsim
+from fedsim.training import margin_penalty
 
 
 def reference_layer(g: np.ndarray, k_proportion: float = 0.8) -> np.ndarray:

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import small_scenario
-from fedsim.clients.unlearn import gradient_ascent
 from torch import nn
 
 from fedsim.errors import FedsimError
 from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
 from fedsim.training import minibatches
+from fedsim.unlearning.methods.gradient_ascent import gradient_ascent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_only_the_training_loop_builds_or_steps_an_optimizer():
                 if pattern.search(line) and path.name != "training.py":
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     # the one exception: SalUn's saliency is a gradient (a backward pass, no step), not an optimisation loop
-    assert len(found) == 1 and found[0].startswith("clients/unlearn.py") and found[0].endswith(".backward()"), found
+    assert len(found) == 1 and found[0].startswith("fedsim/unlearning/methods/salun.py") and found[0].endswith(".backward()"), found
 
 
 def _model() -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,8 +10,7 @@ import pytest
 import torch
 from conftest import small_scenario
 from fedsim.clients import app as client_module
-from fedsim.clients.unlearn import gradient_ascent, project_to_ball, random_labels, relabel_and_train
-from fedsim.strategies.unlearning import Unlearning, apply_mask, calibrate, saliency_mask
+from fedsim.strategies.unlearning import Unlearning
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
@@ -27,6 +27,11 @@ from fedsim.scenario import Scenario
 from fedsim.server import prepare
 from fedsim.unlearning.forget import Forgotten
 from fedsim.unlearning.history import HistoryStore
+from fedsim.unlearning.methods import methods
+from fedsim.unlearning.methods.federaser import calibrate
+from fedsim.unlearning.methods.gradient_ascent import gradient_ascent, project_to_ball
+from fedsim.unlearning.methods.random_label import random_labels, relabel_and_train
+from fedsim.unlearning.methods.salun import apply_mask, saliency_mask
 from fedsim.unlearning.metrics import mia_efficacy
 
 AT = 3
@@ -67,7 +72,7 @@ def run_spied(scenario: Scenario, tmp_path, monkeypatch):
 
     grid = SpyGrid(client_app, scenario.data.partitioner.num_partitions, ClientSpec.of(scenario).run_config(),
                    seed=scenario.run.seed)
-    serve, retrain = Unlearning._serve, Unlearning._retrain
+    serve, retrain = Unlearning._serve, Unlearning.retrain
 
     def serving(self, *args):
         grid.phase = "serving"
@@ -84,7 +89,7 @@ def run_spied(scenario: Scenario, tmp_path, monkeypatch):
             grid.phase = before
 
     monkeypatch.setattr(Unlearning, "_serve", serving)
-    monkeypatch.setattr(Unlearning, "_retrain", retraining)
+    monkeypatch.setattr(Unlearning, "retrain", retraining)
     result = run_on_grid(prepared, grid, tmp_path / "run")
     return result, grid, prepared.strategy
 
@@ -214,19 +219,19 @@ def test_salun_client_step_never_moves_unmasked_weights_or_buffers():
 
 def test_salun_end_to_end_unmasked_global_weights_are_bit_identical(tmp_path, monkeypatch):
     masks, outcomes = [], []
-    original_mask, original_salun = saliency_mask, Unlearning._salun
+    original_mask, salun = saliency_mask, methods()["salun"]
 
     def record_mask(gradients, fraction):
         masks.append(original_mask(gradients, fraction))
         return masks[-1]
 
-    def record_salun(self, job, strategy):
-        arrays, rounds = original_salun(self, job, strategy)
-        outcomes.append((record_to_state(job.arrays), arrays.to_torch_state_dict()))
-        return arrays, rounds
+    def record_salun(session, job, strategy):
+        result = salun.serve(session, job, strategy)
+        outcomes.append((record_to_state(job.arrays), result.arrays.to_torch_state_dict()))
+        return result
 
-    monkeypatch.setattr("fedsim.strategies.unlearning.saliency_mask", record_mask)
-    monkeypatch.setattr(Unlearning, "_salun", record_salun)
+    monkeypatch.setattr("fedsim.unlearning.methods.salun.saliency_mask", record_mask)
+    monkeypatch.setitem(methods(), "salun", dataclasses.replace(salun, serve=record_salun))
     scenario = unlearn_scenario([{"at_round": AT, "kind": "class", "target": 1, "method": "salun"}],
                                 {"rounds": 2}, client__momentum=0.9, client__weight_decay=5e-4)
     fedsim.run(scenario, out=tmp_path / "run")
@@ -401,7 +406,7 @@ num_partitions = 5
     ("diabetes", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "salun"', "'salun' does not fit regression"),
     ("digits", 'at_round = 2\nkind = "samples"\ntarget = 1\nsamples = [3, 4000]',
      "index 4000 is outside client 1's data"),
-    ("digits", 'at_round = 2\nkind = "class"\ntarget = 1\nmethod = "federaser"', "'federaser' forgets whole clients"),
+    ("digits", 'at_round = 2\nkind = "class"\ntarget = 1\nmethod = "federaser"', "'federaser' serves client requests but this request is kind 'class'"),
     ("digits", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "salunn"', "did you mean 'salun'"),
     ("diabetes", 'at_round = 2\nkind = "class"\ntarget = 1', "a regression dataset has no classes"),
 ])
@@ -427,14 +432,14 @@ def test_federaser_reproduces_the_original_model_when_the_client_never_took_part
             break
     assert never, "no seed left a client out of the first rounds"
     outcomes = []
-    original = Unlearning._federaser
+    federaser = methods()["federaser"]
 
-    def record(self, job, strategy):
-        arrays, rounds = original(self, job, strategy)
-        outcomes.append((record_to_state(job.arrays), arrays.to_torch_state_dict(), rounds))
-        return arrays, rounds
+    def record(session, job, strategy):
+        result = federaser.serve(session, job, strategy)
+        outcomes.append((record_to_state(job.arrays), result.arrays.to_torch_state_dict(), result.rounds))
+        return result
 
-    monkeypatch.setattr(Unlearning, "_federaser", record)
+    monkeypatch.setitem(methods(), "federaser", dataclasses.replace(federaser, serve=record))
     scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": never[0], "method": "federaser"}],
                                 {"federaser_ratio": 1.0}, run__seed=seed, strategy__fraction_train=0.6)
     fedsim.run(scenario, out=tmp_path / "run")
@@ -450,7 +455,7 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
     from fedsim.seeding import derive_seed
 
     seen = {}
-    original = Unlearning._client_step
+    original = Unlearning.client_step
 
     def spy(self, job, method, step, arrays, local, nodes=None, extra=None, records=None):
         if method == "pga":
@@ -460,7 +465,7 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
                         global_model=self.store.global_model(last))
         return original(self, job, method, step, arrays, local, nodes, extra, records)
 
-    monkeypatch.setattr(Unlearning, "_client_step", spy)
+    monkeypatch.setattr(Unlearning, "client_step", spy)
     scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}])
     fedsim.run(scenario, out=tmp_path / "run")
     n, w = len(seen["stored"]), seen["w"]
@@ -476,11 +481,11 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
 
 
 def test_blindspot_attention_and_step():
-    from fedsim.clients.unlearn import _attention, blindspot
+    from fedsim.unlearning.methods.blindspot import attention, blindspot
 
     a = torch.randn(2, 3, 4, 4)
     expected = a.pow(2).mean(dim=1).flatten(1)
-    assert torch.allclose(_attention(a), expected / expected.norm(dim=1, keepdim=True))
+    assert torch.allclose(attention(a), expected / expected.norm(dim=1, keepdim=True))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     blind = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -508,3 +513,27 @@ def test_compare_prints_the_method_table_over_seeds_and_plots_gap_against_speed_
     assert (tmp_path / "cmp-unlearning.png").stat().st_size > 10_000
     code, out, _ = cli("show", dirs[0])
     assert code == 0 and "unlearning client 0 @ 3" in out and "salun" in out
+
+
+def test_the_readme_method_table_is_the_registrys():
+    """README's table of methods is generated from the registry (name, applicability, module docstring)."""
+    from pathlib import Path
+
+    from fedsim.unlearning.methods import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate it: python -c 'from fedsim.unlearning.methods import " \
+                                       "markdown_table; print(markdown_table())'"
+
+
+def test_a_new_method_is_one_module_in_the_registry():
+    """Each method declares what it serves; the schema, the client and validation all ask the registry."""
+    from fedsim.unlearning.methods import client_steps, fitting
+
+    known = methods()
+    assert list(known) == ["retrain", "finetune", "gradient-ascent", "random-label", "salun", "federaser", "pga",
+                           "blindspot", "gaussian"]
+    assert known["federaser"].kinds == {"client"} and known["salun"].tasks == {"classification"}
+    assert set(client_steps()) == {"gradient-ascent", "random-label", "saliency", "salun", "pga", "blindspot",
+                                   "gaussian"}
+    assert "blindspot" in fitting("regression") and "blindspot" not in fitting("classification")

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ConfigRecord
 
 from fedsim.errors import ScenarioError
-from fedsim.scenario import CLASSIFICATION_METHODS, REGRESSION_METHODS
+from fedsim.unlearning.methods import fitting, methods
 
 if TYPE_CHECKING:
     from fedsim.data import FederatedData
@@ -100,10 +100,9 @@ def check_requests(scenario: Scenario, data: FederatedData) -> None:
     forgotten_clients: set[int] = set()
     for i, r in enumerate(unlearning.requests):
         where = f"unlearning.requests.{i}"
-        unfit = [m for m in r.method if m in (CLASSIFICATION_METHODS if task == "regression" else REGRESSION_METHODS)]
+        unfit = [m for m in r.method if task not in methods()[m].tasks]
         if unfit:
-            fits = "blindspot, gaussian, finetune, gradient-ascent" if task == "regression" else \
-                "random-label, salun, finetune, gradient-ascent, federaser, pga"
+            fits = ", ".join(m for m in fitting(task) if m != "retrain")
             raise ScenarioError(f"{where}.method", f"'{unfit[0]}' does not fit {task} data",
                                 f"use retrain or one of {fits}")
         if r.kind == "class":

@@ -1,0 +1,99 @@
+"""A fresh model trained one FedAvg round of `blindspot_epochs` local epochs on retained data; then every client minimises c·L_f + (1 − c)·L_r with L_f the L1 distance to the blindspot model's outputs + β·Σ‖A(a_l) − A(a_l^bs)‖² over ReLU activations.
+
+Blindspot (Deep Regression Unlearning, ICML 2023; regression). An activation of shape (batch, units) is one
+channel whose positions are the units.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedsim import protocol as p
+from fedsim.arrays import state_to_record
+from fedsim.errors import FedsimError
+from fedsim.protocol import LocalTraining
+from fedsim.seeding import derive_seed
+from fedsim.training import Step, minibatches, train_loop
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result, Split, weighted
+
+
+def attention(activation: torch.Tensor) -> torch.Tensor:
+    """A(a): channel mean of squared activations, flattened and L2-normalised per example. A 2-D (batch,
+    units) activation is one channel whose positions are the units."""
+    squared = activation.pow(2)
+    pooled = squared.mean(dim=1) if squared.dim() > 2 else squared
+    return F.normalize(pooled.flatten(1), dim=1)
+
+
+def _activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    captured: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: captured.append(out))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        return model(x), captured
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTraining, beta: float,
+              generator: torch.Generator) -> dict[str, float]:
+    """Deep Regression Unlearning's blindspot step: one pass over R and F with loss c L_f + (1 - c) L_r,
+    L_r = L1 to the targets, L_f = L1 to the blindspot model's outputs + beta * attention distance."""
+    x_r, y_r, x_f, _ = data
+    x = torch.cat([x_r, x_f])
+    is_forgotten = torch.cat([torch.zeros(len(x_r), dtype=torch.bool), torch.ones(len(x_f), dtype=torch.bool)])
+    y = torch.cat([y_r, torch.zeros(len(x_f), dtype=y_r.dtype)])
+    blind.eval()
+
+    def loss_fn(idx: torch.Tensor) -> Step:
+        forgotten = is_forgotten[idx]
+        c = forgotten.float().mean()
+        out, acts = _activations(model, x[idx])
+        out = out.squeeze(-1)
+        loss = torch.zeros(())
+        if (~forgotten).any():
+            loss = loss + (1 - c) * F.l1_loss(out[~forgotten], y[idx][~forgotten])
+        if forgotten.any():
+            with torch.no_grad():
+                blind_out, blind_acts = _activations(blind, x[idx][forgotten])
+            l_f = F.l1_loss(out[forgotten], blind_out.squeeze(-1))
+            for a, b in zip(acts, blind_acts, strict=True):
+                l_f = l_f + beta * (attention(a[forgotten]) - attention(b)).pow(2).sum(dim=1).mean()
+            loss = loss + c * l_f
+        return Step(loss, loss, 1)  # reported per step: the mean of the steps' losses
+
+    batches = minibatches(len(x), cfg.batch_size, cfg.local_epochs, generator)
+    return train_loop(model, batches, cfg, loss_fn).metrics()
+
+
+def step(work: ClientWork) -> ClientResult:
+    x_r, _, x_f, _ = work.data
+    blind = work.new_model()
+    blind.load_state_dict(work.content[p.BLINDSPOT].to_torch_state_dict())
+    metrics = blindspot(work.model, blind, work.data, work.local, float(work.config[p.BETA]), work.generator)
+    return ClientResult(metrics, len(x_r) + len(x_f))
+
+
+def serve(session, job, strategy) -> Result:
+    """A fresh model trained on retained data only, then the blindspot loss on every client."""
+    if session.random_model is None:
+        raise FedsimError("unlearning", "blindspot needs a fresh model to train", "pass random_model=")
+    fresh = state_to_record(session.random_model(derive_seed(session.seed, job.request.at_round, 13)))
+    blind = session.train_round(copy.deepcopy(session.pristine), job.grid, fresh, session.round_number(job, 0),
+                                job.now, {p.LOCAL_EPOCHS: session.settings.blindspot_epochs})
+    rounds, local = session.budget("blindspot")
+    arrays = job.arrays
+    for step_index in range(rounds):
+        replies = session.client_step(job, p.BLINDSPOT_STEP, step_index + 1, arrays, local,
+                                      extra={p.BETA: session.settings.blindspot_beta}, records={p.BLINDSPOT: blind})
+        arrays = weighted(replies) or arrays
+    return Result(arrays, rounds + 1)
+
+
+METHOD = Method("blindspot", __doc__, serve, tasks=frozenset({"regression"}),
+                client_steps={p.BLINDSPOT_STEP: step}, position=7)

@@ -1,0 +1,58 @@
+"""Clients holding the forgotten data ascend its loss; example-weighted average.
+
+GA: for client and sample requests only the holder takes part, for class requests every client with examples
+of the class; `rounds` rounds of `epochs` local epochs. The client step also serves PGA (with a gradient-norm
+clip and a projection onto a ball around the received model).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedsim import protocol as p
+from fedsim.evaluation import task_loss
+from fedsim.protocol import LocalTraining
+from fedsim.training import Step, minibatches, train_loop
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result
+
+
+def project_to_ball(model: nn.Module, center: list[torch.Tensor], radius: float) -> None:
+    """Project all parameters (as one vector) onto the L2 ball of `radius` around `center`."""
+    with torch.no_grad():
+        params = list(model.parameters())
+        norm = torch.sqrt(sum((q - c).pow(2).sum() for q, c in zip(params, center, strict=True)))
+        if norm > radius:
+            for q, c in zip(params, center, strict=True):
+                q.copy_(c + (q - c) * (radius / norm))
+
+
+def gradient_ascent(model: nn.Module, x_f: torch.Tensor, y_f: torch.Tensor, cfg: LocalTraining, task: str,
+                    generator: torch.Generator, clip: float | None = None,
+                    radius: float | None = None) -> dict[str, float]:
+    """Maximise the loss on the forgotten data (GA); with `radius`, projected onto the ball around the start
+    (PGA), with `clip`, gradients clipped to that norm."""
+    center = [q.detach().clone() for q in model.parameters()] if radius is not None else None
+
+    def loss_fn(idx: torch.Tensor) -> Step:
+        loss = task_loss(task, model(x_f[idx]), y_f[idx])
+        return Step(-loss, loss, len(idx))
+
+    project = (lambda _optimizer: project_to_ball(model, center, radius)) if center is not None else None
+    batches = minibatches(len(x_f), cfg.batch_size, cfg.local_epochs, generator)
+    return train_loop(model, batches, cfg, loss_fn, clip=clip, after_step=project).metrics("forget_loss")
+
+
+def ascend(work: ClientWork) -> ClientResult:
+    _, _, x_f, y_f = work.data
+    metrics = gradient_ascent(work.model, x_f, y_f, work.local, work.task, work.generator, work.config.get(p.CLIP),
+                              work.config.get(p.RADIUS))
+    return ClientResult(metrics, len(x_f))
+
+
+def serve(session, job, strategy) -> Result:
+    arrays, rounds = session.federated_steps(job, p.GRADIENT_ASCENT, nodes=session.holders(job))
+    return Result(arrays, rounds)
+
+
+METHOD = Method("gradient-ascent", __doc__, serve, client_steps={p.GRADIENT_ASCENT: ascend}, position=2)

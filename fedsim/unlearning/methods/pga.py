@@ -1,0 +1,58 @@
+"""w_ref = (N·w − w_target)/(N − 1) from the client's last stored update; the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3; then `rounds` ordinary rounds without it.
+
+PGA (Halimi et al., client requests); N is the number of clients stored in the target's last stored round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from fedsim import protocol as p
+from fedsim.arrays import record_to_state, state_to_record
+from fedsim.errors import FedsimError
+from fedsim.seeding import derive_seed
+from fedsim.unlearning.methods.base import Method, Result
+from fedsim.unlearning.methods.gradient_ascent import ascend
+
+RANDOM_MODELS = 10  # random models averaged for the radius of the projection ball
+
+
+def serve(session, job, strategy) -> Result:
+    """Remove the target's last stored contribution, projected gradient ascent by the target within a ball
+    around that reference, then ordinary rounds without it."""
+    target, store = job.request.target, session.store
+    last = [t for t in (store.rounds() if store else []) if t <= job.request.at_round and target in store.updates(t)]
+    if not last:
+        raise FedsimError(f"unlearning request (client {target})",
+                          "pga needs the client's stored update, but the history store has none",
+                          "store every round: unlearning.history_interval = 1")
+    if session.random_model is None:
+        raise FedsimError("unlearning", "pga needs random models for its radius", "pass random_model=")
+    stored = store.updates(last[-1])
+    n = len(stored)
+    sent = store.global_model(last[-1])
+    w = record_to_state(job.arrays)
+    w_target = {k: sent[k] + stored[target][0][k] for k in sent}
+    w_ref = {k: (n * w[k] - w_target[k]) / (n - 1) if n > 1 else w[k].clone() for k in w}
+    distances = []
+    for i in range(RANDOM_MODELS):
+        rand = session.random_model(derive_seed(session.seed, job.request.at_round, i, 11))
+        distances.append(sum((w_ref[k] - rand[k]).pow(2).sum() for k in w_ref
+                             if torch.is_floating_point(w_ref[k])).item())
+    radius = math.sqrt(sum(distances) / len(distances) / 3)
+    s = session.settings
+    local = dataclasses.replace(session.local, lr=s.pga_lr, local_epochs=s.pga_epochs, momentum=0.9,
+                                weight_decay=0.0)
+    replies = session.client_step(job, p.PGA, 0, state_to_record(w_ref), local, nodes=[session.nodes[target]],
+                                  extra={p.CLIP: s.pga_clip, p.RADIUS: radius})
+    arrays = replies[0].content[p.ARRAYS] if replies else state_to_record(w_ref)
+    rounds, _ = session.budget("pga")
+    for step in range(rounds):
+        arrays = session.train_round(strategy, job.grid, arrays, session.round_number(job, step + 1), job.now)
+    return Result(arrays, rounds + 1)
+
+
+METHOD = Method("pga", __doc__, serve, kinds=frozenset({"client"}), client_steps={p.PGA: ascend}, position=6)

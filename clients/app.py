@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim import protocol as p
 from fedsim.arrays import state_to_record
-from fedsim.errors import FedsimError
+from fedsim.errors import FedsimError, moved
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.models import build_model
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
@@ -31,7 +31,7 @@ app = ClientApp()
 def _partition(context: Context, ws: Workspace, config: ConfigRecord | None = None
                ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """The node's partition, without the examples the server says are forgotten (unlearning)."""
-    pid = int(context.node_config["partition-id"])
+    pid = int(context.node_config[p.NODE_PARTITION])
     x, y = ws.partition(pid)
     if config is not None and f"{p.FORGET}-clients" in config:
         keep = Forgotten.read(config, p.FORGET).kept(pid, y.cpu()).to(x.device)
@@ -98,7 +98,7 @@ def unlearning_step(msg: Message, context: Context) -> Message:
     the weight for aggregation."""
     ws = workspace(context)
     config: ConfigRecord = msg.content[p.CONFIG]
-    pid = int(context.node_config["partition-id"])
+    pid = int(context.node_config[p.NODE_PARTITION])
     name = str(config[p.METHOD])
     step = client_steps().get(name)
     if step is None:
@@ -121,5 +121,10 @@ def unlearning_step(msg: Message, context: Context) -> Message:
 @app.query("partition")
 def partition_id(msg: Message, context: Context) -> Message:
     """Which client (partition) this node is: the server maps unlearning requests to nodes with it."""
-    pid = int(context.node_config["partition-id"])
+    pid = int(context.node_config[p.NODE_PARTITION])
     return Message(content=RecordDict({p.METRICS: MetricRecord({p.PARTITION_ID: pid})}), reply_to=msg)
+
+
+__getattr__ = moved("fedsim.clients.app", {
+    "SCENARIO_KEY": "fedsim.clients.workspace.ClientSpec.of(scenario).run_config() for a Grid's run config",
+    "select_device": "fedsim.clients.workspace.select_device"})

@@ -396,7 +396,8 @@ def main() -> None:
     try:
         app()
     except FedsimError as exc:
-        err_console.print(f"error: {exc.line()}", markup=False, highlight=False, soft_wrap=True)
+        for line in exc.lines():
+            err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:  # (typer turns one raised inside a command into exit 130 itself)
         err_console.print("interrupted", markup=False, highlight=False)

@@ -11,11 +11,19 @@ class FedsimError(Exception):
 
     def __init__(self, where: str, what: str, fix: str = "") -> None:
         self.where, self.what, self.fix = where, what, fix
+        self.also: list[FedsimError] = []  # further problems found in the same check, one line each
         super().__init__(self.line())
 
     def line(self) -> str:
         text = f"{self.where}: {self.what}" if self.where else self.what
         return f"{text}; {self.fix}" if self.fix else text
+
+    def lines(self) -> list[str]:
+        """This problem's line and one per further problem."""
+        return [self.line(), *(e.line() for e in self.also)]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 class ScenarioError(FedsimError):
@@ -41,3 +49,15 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 
 class ClientFailure(FedsimError):
     """Every client of a round failed, so the run cannot make progress."""
+
+
+def moved(module: str, names: dict[str, str]):
+    """A module `__getattr__` for names that moved: importing an old name raises ImportError saying what to use
+    instead (other missing names stay AttributeErrors)."""
+
+    def __getattr__(name: str):
+        if name in names:
+            raise ImportError(f"{module}.{name} has moved: use {names[name]}")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedsim import protocol
 from fedsim.clients.app import app as client_app
 from fedsim.runner import run_on_grid
 from fedsim.scenario import Scenario
@@ -21,7 +22,7 @@ __all__ = ["client_app", "server_app"]
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    scenario = Scenario.load(str(context.run_config["scenario"]))
+    scenario = Scenario.load(str(context.run_config[protocol.SCENARIO]))
     expected = scenario.data.partitioner.num_partitions
     prepared = prepare(scenario)
     nodes = len(list(grid.get_node_ids()))

@@ -21,6 +21,7 @@ QUERY_PARTITION = "query.partition"  # which client (partition) a node is
 # ---- run config ----------------------------------------------------------------------------------------------
 CLIENT_SPEC = "fedsim-client"  # run_config entry: JSON of fedsim.clients.spec.ClientSpec (data, model, seed, ...)
 SCENARIO = "scenario"  # run_config entry under `flwr run`: a scenario name or path the client resolves
+NODE_PARTITION = "partition-id"  # node_config entry (Flower's convention): the node's partition (client id)
 
 # ---- records of a Message's content ----------------------------------------------------------------------------
 ARRAYS = "arrays"  # ArrayRecord: the model sent, or the model / gradients replied
@@ -31,6 +32,7 @@ BLINDSPOT = "blindspot"  # ArrayRecord: the blindspot model's weights
 
 # ---- config keys -----------------------------------------------------------------------------------------------
 LOCAL_EPOCHS, LR = "local-epochs", "lr"  # LocalTraining's keys the server overrides for some rounds
+LOSS, MARGIN_LAMBDA, MARGIN_REDUCTION = "loss", "margin-lambda", "margin-reduction"  # ... and FedLD sets
 SERVER_ROUND = "server-round"  # set by every Flower strategy; seeds the client's generator with (seed, round, client)
 REPORT_TRAIN_LOSS = "report-train-loss"  # also report the received model's loss before training (q-FedAvg)
 METHOD = "method"  # UNLEARN: which client step (UnlearningStep)
@@ -75,8 +77,23 @@ def _from_config(cls: type[Settings], config: ConfigRecord, prefix: str = "") ->
     return cls(**values)
 
 
+class _Settings:
+    """Settings sent in a ConfigRecord, each field under `PREFIX` + its name with dashes."""
+
+    PREFIX = ""
+
+    def to_config(self) -> ConfigRecord:
+        return _to_config(self, self.PREFIX)
+
+    @classmethod
+    def from_config(cls, config: ConfigRecord):
+        """The settings `config` carries, or None when it carries none (its first field's key is absent)."""
+        first = cls.PREFIX + fields(cls)[0].name.replace("_", "-")
+        return _from_config(cls, config, cls.PREFIX) if first in config else None
+
+
 @dataclass(frozen=True)
-class LocalTraining:
+class LocalTraining(_Settings):
     """How a client trains locally, as sent in every train ConfigRecord (keys: the field names with dashes)."""
 
     local_epochs: int = 1
@@ -90,16 +107,14 @@ class LocalTraining:
     margin_lambda: float = 0.1
     margin_reduction: str = "batch"  # "batch" (reference: Frobenius norm over the batch) | "mean"
 
-    def to_config(self) -> ConfigRecord:
-        return _to_config(self)
-
     @classmethod
     def from_config(cls, config: ConfigRecord) -> LocalTraining:
+        """The settings in `config`; absent keys keep their defaults."""
         return _from_config(cls, config)
 
 
 @dataclass(frozen=True)
-class DPSGDSettings:
+class DPSGDSettings(_Settings):
     """DP-SGD inside the client (keys prefixed `dp-`): noise given, or derived once from target_epsilon for
     `planned_rounds` rounds of the client; a client whose next round would exceed target_epsilon refuses it."""
 
@@ -112,16 +127,9 @@ class DPSGDSettings:
 
     PREFIX = "dp-"
 
-    def to_config(self) -> ConfigRecord:
-        return _to_config(self, self.PREFIX)
-
-    @classmethod
-    def from_config(cls, config: ConfigRecord) -> DPSGDSettings | None:
-        return _from_config(cls, config, cls.PREFIX) if cls.PREFIX + "delta" in config else None
-
 
 @dataclass(frozen=True)
-class BagSettings:
+class BagSettings(_Settings):
     """Learning from aggregate responses (keys prefixed `bags-`): bag size, loss interpolation, label-DP."""
 
     k: int
@@ -130,10 +138,3 @@ class BagSettings:
     epsilon: float | None = None
 
     PREFIX = "bags-"
-
-    def to_config(self) -> ConfigRecord:
-        return _to_config(self, self.PREFIX)
-
-    @classmethod
-    def from_config(cls, config: ConfigRecord) -> BagSettings | None:
-        return _from_config(cls, config, cls.PREFIX) if cls.PREFIX + "k" in config else None

@@ -152,7 +152,7 @@ def load_run(run_dir: str | Path) -> RunResult:
     model_file = path / "model.pt"
     state = load_tensors(model_file, "model file", "re-run the scenario, or delete model.pt to read the metrics alone") \
         if model_file.is_file() else {}
-    return RunResult(path, Scenario.from_toml(path / "scenario.toml"), rows, summary, state)
+    return RunResult(path, Scenario.from_run_dir(path / "scenario.toml"), rows, summary, state)
 
 
 def without_timings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -75,7 +75,7 @@ def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
     if not (run_dir / "scenario.toml").is_file():
         raise RunDirError(str(run_dir), "is not a fedsim run dir (no scenario.toml)", "pass the dir `fedsim run` made")
     state = checkpoint.read(run_dir)
-    scenario = Scenario.from_toml(run_dir / "scenario.toml")
+    scenario = Scenario.from_run_dir(run_dir / "scenario.toml")
     if (run_dir / "scenario.toml").read_text(encoding="utf-8") != state["scenario"]:
         raise RunDirError(str(run_dir / "scenario.toml"), "differs from the scenario the checkpoint was written with",
                           "restore the file, or start a new run")

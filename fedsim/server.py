@@ -24,7 +24,7 @@ from fedsim.budget import PrivacyMonitor
 from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
 from fedsim.clients.dp_sgd import check_local_training, private_model
 from fedsim.data import FederatedData, federated_data
-from fedsim.errors import FedsimError, ScenarioError
+from fedsim.errors import FedsimError, ScenarioError, moved
 from fedsim.evaluation import evaluate
 from fedsim.loop import INTERRUPTED, RoundCallback, run_rounds
 from fedsim.models import initial_model
@@ -158,11 +158,11 @@ def _needed(strategy: Strategy) -> int:
     return max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
 
 
-def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder,
-                    extra: Sequence[RoundCallback] = ()) -> tuple[list[RoundCallback], Checkpointer]:
+def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra: Sequence[RoundCallback] = (),
+                    scenario_text: str | None = None) -> tuple[list[RoundCallback], Checkpointer]:
     """The run's callbacks, in the order they see each hook: seeded sampling, the privacy monitor and the
     ledgers (their row fields in this order), the user's `extra` callbacks, the recorder, the checkpoint, then
-    the unlearning store purge."""
+    the unlearning store purge. `scenario_text`: the run dir's scenario.toml as checkpoints record it."""
     scenario, strategy = prepared.scenario, prepared.strategy
     callbacks: list[RoundCallback] = [SeededSampling(scenario.run.seed)]
     monitor = None
@@ -175,8 +175,8 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder,
     if scenario.faults is not None and hasattr(grid, "take_fault_counts"):
         callbacks.append(FaultCounts(grid))
     callbacks += [*extra, recorder]
-    checkpointer = Checkpointer(recorder.run_dir, scenario.run.checkpoint_every, scenario.to_toml(), grid,
-                                {"strategy": strategy, "monitor": monitor}, lambda: recorder.initial)
+    checkpointer = Checkpointer(recorder.run_dir, scenario.run.checkpoint_every, scenario_text or scenario.to_toml(),
+                                grid, {"strategy": strategy, "monitor": monitor}, lambda: recorder.initial)
     if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
         callbacks.append(checkpointer)
     if prepared.unlearning is not None:
@@ -199,7 +199,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
         model.load_state_dict(record_to_state(arrays))
         return evaluate(model, x_test, y_test, data.info.task)
 
-    callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra)
+    callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)
     if resume:
         checkpointer.restore(resume)
     outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1, last_round=scenario.run.rounds,
@@ -216,3 +216,9 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     for cb in callbacks:
         recorder.summary_extras.update(cb.on_run_end())
     return outcome.arrays
+
+
+__getattr__ = moved("fedsim.server", {
+    "stop_requested": "the stop= argument of fedsim.run / fedsim.resume (a threading.Event you set)",
+    "BudgetExhausted": "a fedsim.loop.RoundCallback whose before_round returns the reason to stop",
+    "seed_sampling": "fedsim.callbacks.SeededSampling (a round callback)"})

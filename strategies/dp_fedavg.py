@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from fedsim.strategies.replies import valid_replies
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.differential_privacy import compute_clip_model_update
 
+from fedsim import protocol
 from fedsim.arrays import NpyArray, record_to_state
 from fedsim.seeding import derive_seed
 
@@ -44,13 +46,13 @@ class PoissonDPFedAvg(FedAvg):
         chosen = [n for n, u in zip(nodes, rng.random(len(nodes))) if u < self.sample_rate]
         self._global = arrays
         self._expected_cohort = self.sample_rate * len(nodes)
-        config["server-round"] = server_round
+        config[protocol.SERVER_ROUND] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, chosen, MessageType.TRAIN)
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node) for node in chosen]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        valid = valid_replies(replies, self.weighted_by_key)
         if self._global is None:
             return None, None
         keys = list(self._global.keys())

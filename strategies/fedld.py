@@ -21,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from fedsim.strategies.replies import valid_replies
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedsim import protocol
 from fedsim.arrays import NpyArray, record_to_state
 
 EIGEN_FLOOR = 1e-12  # relative to the largest eigenvalue: smaller ones are numerical zeros
@@ -108,14 +110,14 @@ class FedLD(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays
-        config["loss"] = "fedld-margin"
-        config["margin-lambda"] = float(self.margin_lambda)
-        config["margin-reduction"] = self.margin_reduction
+        config[protocol.LOSS] = "fedld-margin"
+        config[protocol.MARGIN_LAMBDA] = float(self.margin_lambda)
+        config[protocol.MARGIN_REDUCTION] = self.margin_reduction
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = valid_replies(replies, self.weighted_by_key)
         if not valid or self._global is None:
             return None, None
         contents = [msg.content for msg in valid]

@@ -28,7 +28,16 @@ CASES = {
     "unknown-key": (GOOD.replace("rounds = 2", "rounds = 2\nrouns = 3"), [], r"run\.rouns: unknown key 'rouns'; did you mean 'rounds'"),
     "unknown-section": (GOOD + "\n[clinet]\nlr = 0.1\n", [], r"unknown key 'clinet'; did you mean 'client'"),
     "wrong-type": (GOOD.replace("rounds = 2", 'rounds = "many"'), [], r"run\.rounds: input should be a valid integer"),
-    "alpha-zero": (GOOD, ["data.partitioner.alpha=0"], r"--set data\.partitioner\.alpha: input should be greater than 0"),
+    "alpha-zero": (GOOD, ["data.partitioner.name=dirichlet", "data.partitioner.alpha=0"],
+                   r"--set data\.partitioner\.alpha: input should be greater than 0"),
+    "key-of-another-partitioner": (GOOD, ["data.partitioner.alpha=0.3"],
+                                   r"--set data\.partitioner\.alpha: unknown key 'alpha' for partitioner 'iid'"),
+    "privacy-key-of-another-mode": (GOOD + '[privacy]\nmode = "client-dp"\nq = 0.5\nnoise_multiplier = 1.0\n'
+                                    'max_grad_norm = 2.0\n', [],
+                                    r"privacy\.max_grad_norm: unknown key 'max_grad_norm' for privacy mode 'client-dp'; "
+                                    + r"choose from: accountant, clipping_norm"),
+    "unknown-privacy-mode": (GOOD + '[privacy]\nmode = "dpsgd"\nnoise_multiplier = 1.0\n', [],
+                             r"privacy\.mode: unknown privacy mode 'dpsgd'; did you mean 'dp-sgd'"),
     "fraction-above-one": (GOOD, ["strategy.fraction_train=1.5"], r"strategy\.fraction_train: input should be less than or equal to 1"),
     "fraction-zero": (GOOD, ["strategy.fraction_train=0"], r"strategy\.fraction_train: input should be greater than 0"),
     "rounds-zero": (GOOD.replace("rounds = 2", "rounds = 0"), [], r"run\.rounds: input should be greater than or equal to 1"),
@@ -99,3 +108,13 @@ def test_real_entry_point_exit_code(tmp_path):
     proc = subprocess.run([str(fedsim), "validate", str(path)], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+
+
+def test_every_scenario_error_is_reported_one_line_each(cli, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace("rounds = 2", "rounds = 0") + '[faults]\ndropout_rate = 2.0\nstraggler_rat = 0.1\n')
+    code, _, err = cli("validate", str(path))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 3 and all(line.startswith("error: ") and ";" in line for line in lines), err
+    assert "run.rounds: input should be greater than or equal to 1" in lines[0]
+    assert "faults.dropout_rate" in err and "unknown key 'straggler_rat'; did you mean 'straggler_rate'" in err

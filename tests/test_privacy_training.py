@@ -17,13 +17,14 @@ from fedsim.arrays import state_to_record
 from fedsim.privacy import epsilon_of
 from fedsim.protocol import LocalTraining
 from fedsim.runtime import InlineGrid
-from fedsim.scenario import PrivacySection
+from fedsim.runtime.base import assign_message_id
+from fedsim.scenario import DPSGDPrivacy
 
 ONE_STEP = LocalTraining(local_epochs=1, batch_size=1000, lr=1.0, momentum=0.0)  # q = 1: one full-batch step
 
 
-def dp(noise: float, clip: float) -> PrivacySection:
-    return PrivacySection(mode="dp-sgd", noise_multiplier=noise, max_grad_norm=clip)
+def dp(noise: float, clip: float) -> DPSGDPrivacy:
+    return DPSGDPrivacy(mode="dp-sgd", noise_multiplier=noise, max_grad_norm=clip)
 
 
 def test_per_example_gradients_are_clipped():
@@ -71,7 +72,7 @@ def test_client_dp_noise_and_clipping():
 
 
 def _delivered(msg: Message) -> Message:
-    msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+    assign_message_id(msg, f"m{msg.metadata.dst_node_id}")
     return msg
 
 

@@ -27,6 +27,12 @@ def node_id_of(partition_id: int) -> int:
     return NODE_ID_OFFSET + partition_id
 
 
+def assign_message_id(msg: Message, message_id: str) -> None:
+    """Give a pushed message its id. Flower's Metadata has no public setter; its own Grids assign the attribute
+    behind `message_id` the same way, so this is the one place fedsim does."""
+    msg.metadata.__dict__["_message_id"] = message_id
+
+
 def run_client(app: ClientApp, msg: Message, context: Context) -> Message:
     """Execute one message; an exception becomes an error reply naming it."""
     try:
@@ -86,7 +92,7 @@ class VirtualNodesGrid(Grid):
     def push_messages(self, messages: Iterable[Message], timeout: float | None = None) -> list[str]:
         batch = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = f"msg-{next(self._ids)}"  # as Flower's own grids do
+            assign_message_id(msg, f"msg-{next(self._ids)}")
             batch.append(msg)
         known = [m for m in batch if m.metadata.dst_node_id in self.contexts]
         for msg in batch:

@@ -1,17 +1,18 @@
-"""Scenario files: the pydantic schema, TOML loading, `--set` overrides and readable errors."""
+"""The scenario schema: one pydantic model per section, each key with its type, range and default.
+
+Sections with kinds (`data.partitioner` by `name`, `privacy` by `mode`) are discriminated unions: each kind has
+only its own keys. Names that registries own (strategies, unlearning methods) are checked by asking them.
+Loading files, overrides and error messages are fedsim.scenario.loading, .overrides and .errors.
+"""
 
 from __future__ import annotations
 
-import copy
-import tomllib
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedsim.errors import ScenarioError, suggest
+from fedsim.errors import suggest
 
 EMBEDDED_DATASETS = {
     "digits": "8x8 handwritten digits, 10 classes (scikit-learn)",
@@ -21,9 +22,6 @@ EMBEDDED_DATASETS = {
     "leaf-synthetic": "Synthetic(alpha, beta) of the FedProx paper, one device per client",
     "gaussian-regression": "y = x.theta + noise, x ~ N(0, I_d)",
 }
-PARTITIONERS = (
-    "iid", "dirichlet", "pathological", "shard", "size", "linear", "square", "exponential", "natural",
-)
 MODELS = ("linear", "mlp", "cnn")
 
 
@@ -56,19 +54,69 @@ class RunSection(Section):
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
 
-class PartitionerSection(Section):
-    name: str = "iid"
+class _Partitioner(Section):
     num_partitions: int = Field(10, ge=1)
+
+
+class IidPartitioner(_Partitioner):
+    name: Literal["iid"] = "iid"
+
+
+class DirichletPartitioner(_Partitioner):
+    """Label skew: class proportions per partition drawn from Dirichlet(alpha)."""
+
+    name: Literal["dirichlet"]
     alpha: float = Field(0.5, gt=0)
     min_partition_size: int = Field(10, ge=0)
     self_balancing: bool = False
+
+
+class PathologicalPartitioner(_Partitioner):
+    """Each partition holds examples of `classes_per_partition` classes only."""
+
+    name: Literal["pathological"]
     classes_per_partition: int = Field(2, ge=1)
     class_assignment: Literal["random", "deterministic", "first-deterministic"] = "random"
+
+
+class ShardPartitioner(_Partitioner):
+    """Sorted-by-label shards, `shards_per_partition` each (or shards of `shard_size`)."""
+
+    name: Literal["shard"]
     shards_per_partition: int = Field(2, ge=1)
     shard_size: int | None = Field(None, ge=1)
+
+
+class SizePartitioner(_Partitioner):
+    """Partitions of the given sizes."""
+
+    name: Literal["size"]
     sizes: list[int] | None = None
 
-    _known = field_validator("name")(lambda v: _one_of(v, PARTITIONERS, "partitioner"))
+
+class LinearPartitioner(_Partitioner):
+    name: Literal["linear"]
+
+
+class SquarePartitioner(_Partitioner):
+    name: Literal["square"]
+
+
+class ExponentialPartitioner(_Partitioner):
+    name: Literal["exponential"]
+
+
+class NaturalPartitioner(_Partitioner):
+    """One partition per device of the data (leaf-synthetic)."""
+
+    name: Literal["natural"]
+
+
+PartitionerSection = Annotated[
+    IidPartitioner | DirichletPartitioner | PathologicalPartitioner | ShardPartitioner | SizePartitioner
+    | LinearPartitioner | SquarePartitioner | ExponentialPartitioner | NaturalPartitioner,
+    Field(discriminator="name")]
+PARTITIONERS = tuple(get_args(m.model_fields["name"].annotation)[0] for m in get_args(get_args(PartitionerSection)[0]))
 
 
 class FeatureSkewSection(Section):
@@ -97,9 +145,14 @@ class DataSection(Section):
     data_files: str | None = None
     hf_subset: str | None = None
     hf_test_split: str = "test"
-    partitioner: PartitionerSection = Field(default_factory=PartitionerSection)
+    partitioner: PartitionerSection = Field(default_factory=IidPartitioner)
     feature_skew: FeatureSkewSection | None = None
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
+
+    @field_validator("partitioner", mode="before")
+    @classmethod
+    def _iid_by_default(cls, v: Any) -> Any:
+        return {**v, "name": "iid"} if isinstance(v, dict) and "name" not in v else v
 
     @field_validator("dataset")
     @classmethod
@@ -155,27 +208,43 @@ class StrategySection(BaseModel):
         return dict(self.model_extra or {})
 
 
-class PrivacySection(Section):
-    """Sample-level DP-SGD in clients (Opacus) or client-level DP-FedAvg on the server."""
-
-    mode: Literal["dp-sgd", "client-dp"]
+class _Privacy(Section):
     noise_multiplier: float | None = Field(None, gt=0)
     target_epsilon: float | None = Field(None, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
-    max_grad_norm: float = Field(1.0, gt=0)  # dp-sgd: per-example clipping norm
-    fix_model: bool = False  # dp-sgd: let Opacus's ModuleValidator.fix replace unsupported layers
-    clipping_norm: float = Field(1.0, gt=0)  # client-dp: per-client update clipping norm
-    q: float | None = Field(None, gt=0, le=1)  # client-dp: Poisson client sampling rate
 
     @model_validator(mode="after")
-    def _complete(self) -> PrivacySection:
+    def _noise_or_budget(self) -> _Privacy:
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("privacy needs noise_multiplier or target_epsilon; set one (or both: then "
                              "target_epsilon is a hard budget)")
-        if self.mode == "client-dp" and self.q is None:
+        return self
+
+
+class DPSGDPrivacy(_Privacy):
+    """Sample-level DP-SGD in clients (Opacus)."""
+
+    mode: Literal["dp-sgd"]
+    max_grad_norm: float = Field(1.0, gt=0)  # per-example clipping norm
+    fix_model: bool = False  # let Opacus's ModuleValidator.fix replace unsupported layers
+
+
+class ClientDPPrivacy(_Privacy):
+    """Client-level DP-FedAvg on the server, with Poisson client sampling."""
+
+    mode: Literal["client-dp"]
+    clipping_norm: float = Field(1.0, gt=0)  # per-client update clipping norm
+    q: float | None = Field(None, gt=0, le=1)  # Poisson client sampling rate
+
+    @model_validator(mode="after")
+    def _sampled(self) -> ClientDPPrivacy:
+        if self.q is None:
             raise ValueError("client-dp needs q, the client sampling rate; set privacy.q (e.g. 0.2)")
         return self
+
+
+PrivacySection = Annotated[DPSGDPrivacy | ClientDPPrivacy, Field(discriminator="mode")]
 
 
 class BagsSection(Section):
@@ -277,8 +346,9 @@ class OutputSection(Section):
     save_model: bool = True
 
 
-class Scenario(Section):
-    """A whole simulation: what to train, on which data, with which strategy, for how long."""
+class ScenarioSchema(Section):
+    """A whole simulation: what to train, on which data, with which strategy, for how long (the schema;
+    fedsim.scenario.Scenario adds loading)."""
 
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -292,7 +362,7 @@ class Scenario(Section):
     unlearning: UnlearningSection | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> Scenario:
+    def _consistent(self) -> ScenarioSchema:
         n = self.data.partitioner.num_partitions
         for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
             value = getattr(self.strategy, key)
@@ -311,142 +381,8 @@ class Scenario(Section):
                                  f"(clients are 0..{n - 1}); use a client id below {n}")
         return self
 
-    # ---- loading -------------------------------------------------------------------------
-    @classmethod
-    def from_toml(cls, path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
-        path = Path(path)
-        if not path.is_file():
-            raise ScenarioError(str(path), "file not found", "check the path or run `fedsim list`")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ScenarioError(str(path), f"TOML syntax error: {exc}", "fix the TOML at that line") from None
-        except UnicodeDecodeError:
-            raise ScenarioError(str(path), "not a UTF-8 text file", "pass a TOML scenario file") from None
-        return cls.from_dict(raw, source=str(path), overrides=overrides)
-
-    @classmethod
-    def from_dict(
-        cls, raw: dict[str, Any], source: str = "scenario", overrides: list[str] | dict[str, Any] | None = None
-    ) -> Scenario:
-        override_map = parse_overrides(overrides)
-        raw = apply_overrides(raw, override_map)
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise _readable(exc, source, override_map) from None
-
-    @classmethod
-    def load(cls, name_or_path: str, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
-        """A scenario file path, or the name of a shipped scenario (`fedsim list`)."""
-        path = Path(name_or_path)
-        if not path.exists() and name_or_path in shipped_scenarios():
-            path = shipped_scenarios()[name_or_path]
-        elif not path.exists():
-            names = list(shipped_scenarios())
-            raise ScenarioError(name_or_path, "no such file or shipped scenario", suggest(name_or_path, names))
-        return cls.from_toml(path, overrides)
-
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Scenario:
-        return Scenario.from_dict(self.to_dict(), source="scenario", overrides=overrides)
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
-
-
-# ---- overrides ---------------------------------------------------------------------------
-def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """`["a.b=1", ...]` or `{"a.b": 1}` -> `{"a.b": 1}`; string values are read as TOML literals."""
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    parsed = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ScenarioError(f"--set {item}", "expected KEY=VALUE", "write e.g. --set run.rounds=5")
-        parsed[key.strip()] = _literal(value.strip())
-    return parsed
-
-
-def _literal(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _section(node: dict | list, part: str, dotted: str) -> dict:
-    """The table `part` of `node`; in a list of tables (unlearning.requests) `part` is an index."""
-    if isinstance(node, list):
-        if not part.isdigit() or int(part) >= len(node):
-            raise ScenarioError(f"--set {dotted}", f"'{part}' is not an entry of a list of {len(node)}",
-                                f"use an index below {len(node)}")
-        child = node[int(part)]
-    else:
-        child = node.setdefault(part, {})
-    if not isinstance(child, dict | list) or (isinstance(child, list) and not all(isinstance(c, dict) for c in child)):
-        raise ScenarioError(f"--set {dotted}", f"'{part}' is a value, not a section", "check the key path")
-    return child
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys; a number after a list of tables picks an entry (unlearning.requests.0.at_round)."""
-    out = copy.deepcopy(raw)
-    for dotted, value in overrides.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = _section(node, part, dotted)
-        if isinstance(node, list):
-            raise ScenarioError(f"--set {dotted}", "a list of tables needs an entry index",
-                                f"use {dotted}.0.<key>, or set the whole list as an inline TOML array")
-        node[leaf] = value
-    return out
-
-
-# ---- errors ------------------------------------------------------------------------------
-def _readable(exc: ValidationError, source: str, overrides: dict[str, Any]) -> ScenarioError:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    where = f"--set {loc}" if loc in overrides else (f"{source}: {loc}" if loc else source)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(err["loc"][:-1])
-        return ScenarioError(where, f"unknown key '{err['loc'][-1]}'", suggest(str(err["loc"][-1]), allowed))
-    if kind == "value_error":
-        what, _, fix = str(err["ctx"]["error"]).partition("; ")
-        return ScenarioError(where, what, fix or "fix this value")
-    got = err.get("input")
-    what = f"{err['msg'][0].lower()}{err['msg'][1:]} (got {got!r})" if not isinstance(got, dict) else err["msg"]
-    fix = err["msg"].replace("Input should be", "use a value that is", 1) if "should be" in err["msg"] else "fix it"
-    return ScenarioError(where, what, fix)
-
-
-def _allowed_keys(path: tuple) -> list[str]:
-    model: type[BaseModel] = Scenario
-    for part in path:
-        if isinstance(part, int) or part not in model.model_fields:  # a list index or a dict key
-            continue
-        annotation = model.model_fields[str(part)].annotation
-        model = next(a for a in getattr(annotation, "__args__", (annotation,))
-                     if isinstance(a, type) and issubclass(a, BaseModel))
-    return list(model.model_fields)
-
-
-# ---- shipped scenarios -------------------------------------------------------------------
-def shipped_scenarios() -> dict[str, Path]:
-    folder = resources.files("fedsim.scenarios")
-    return {p.name[:-5]: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
-
-
-def describe(path: Path) -> str:
-    """The first comment line of a scenario file: its one-line description."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""

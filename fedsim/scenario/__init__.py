@@ -1,0 +1,43 @@
+"""Scenario files, split by job: the schema (`schema`), `--set` overrides (`overrides`), loading and the catalog
+of shipped scenarios (`loading`), readable errors (`errors`). Everything a caller needs is re-exported here."""
+
+from __future__ import annotations
+
+from fedsim.errors import moved
+from fedsim.scenario.loading import Scenario, describe, shipped_scenarios
+from fedsim.scenario.overrides import apply_overrides, parse_overrides
+from fedsim.scenario.schema import (
+    EMBEDDED_DATASETS,
+    MODELS,
+    PARTITIONERS,
+    BagsSection,
+    ClientDPPrivacy,
+    ClientSection,
+    DataSection,
+    DPSGDPrivacy,
+    FaultsSection,
+    FeatureSkewSection,
+    GeneratorSection,
+    MethodSettings,
+    ModelSection,
+    OutputSection,
+    PartitionerSection,
+    PrivacySection,
+    ResourcesSection,
+    RunSection,
+    StrategySection,
+    UnlearningRequest,
+    UnlearningSection,
+)
+
+__all__ = [
+    "EMBEDDED_DATASETS", "MODELS", "PARTITIONERS", "BagsSection", "ClientDPPrivacy", "ClientSection", "DPSGDPrivacy",
+    "DataSection", "FaultsSection", "FeatureSkewSection", "GeneratorSection", "MethodSettings", "ModelSection",
+    "OutputSection", "PartitionerSection", "PrivacySection", "ResourcesSection", "RunSection", "Scenario",
+    "StrategySection", "UnlearningRequest", "UnlearningSection", "apply_overrides", "describe", "parse_overrides",
+    "shipped_scenarios",
+]
+
+__getattr__ = moved("fedsim.scenario", {name: "fedsim.unlearning.methods.methods() (each Method has its kinds and tasks)"
+                                        for name in ("UNLEARNING_METHODS", "CLIENT_ONLY_METHODS", "REGRESSION_METHODS",
+                                                     "CLASSIFICATION_METHODS")})

@@ -17,6 +17,10 @@ import numpy as np
 from fedsim.errors import FedsimError
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
+BUDGET_ACCOUNTANTS = ("rdp", "prv")  # upper bounds on epsilon; GDP is a central-limit estimate that can fall below
+GDP_NO_BUDGET = ("'gdp' is a central-limit estimate of epsilon, not an upper bound (it can be exceeded), so it "
+                 "cannot hold a target epsilon; use accountant = 'rdp' or 'prv' for a budget, or give "
+                 "noise_multiplier alone to report a GDP estimate")
 History = list[tuple[float, float, int]]
 
 
@@ -84,8 +88,12 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 
 def noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float,
                      accountant: str = "rdp") -> float:
-    """The smallest noise multiplier whose epsilon after `steps` stays within `target_epsilon` (Opacus's search)."""
+    """The smallest noise multiplier whose epsilon after `steps` stays within `target_epsilon` (Opacus's search),
+    by an accountant that bounds epsilon from above (RDP or PRV)."""
     check("", epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
+    if accountant not in BUDGET_ACCOUNTANTS:
+        what, _, fix = GDP_NO_BUDGET.partition("; ")
+        raise FedsimError("accountant", what, fix)
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():

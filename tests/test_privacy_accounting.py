@@ -73,3 +73,37 @@ def test_cli(cli):
     code, _, err = cli("privacy", "epsilon", "--noise-multiplier", "1.0", "--sample-rate", "2", "--steps", "10",
                        "--delta", "1e-5")
     assert code == 2 and err.startswith("error: sample_rate: must be in (0, 1]")
+
+
+# (q, sigma, steps, delta): the shipped dp-sgd setting's scale, a small cohort, many steps, a loose delta
+BOUND_SETTINGS = [(0.05, 0.8, 40, 1e-5), (1 / 14, 0.9, 280, 1e-5), (0.01, 1.0, 1000, 1e-3), (0.3, 2.0, 30, 1e-6)]
+
+
+@pytest.mark.parametrize("q,sigma,steps,delta", BOUND_SETTINGS)
+def test_budget_accountants_bound_the_true_epsilon(q, sigma, steps, delta):
+    """RDP and PRV never report less than dp-accounting's PLD (a tight numerical epsilon): they can hold a budget."""
+    pld = dp_accounting_epsilon(q, sigma, steps, delta, "pld")
+    assert epsilon(sigma, q, steps, delta, "rdp") >= pld
+    assert epsilon(sigma, q, steps, delta, "prv") >= pld * 0.995  # PRV's upper bound, up to discretisation
+
+
+def test_gdp_can_underestimate_so_it_cannot_hold_a_budget(cli, tmp_path):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    gdp_sigma = get_noise_multiplier(target_epsilon=2.0, target_delta=1e-5, sample_rate=0.05, steps=40,
+                                     accountant="gdp")
+    assert dp_accounting_epsilon(0.05, gdp_sigma, 40, 1e-5, "pld") > 3.0  # the audit's figure: ~3.2 for a target of 2
+    rdp_sigma = noise_multiplier(2.0, 0.05, 40, 1e-5, "rdp")
+    assert dp_accounting_epsilon(0.05, rdp_sigma, 40, 1e-5, "pld") <= 2.0
+    with pytest.raises(FedsimError, match="accountant: 'gdp' is a central-limit estimate"):
+        noise_multiplier(2.0, 0.05, 40, 1e-5, "gdp")
+    code, _, err = cli("privacy", "noise", "--target-epsilon", "2", "--sample-rate", "0.05", "--steps", "40",
+                       "--delta", "1e-5", "--accountant", "gdp")
+    assert code == 2 and "not an upper bound" in err and len(err.strip().splitlines()) == 1
+    path = tmp_path / "gdp.toml"
+    path.write_text('[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 8.0\naccountant = "gdp"\n')
+    code, _, err = cli("validate", str(path))
+    assert code == 2 and "privacy: 'gdp' is a central-limit estimate of epsilon, not an upper bound" in err
+    path.write_text('[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 1.0\naccountant = "gdp"\n')
+    assert cli("validate", str(path))[0] == 0  # given noise, GDP still reports its estimate
+    assert 0 < epsilon(1.0, 0.05, 40, 1e-5, "gdp")

@@ -28,7 +28,8 @@ def _path(loc: tuple, raw: Any) -> tuple[list, dict[int, str]]:
     for i, part in enumerate(loc):
         if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        elif isinstance(part, str) and i < len(loc) - 1:  # not a key but followed by more: the kind's tag
+        elif isinstance(part, str) and isinstance(node, dict) and (
+                i < len(loc) - 1 or part in (node.get("name"), node.get("mode"))):  # not a key: the kind's tag
             kinds[len(path)] = part
             continue
         else:

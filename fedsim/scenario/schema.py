@@ -219,6 +219,10 @@ class _Privacy(Section):
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("privacy needs noise_multiplier or target_epsilon; set one (or both: then "
                              "target_epsilon is a hard budget)")
+        if self.accountant == "gdp" and self.target_epsilon is not None:
+            from fedsim.privacy import GDP_NO_BUDGET  # numpy only; opacus loads when epsilon is computed
+
+            raise ValueError(GDP_NO_BUDGET)
         return self
 
 

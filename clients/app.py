@@ -65,6 +65,8 @@ def train(msg: Message, context: Context) -> Message:
                                           ws.task, torch.Generator().manual_seed(seed)))
     else:
         metrics.update(train_locally(model, x, y, local, ws.task, torch.Generator().manual_seed(seed)))
+    if not config.get(p.REPORT_TRAIN_METRICS, True):  # under privacy: epsilon does not cover the training loss
+        metrics = {k: v for k, v in metrics.items() if k in p.DP_REPORT}
     metrics[p.NUM_EXAMPLES] = len(x)
     content = RecordDict({p.ARRAYS: state_to_record(model.state_dict()), p.METRICS: MetricRecord(metrics)})
     ws.release()

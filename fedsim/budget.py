@@ -17,10 +17,13 @@ from fedsim.scenario import PrivacySection
 
 class PrivacyMonitor(RoundCallback):
     """Keeps the privacy ledger (a `privacy` entry in every round's row) and enforces `target_epsilon` by
-    retiring clients or stopping the run. `needed`: the fewest clients a round can run with."""
+    retiring clients or stopping the run. `needed`: the fewest clients a round can run with; `uncovered`: what
+    the run releases beyond what epsilon covers (privacy.report_uncovered)."""
 
-    def __init__(self, privacy: PrivacySection, grid, noise_multiplier: float | None = None, needed: int = 1) -> None:
+    def __init__(self, privacy: PrivacySection, grid, noise_multiplier: float | None = None, needed: int = 1,
+                 uncovered: list[str] | None = None) -> None:
         self.privacy, self.grid, self.needed = privacy, grid, needed
+        self.uncovered = list(uncovered or [])  # released but not covered by epsilon (listed in the ledger)
         self.noise_multiplier = noise_multiplier  # client-dp: the server's noise multiplier
         self.clients: dict[int, dict] = {}  # dp-sgd: latest report per node
         self.retired: set[int] = set()
@@ -41,6 +44,8 @@ class PrivacyMonitor(RoundCallback):
         else:
             entry = Ledger(0.0, p.delta, p.accountant, p.noise_multiplier or 0.0, 0.0, 0).to_dict()
         entry.update(mode=p.mode, target_epsilon=p.target_epsilon, retired_clients=len(self.retired))
+        if self.uncovered:
+            entry["uncovered"] = self.uncovered
         return entry
 
     # ---- round hooks ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ BLINDSPOT = "blindspot"  # ArrayRecord: the blindspot model's weights
 LOCAL_EPOCHS, LR = "local-epochs", "lr"  # LocalTraining's keys the server overrides for some rounds
 LOSS, MARGIN_LAMBDA, MARGIN_REDUCTION = "loss", "margin-lambda", "margin-reduction"  # ... and FedLD sets
 SERVER_ROUND = "server-round"  # set by every Flower strategy; seeds the client's generator with (seed, round, client)
+REPORT_TRAIN_METRICS = "report-train-metrics"  # False under privacy: reply with accounting metrics only
 REPORT_TRAIN_LOSS = "report-train-loss"  # also report the received model's loss before training (q-FedAvg)
 METHOD = "method"  # UNLEARN: which client step (UnlearningStep)
 UNLEARN_STEP = "unlearn-step"  # UNLEARN: the step's index within its method, for seeding

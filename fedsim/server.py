@@ -134,6 +134,8 @@ def train_config(scenario: Scenario) -> ConfigRecord:
     if scenario.strategy.name == "qfedavg":
         config[protocol.REPORT_TRAIN_LOSS] = True
     p = scenario.privacy
+    if p is not None and not p.report_uncovered:
+        config[protocol.REPORT_TRAIN_METRICS] = False
     if p is not None and p.mode == "dp-sgd":
         planned = math.ceil(scenario.run.rounds * scenario.strategy.fraction_train)  # rounds a client expects
         config.update(DPSGDSettings(delta=p.delta, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
@@ -153,6 +155,15 @@ class Interrupted(Exception):
         self.server_round = server_round
 
 
+def uncovered(scenario: Scenario) -> list[str]:
+    """What a private run releases that its epsilon does not cover (privacy.report_uncovered = true)."""
+    p = scenario.privacy
+    if p is None or not p.report_uncovered:
+        return []
+    return ["clients' training loss and accuracy"] + (
+        ["federated evaluation on clients' data"] if scenario.strategy.fraction_evaluate > 0 else [])
+
+
 def _needed(strategy: Strategy) -> int:
     """The fewest clients a round of `strategy` can run with."""
     return max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
@@ -168,7 +179,7 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     monitor = None
     if scenario.privacy is not None:
         noise = client_dp_noise(scenario) if scenario.privacy.mode == "client-dp" else None
-        monitor = PrivacyMonitor(scenario.privacy, grid, noise, _needed(strategy))
+        monitor = PrivacyMonitor(scenario.privacy, grid, noise, _needed(strategy), uncovered(scenario))
         callbacks.append(monitor)
     if scenario.bags is not None and scenario.bags.epsilon is not None:
         callbacks.append(ConstantLedger("label_privacy", label_privacy(scenario)))

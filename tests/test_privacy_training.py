@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 import fedsim
 from fedsim.arrays import state_to_record
+from fedsim.errors import FedsimError
 from fedsim.privacy import epsilon_of
 from fedsim.protocol import LocalTraining
 from fedsim.runtime import InlineGrid
@@ -120,3 +121,22 @@ def test_fix_model_swaps_batch_norm_for_dp_sgd(tmp_path):
                               **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.0, "privacy.fix_model": True})
     result = fedsim.run(scenario, out=tmp_path / "run")
     assert len(result.metrics) == 2 and not any("running_mean" in k for k in result.state_dict)
+
+
+def test_a_private_run_releases_nothing_its_epsilon_does_not_cover(tmp_path):
+    """Clients' training loss / accuracy and federated evaluation are not covered by epsilon: withheld by
+    default; with privacy.report_uncovered they are released and the ledger lists them."""
+    private = {"privacy__mode": "client-dp", "privacy__q": 0.8, "privacy__noise_multiplier": 0.5, "run__rounds": 2}
+    result = fedsim.run(small_scenario(**private), out=tmp_path / "withheld")
+    assert all(r["train"] == {} and "clients_eval" not in r for r in result.metrics)
+    assert "uncovered" not in result.summary["privacy"]
+    with pytest.raises(FedsimError, match="strategy.fraction_evaluate > 0 evaluates on clients' private data"):
+        small_scenario(**private, strategy__fraction_evaluate=0.5)
+    released = fedsim.run(small_scenario(**private, privacy__report_uncovered=True, strategy__fraction_evaluate=0.5),
+                          out=tmp_path / "released")
+    assert {"loss", "accuracy"} <= set(released.metrics[-1]["train"]) and "clients_eval" in released.metrics[-1]
+    assert released.summary["privacy"]["uncovered"] == ["clients' training loss and accuracy",
+                                                        "federated evaluation on clients' data"]
+    dp_sgd = fedsim.run(small_scenario(privacy__mode="dp-sgd", privacy__noise_multiplier=1.0, run__rounds=1),
+                        out=tmp_path / "dp-sgd")
+    assert set(dp_sgd.metrics[0]["train"]) == {"epsilon", "epsilon-next", "noise-multiplier", "sample-rate", "steps"}

@@ -213,6 +213,9 @@ class _Privacy(Section):
     target_epsilon: float | None = Field(None, gt=0)
     delta: float = Field(1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    # epsilon covers training only: clients' training loss / accuracy and federated evaluation on their data are
+    # not released unless this is true (then the ledger lists them as `uncovered`)
+    report_uncovered: bool = False
 
     @model_validator(mode="after")
     def _noise_or_budget(self) -> _Privacy:
@@ -375,6 +378,10 @@ class ScenarioSchema(Section):
                     f"strategy.{key} = {value} exceeds data.partitioner.num_partitions = {n} "
                     f"(the round would wait forever); use at most {n}"
                 )
+        if self.privacy is not None and not self.privacy.report_uncovered and self.strategy.fraction_evaluate > 0:
+            raise ValueError("strategy.fraction_evaluate > 0 evaluates on clients' private data, which epsilon does "
+                             "not cover; set it to 0 (central evaluation always runs), or privacy.report_uncovered "
+                             "= true to release it anyway (the ledger then lists it as uncovered)")
         for i, request in enumerate(self.unlearning.requests if self.unlearning else []):
             if request.at_round >= self.run.rounds:
                 raise ValueError(f"unlearning.requests.{i}.at_round = {request.at_round} is not before the run's "

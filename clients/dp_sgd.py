@@ -116,6 +116,10 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
         private, optimizer, batches = engine.make_private(
             module=local, optimizer=make_optimizer(local, cfg), data_loader=loader, noise_multiplier=sigma,
             max_grad_norm=privacy.max_grad_norm, poisson_sampling=True)
+        # Opacus's Poisson sampler runs int(1 / q) batches an epoch, one short of the planned b when 1 / (1 / b)
+        # rounds below b (b = 93, 99, 105, ...): run exactly the b the accountant is told about
+        batches.batch_sampler.steps = steps // cfg.local_epochs
+
         def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
             xb, yb = batch
             outputs = private(xb)
@@ -127,7 +131,7 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
         stats = train_loop(private, epochs, cfg, loss_fn, optimizer=optimizer)
         new_history = [(float(s), float(r), int(t)) for s, r, t in engine.accountant.history]
     model.load_state_dict(local.state_dict())
-    spent = spent_next  # the accountant recorded exactly the planned (sigma, q, steps) of this round
+    spent = spent_next  # the accountant recorded exactly the planned (sigma, q, steps) of this round (tested)
     after_next = epsilon_of([*new_history, (sigma, q, steps)], privacy.delta, privacy.accountant)
     metrics = {**stats.metrics(), protocol.EPSILON: spent, protocol.EPSILON_NEXT: after_next,
                protocol.NOISE_MULTIPLIER: sigma, protocol.SAMPLE_RATE: q,

@@ -11,6 +11,7 @@ from conftest import small_scenario
 from fedsim.clients.dp_sgd import train_dp_sgd
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from torch import nn
 
 import fedsim
 from fedsim.arrays import state_to_record
@@ -140,3 +141,14 @@ def test_a_private_run_releases_nothing_its_epsilon_does_not_cover(tmp_path):
     dp_sgd = fedsim.run(small_scenario(privacy__mode="dp-sgd", privacy__noise_multiplier=1.0, run__rounds=1),
                         out=tmp_path / "dp-sgd")
     assert set(dp_sgd.metrics[0]["train"]) == {"epsilon", "epsilon-next", "noise-multiplier", "sample-rate", "steps"}
+
+
+def test_dp_sgd_runs_exactly_the_planned_steps_the_epsilon_counts():
+    """Opacus's Poisson loader runs int(1 / q) batches an epoch: 92 for b = 93 batches. The client runs b, and
+    the accountant's history holds exactly the (sigma, q, steps) the reported epsilon was computed for."""
+    x, y = torch.randn(93, 3), torch.randn(93)
+    cfg = LocalTraining(local_epochs=2, batch_size=1, lr=0.01)
+    metrics, history = train_dp_sgd(nn.Linear(3, 1), x, y, cfg, "regression", seed=0, sigma=1.0,
+                                    privacy=dp(1.0, 1.0), history=[])
+    assert metrics["steps"] == 186 and sum(t for _, _, t in history) == 186
+    assert metrics["epsilon"] == pytest.approx(epsilon_of([(1.0, 1 / 93, 186)], 1e-5))

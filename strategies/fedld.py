@@ -115,6 +115,11 @@ class FedLD(FedAvg):
         config[protocol.MARGIN_REDUCTION] = self.margin_reduction
         return super().configure_train(server_round, arrays, config, grid)
 
+    @property
+    def uniform_clients(self) -> bool:
+        """Every reply counts the same, whatever its example count (weighting = "uniform", the reference)."""
+        return self.weighting == "uniform"
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         valid = valid_replies(replies, self.weighted_by_key)

@@ -450,8 +450,10 @@ def test_federaser_reproduces_the_original_model_when_the_client_never_took_part
 
 
 def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path, monkeypatch):
-    """w_ref = (N w - w_target) / (N - 1) from the target's last stored update; radius sqrt(mean ||w_ref -
-    w_rand||^2 / 3) over 10 random models; the target ascends with lr 0.01, momentum 0.9, 5 epochs, clip 5."""
+    """w_ref is the other clients' aggregate under FedAvg's example weighting (computed directly from the store:
+    the target stored in round AT, so w is that round's aggregate); radius sqrt(mean ||w_ref - w_rand||^2 / 3) over
+    10 random models; the target ascends with lr 0.01, momentum 0.9, 5 epochs, clip 5. Uneven partitions, so the
+    uniform (N w - w_target) / (N - 1) of the old code would over-subtract a small client and fail this."""
     from fedsim.seeding import derive_seed
 
     seen = {}
@@ -460,18 +462,26 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
     def spy(self, job, method, step, arrays, local, nodes=None, extra=None, records=None):
         if method == "pga":
             last = max(t for t in self.store.rounds() if t <= AT and 2 in self.store.updates(t))
-            seen.update(strategy=self, w=record_to_state(job.arrays), sent=arrays.to_torch_state_dict(),
+            seen.update(strategy=self, last=last, w=record_to_state(job.arrays), sent=arrays.to_torch_state_dict(),
                         extra=dict(extra), local=local, nodes=nodes, stored=self.store.updates(last),
                         global_model=self.store.global_model(last))
         return original(self, job, method, step, arrays, local, nodes, extra, records)
 
     monkeypatch.setattr(Unlearning, "client_step", spy)
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}])
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}],
+                                data__partitioner__name="dirichlet", data__partitioner__alpha=1.0,
+                                data__partitioner__min_partition_size=5)
     fedsim.run(scenario, out=tmp_path / "run")
-    n, w = len(seen["stored"]), seen["w"]
-    w_ref = {k: (n * w[k] - (seen["global_model"][k] + seen["stored"][2][0][k])) / (n - 1) for k in w}
+    stored, sent_then = seen["stored"], seen["global_model"]
+    assert seen["last"] == AT and len(stored) == 5  # every client's update of round AT, the target's included
+    sizes = {pid: n for pid, (_, n) in stored.items()}
+    assert len(set(sizes.values())) > 1  # uneven clients: the weighting matters
+    others = [pid for pid in stored if pid != 2]
+    total = sum(sizes[pid] for pid in others)
+    w_ref = {k: sum((sent_then[k] + stored[pid][0][k]) * (sizes[pid] / total) for pid in others) for k in sent_then}
     for key, value in w_ref.items():
-        assert torch.allclose(seen["sent"][key], value, atol=1e-6), key
+        assert torch.allclose(seen["sent"][key], value, atol=1e-5), key
+    w = seen["w"]
     randoms = [seen["strategy"].random_model(derive_seed(scenario.run.seed, AT, i, 11)) for i in range(10)]
     delta = np.mean([sum(float((w_ref[k] - r[k]).pow(2).sum()) for k in w_ref) for r in randoms]) / 3
     assert seen["extra"]["radius"] == pytest.approx(math.sqrt(delta), rel=1e-5)

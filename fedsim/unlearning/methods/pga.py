@@ -1,6 +1,9 @@
-"""w_ref = (N·w − w_target)/(N − 1) from the client's last stored update; the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3; then `rounds` ordinary rounds without it.
+"""w_ref = (W·w − n_t·w_target)/(W − n_t) removes the client's last stored contribution under the strategy's own weighting (examples, or 1 each); the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3; then `rounds` ordinary rounds without it.
 
-PGA (Halimi et al., client requests); N is the number of clients stored in the target's last stored round.
+PGA (Halimi et al., client requests). W is the total weight of the clients stored in the target's last stored
+round and n_t the target's: example counts for strategies that weight replies by examples (FedAvg and the ones
+built on it), 1 each for the others (the paper's (N·w − w_target)/(N − 1)). When w is that round's aggregate,
+w_ref is exactly the other clients' aggregate.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ from fedsim.unlearning.methods.gradient_ascent import ascend
 RANDOM_MODELS = 10  # random models averaged for the radius of the projection ball
 
 
+def weighs_by_examples(strategy) -> bool:
+    """Whether `strategy` averages replies by their example counts (Flower's FedAvg family: a
+    `weighted_by_key`), unless it says it weighs clients uniformly (FedLD)."""
+    return bool(getattr(strategy, "weighted_by_key", None)) and not getattr(strategy, "uniform_clients", False)
+
+
 def serve(session, job, strategy) -> Result:
     """Remove the target's last stored contribution, projected gradient ascent by the target within a ball
     around that reference, then ordinary rounds without it."""
@@ -32,11 +41,12 @@ def serve(session, job, strategy) -> Result:
     if session.random_model is None:
         raise FedsimError("unlearning", "pga needs random models for its radius", "pass random_model=")
     stored = store.updates(last[-1])
-    n = len(stored)
+    weight = {pid: float(n) if weighs_by_examples(strategy) else 1.0 for pid, (_, n) in stored.items()}
+    total, own = sum(weight.values()), weight[target]
     sent = store.global_model(last[-1])
     w = record_to_state(job.arrays)
     w_target = {k: sent[k] + stored[target][0][k] for k in sent}
-    w_ref = {k: (n * w[k] - w_target[k]) / (n - 1) if n > 1 else w[k].clone() for k in w}
+    w_ref = {k: (total * w[k] - own * w_target[k]) / (total - own) if total > own else w[k].clone() for k in w}
     distances = []
     for i in range(RANDOM_MODELS):
         rand = session.random_model(derive_seed(session.seed, job.request.at_round, i, 11))

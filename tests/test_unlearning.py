@@ -481,7 +481,6 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
     w_ref = {k: sum((sent_then[k] + stored[pid][0][k]) * (sizes[pid] / total) for pid in others) for k in sent_then}
     for key, value in w_ref.items():
         assert torch.allclose(seen["sent"][key], value, atol=1e-5), key
-    w = seen["w"]
     randoms = [seen["strategy"].random_model(derive_seed(scenario.run.seed, AT, i, 11)) for i in range(10)]
     delta = np.mean([sum(float((w_ref[k] - r[k]).pow(2).sum()) for k in w_ref) for r in randoms]) / 3
     assert seen["extra"]["radius"] == pytest.approx(math.sqrt(delta), rel=1e-5)

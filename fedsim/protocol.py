@@ -41,6 +41,7 @@ UNLEARN_STEP = "unlearn-step"  # UNLEARN: the step's index within its method, fo
 CLIP = "clip"  # UNLEARN pga: gradient-norm clip
 RADIUS = "radius"  # UNLEARN pga: projection radius around the received model
 BETA = "beta"  # UNLEARN blindspot: weight of the attention term
+ATTENTION = "attention"  # UNLEARN blindspot: "channels" (the authors' attention map) | "units"
 FORGET = "forget"  # prefix of the keys listing data forgotten by served requests (fedsim.unlearning.forget)
 UNLEARN_TARGET = "unlearn"  # prefix of the keys listing the data the current request forgets
 

@@ -508,6 +508,28 @@ def test_blindspot_attention_and_step():
         assert (model(x_f) - blind(x_f)).abs().mean() < gap  # only forgotten data: pulled toward the blindspot
 
 
+def test_blindspot_attention_follows_the_authors_by_default():
+    """The authors average squared activations over dim 1: for an MLP's (batch, units) activations that is one
+    value per example, normalised to 1, so the attention term vanishes (beta has no effect); "units" keeps ours."""
+    from fedsim.unlearning.methods.blindspot import attention, blindspot
+
+    a = torch.randn(5, 8)
+    assert torch.equal(attention(a), torch.ones(5, 1))
+    assert torch.allclose(attention(a, "units"), a.pow(2) / a.pow(2).norm(dim=1, keepdim=True))
+    x_f = torch.randn(32, 4)
+    data = (torch.zeros(0, 4), torch.zeros(0), x_f, torch.zeros(32))
+    cfg = LocalTraining(local_epochs=2, batch_size=8, lr=0.05)
+
+    def trained(beta: float, mode: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        model, blind = (nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)) for _ in range(2))
+        blindspot(model, blind, data, cfg, beta, torch.Generator().manual_seed(0), mode)
+        return torch.cat([q.detach().flatten() for q in model.parameters()])
+
+    assert torch.equal(trained(50.0, "channels"), trained(0.0, "channels"))
+    assert not torch.equal(trained(50.0, "units"), trained(0.0, "units"))
+
+
 def test_compare_prints_the_method_table_over_seeds_and_plots_gap_against_speed_up(tmp_path, cli):
     dirs = []
     for seed in (1, 2):

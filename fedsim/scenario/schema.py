@@ -337,6 +337,9 @@ class UnlearningSection(Section):
     pga_clip: float = Field(5.0, gt=0)
     blindspot_beta: float = Field(50.0, ge=0)
     blindspot_epochs: int = Field(2, ge=1)
+    # the attention map A(a): "channels" (the authors': mean over channels, so a (batch, units) activation gives one
+    # value per example and no attention term) or "units" (a (batch, units) activation as one channel of units)
+    blindspot_attention: Literal["channels", "units"] = "channels"
     evaluate: bool = True  # UA / RA / TA / MIA and the retrain reference for every request
     per_method: dict[str, MethodSettings] = Field(default_factory=dict)
 

@@ -1,7 +1,9 @@
-"""A fresh model trained one FedAvg round of `blindspot_epochs` local epochs on retained data; then every client minimises c·L_f + (1 − c)·L_r with L_f the L1 distance to the blindspot model's outputs + β·Σ‖A(a_l) − A(a_l^bs)‖² over ReLU activations.
+"""A fresh model trained one FedAvg round of `blindspot_epochs` local epochs on retained data; then every client minimises c·L_f + (1 − c)·L_r with L_f the L1 distance to the blindspot model's outputs + β·Σ‖A(a_l) − A(a_l^bs)‖² over ReLU activations (A as the authors define it: for an MLP's (batch, units) activations the attention term is zero; `blindspot_attention = "units"` keeps one).
 
-Blindspot (Deep Regression Unlearning, ICML 2023; regression). An activation of shape (batch, units) is one
-channel whose positions are the units.
+Blindspot (Deep Regression Unlearning, ICML 2023; regression). A(a) is the L2-normalised map of squared
+activations averaged over channels (dim 1), as in the authors' code: a (batch, units) activation then has one
+value per example, normalised to 1, so the term vanishes. "units" reads such an activation as one channel whose
+positions are the units instead.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from fedsim.training import Step, minibatches, train_loop
 from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result, Split, weighted
 
 
-def attention(activation: torch.Tensor) -> torch.Tensor:
-    """A(a): channel mean of squared activations, flattened and L2-normalised per example. A 2-D (batch,
-    units) activation is one channel whose positions are the units."""
+def attention(activation: torch.Tensor, mode: str = "channels") -> torch.Tensor:
+    """A(a): channel mean of squared activations, flattened and L2-normalised per example. "channels" (the
+    authors') averages a 2-D (batch, units) activation over its units (one value per example); "units" keeps
+    the units as the positions of one channel."""
     squared = activation.pow(2)
-    pooled = squared.mean(dim=1) if squared.dim() > 2 else squared
-    return F.normalize(pooled.flatten(1), dim=1)
+    pooled = squared if squared.dim() == 2 and mode == "units" else squared.mean(dim=1)
+    return F.normalize(pooled.reshape(len(pooled), -1), dim=1)
 
 
 def _activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -41,7 +44,7 @@ def _activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[
 
 
 def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTraining, beta: float,
-              generator: torch.Generator) -> dict[str, float]:
+              generator: torch.Generator, mode: str = "channels") -> dict[str, float]:
     """Deep Regression Unlearning's blindspot step: one pass over R and F with loss c L_f + (1 - c) L_r,
     L_r = L1 to the targets, L_f = L1 to the blindspot model's outputs + beta * attention distance."""
     x_r, y_r, x_f, _ = data
@@ -63,7 +66,7 @@ def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTrainin
                 blind_out, blind_acts = _activations(blind, x[idx][forgotten])
             l_f = F.l1_loss(out[forgotten], blind_out.squeeze(-1))
             for a, b in zip(acts, blind_acts, strict=True):
-                l_f = l_f + beta * (attention(a[forgotten]) - attention(b)).pow(2).sum(dim=1).mean()
+                l_f = l_f + beta * (attention(a[forgotten], mode) - attention(b, mode)).pow(2).sum(dim=1).mean()
             loss = loss + c * l_f
         return Step(loss, loss, 1)  # reported per step: the mean of the steps' losses
 
@@ -75,7 +78,8 @@ def step(work: ClientWork) -> ClientResult:
     x_r, _, x_f, _ = work.data
     blind = work.new_model()
     blind.load_state_dict(work.content[p.BLINDSPOT].to_torch_state_dict())
-    metrics = blindspot(work.model, blind, work.data, work.local, float(work.config[p.BETA]), work.generator)
+    metrics = blindspot(work.model, blind, work.data, work.local, float(work.config[p.BETA]), work.generator,
+                        str(work.config.get(p.ATTENTION, "channels")))
     return ClientResult(metrics, len(x_r) + len(x_f))
 
 
@@ -90,7 +94,9 @@ def serve(session, job, strategy) -> Result:
     arrays = job.arrays
     for step_index in range(rounds):
         replies = session.client_step(job, p.BLINDSPOT_STEP, step_index + 1, arrays, local,
-                                      extra={p.BETA: session.settings.blindspot_beta}, records={p.BLINDSPOT: blind})
+                                      extra={p.BETA: session.settings.blindspot_beta,
+                                             p.ATTENTION: session.settings.blindspot_attention},
+                                      records={p.BLINDSPOT: blind})
         arrays = weighted(replies) or arrays
     return Result(arrays, rounds + 1)
 

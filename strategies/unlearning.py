@@ -162,7 +162,8 @@ class Unlearning(Strategy):
         round too (fedsim's server calls it after every checkpoint, so a resumed run can serve a request again)."""
         if self.store is not None:
             for client in self.forgotten.clients:
-                self.store.forget_client(client)
+                served_after = min(r.at_round for r in self.requests if r.kind == "client" and r.target == client)
+                self.store.forget_client(client, served_after)
 
     # ---- Strategy ------------------------------------------------------------------------------------------
     def summary(self) -> None:

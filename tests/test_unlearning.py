@@ -173,7 +173,9 @@ def test_history_store_update_is_client_model_minus_global(tmp_path):
     store.save(1, sent, {4: ({"w": torch.tensor([0.5, 0.0, -1.0])}, 12)})
     update, n = store.updates(1)[4]
     assert torch.equal(update["w"], torch.tensor([0.5, 0.0, -1.0])) and n == 12
-    assert store.forget_client(4) == 1 and store.updates(1) == {}
+    store.save(2, {"w": torch.zeros(3)}, {})
+    assert store.forget_client(4, served_after=2) == 2 and store.updates(1) == {}  # its update and round 2's model
+    assert store.rounds() == [1] and store.has_global(1) and not store.has_global(2)
 
 
 def test_a_damaged_history_file_is_a_clear_error(tmp_path):
@@ -568,3 +570,29 @@ def test_a_new_method_is_one_module_in_the_registry():
     assert set(client_steps()) == {"gradient-ascent", "random-label", "saliency", "salun", "pga", "blindspot",
                                    "gaussian"}
     assert "blindspot" in fitting("regression") and "blindspot" not in fitting("classification")
+
+
+def test_the_history_store_cannot_rebuild_a_forgotten_clients_update(tmp_path):
+    """FedAvg's aggregate is an example-weighted mean, so an update is one equation away from two consecutive
+    stored global models and the other clients' stored updates. The attack works on a client that was not
+    forgotten (control); for the forgotten client the store no longer holds what it needs, in any round."""
+    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "finetune"}],
+                                data__partitioner__name="dirichlet", data__partitioner__alpha=1.0,
+                                data__partitioner__min_partition_size=5)
+    fedsim.run(scenario, out=tmp_path / "run")
+    store = HistoryStore(tmp_path / "run" / "history")
+
+    def rebuild(t: int, pid: int) -> dict[str, torch.Tensor]:
+        stored = store.updates(t)
+        total = sum(n for _, n in stored.values())
+        g_t, g_next = store.global_model(t), store.global_model(t + 1)
+        return {k: (total * (g_next[k] - g_t[k]) - sum(n * u[k] for c, (u, n) in stored.items() if c != pid))
+                / stored[pid][1] for k in g_t}
+
+    control = rebuild(AT + 1, 0)  # after the request: client 0's round-4 update from the store alone
+    for key, value in store.updates(AT + 1)[0][0].items():
+        assert torch.allclose(control[key], value, atol=1e-4), key
+    assert store.rounds() == [1, 2, 3, 4, 5] and store.has_global(1)
+    for t in store.rounds():
+        assert 2 not in store.updates(t)
+        assert not (store.has_global(t) and store.has_global(t + 1)) or t >= AT  # from the request on, 2 is out

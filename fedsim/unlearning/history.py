@@ -2,7 +2,11 @@
 
 Layout: <dir>/round-00001/global.pt (the model sent in that round) and client-<id>.pt (that client's update,
 its model minus the global, plus its example count). Files are plain tensor dicts, read with weights_only=True.
-Forgetting a client deletes its files: a right-to-be-forgotten system must not keep them.
+
+Forgetting a client deletes its files, and for every round t it took part in the global model stored for round
+t + 1: that model is round t's aggregate, from which (with round t's global and the other clients' updates and
+counts) the forgotten update is one equation away. What remains is the first stored global model and the other
+clients' updates (all FedEraser needs); those updates were computed from models the forgotten client influenced.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ class HistoryStore:
             save_tensors({"update": update, "num_examples": torch.tensor(num_examples)}, folder / f"client-{pid}.pt")
 
     def rounds(self) -> list[int]:
+        """Stored rounds (a round may have lost its global model to a forgotten client: `has_global`)."""
         if not self.dir.is_dir():
             return []
-        return sorted(int(p.name.split("-")[1]) for p in self.dir.glob("round-*") if (p / "global.pt").is_file())
+        return sorted(int(p.name.split("-")[1]) for p in self.dir.glob("round-*") if p.is_dir() and any(p.iterdir()))
+
+    def has_global(self, server_round: int) -> bool:
+        return (self._round_dir(server_round) / "global.pt").is_file()
 
     @staticmethod
     def _load(path: Path) -> dict:
@@ -56,9 +64,14 @@ class HistoryStore:
             out[int(re.findall(r"\d+", path.stem)[0])] = (entry["update"], int(entry["num_examples"]))
         return out
 
-    def forget_client(self, pid: int) -> int:
-        """Delete every stored update of client `pid`; returns how many files were removed."""
-        files = list(self.dir.glob(f"round-*/client-{pid}.pt"))
+    def forget_client(self, pid: int, served_after: int) -> int:
+        """Delete every stored update of client `pid` and the global model stored right after each round it took
+        part in up to `served_after` (the round its request was served after: the model stored for the next
+        round is the unlearned one, not an aggregate with its update); returns how many files were removed."""
+        updates = list(self.dir.glob(f"round-*/client-{pid}.pt"))
+        took_part = [int(p.parent.name.split("-")[1]) for p in updates]
+        after = [self._round_dir(t + 1) / "global.pt" for t in took_part if t < served_after]
+        files = updates + [p for p in after if p.is_file()]
         for path in files:
             path.unlink()
         return len(files)

@@ -33,11 +33,13 @@ def serve(session, job, strategy) -> Result:
     """Remove the target's last stored contribution, projected gradient ascent by the target within a ball
     around that reference, then ordinary rounds without it."""
     target, store = job.request.target, session.store
-    last = [t for t in (store.rounds() if store else []) if t <= job.request.at_round and target in store.updates(t)]
+    last = [t for t in (store.rounds() if store else []) if t <= job.request.at_round and store.has_global(t)
+            and target in store.updates(t)]
     if not last:
         raise FedsimError(f"unlearning request (client {target})",
-                          "pga needs the client's stored update, but the history store has none",
-                          "store every round: unlearning.history_interval = 1")
+                          "pga needs the client's stored update and the model it was sent, but the history store "
+                          "has none (a model right after an earlier forgotten client's rounds is deleted)",
+                          "store every round: unlearning.history_interval = 1, or use another method")
     if session.random_model is None:
         raise FedsimError("unlearning", "pga needs random models for its radius", "pass random_model=")
     stored = store.updates(last[-1])

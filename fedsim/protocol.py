@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 
 from flwr.app import ConfigRecord
 
-# ---- message types (Flower's "train" / "evaluate", plus fedsim's own) --------------------------------------------
+# ---- message types (Flower's "train"; its "evaluate" is only ever built by Flower's strategies; fedsim's own) ------
 TRAIN = "train"
-EVALUATE = "evaluate"
 UNLEARN = "train.unlearn"  # one client step of an unlearning method
 QUERY_PARTITION = "query.partition"  # which client (partition) a node is
 

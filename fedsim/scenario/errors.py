@@ -9,7 +9,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from fedsim.errors import ScenarioError, suggest
-from fedsim.scenario.schema import ScenarioSchema
+from fedsim.scenario.schema import ScenarioSchema, kind_tag
 
 _KIND_LABEL = {"partitioner": "partitioner", "privacy": "privacy mode"}
 
@@ -73,7 +73,7 @@ def _allowed_keys(path: list, kinds: dict[int, str]) -> list[str]:
         annotation = model.model_fields[str(part)].annotation
         members = [a for a in _flatten(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
         tag = kinds.get(depth + 1)
-        model = next((m for m in members if tag is not None and tag in _tags(m)), members[0])
+        model = next((m for m in members if tag is not None and kind_tag(m) == tag), members[0])
     return list(model.model_fields)
 
 
@@ -81,7 +81,3 @@ def _flatten(annotation: Any) -> list:
     args = get_args(annotation)
     return [a for arg in args for a in _flatten(arg)] if args else [annotation]
 
-
-def _tags(model: type[BaseModel]) -> tuple:
-    return tuple(t for field in ("name", "mode") if field in model.model_fields
-                 for t in get_args(model.model_fields[field].annotation))

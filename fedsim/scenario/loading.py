@@ -6,14 +6,14 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import ValidationError
 
 from fedsim.errors import ScenarioError, suggest
 from fedsim.scenario.errors import readable
 from fedsim.scenario.overrides import apply_overrides, parse_overrides
-from fedsim.scenario.schema import PartitionerSection, PrivacySection, ScenarioSchema
+from fedsim.scenario.schema import PartitionerSection, PrivacySection, ScenarioSchema, kinds
 
 
 class Scenario(ScenarioSchema):
@@ -88,8 +88,7 @@ def _keep_own_keys(raw: dict[str, Any], section: str, keep: set[str] = frozenset
     values = table.get(leaf) if isinstance(table, dict) else None
     if not isinstance(values, dict):
         return
-    kind = next((k for k in get_args(get_args(union)[0])
-                 if values.get(tag, "iid") in get_args(k.model_fields[tag].annotation)), None)
+    kind = kinds(union).get(values.get(tag, "iid"))
     if kind is not None:
         table[leaf] = {k: v for k, v in values.items() if k in kind.model_fields or k in keep}
 

@@ -116,7 +116,20 @@ PartitionerSection = Annotated[
     IidPartitioner | DirichletPartitioner | PathologicalPartitioner | ShardPartitioner | SizePartitioner
     | LinearPartitioner | SquarePartitioner | ExponentialPartitioner | NaturalPartitioner,
     Field(discriminator="name")]
-PARTITIONERS = tuple(get_args(m.model_fields["name"].annotation)[0] for m in get_args(get_args(PartitionerSection)[0]))
+
+
+def kind_tag(model: type[BaseModel]) -> str | None:
+    """The kind a section model stands for (its `name` or `mode` literal), None for a section without kinds."""
+    return next((get_args(model.model_fields[f].annotation)[0] for f in ("name", "mode") if f in model.model_fields
+                 and get_args(model.model_fields[f].annotation)), None)
+
+
+def kinds(section: Any) -> dict[str, type[BaseModel]]:
+    """A section with kinds (PartitionerSection, PrivacySection) as {kind: its model}."""
+    return {kind_tag(m): m for m in get_args(get_args(section)[0])}
+
+
+PARTITIONERS = tuple(kinds(PartitionerSection))
 
 
 class FeatureSkewSection(Section):

@@ -28,6 +28,7 @@ CONFIG = "config"  # ConfigRecord: the instructions
 METRICS = "metrics"  # MetricRecord of a reply
 MASK = "mask"  # ArrayRecord: SalUn's saliency mask (1 = may change)
 BLINDSPOT = "blindspot"  # ArrayRecord: the blindspot model's weights
+TARGET_MODEL = "target-model"  # ArrayRecord: PGA's early stop: the forgotten client's last model
 
 # ---- config keys -----------------------------------------------------------------------------------------------
 LOCAL_EPOCHS, LR = "local-epochs", "lr"  # LocalTraining's keys the server overrides for some rounds
@@ -39,6 +40,7 @@ METHOD = "method"  # UNLEARN: which client step (UnlearningStep)
 UNLEARN_STEP = "unlearn-step"  # UNLEARN: the step's index within its method, for seeding
 CLIP = "clip"  # UNLEARN pga: gradient-norm clip
 RADIUS = "radius"  # UNLEARN pga: projection radius around the received model
+STOP_DISTANCE = "stop-distance"  # UNLEARN pga: end the ascent once this far (L2) from the TARGET_MODEL record
 BETA = "beta"  # UNLEARN blindspot: weight of the attention term
 ATTENTION = "attention"  # UNLEARN blindspot: "channels" (the authors' attention map) | "units"
 FORGET = "forget"  # prefix of the keys listing data forgotten by served requests (fedsim.unlearning.forget)

@@ -279,6 +279,60 @@ def test_gradient_ascent_raises_the_loss_on_forgotten_data_and_pga_stays_in_its_
     assert torch.sqrt(sum((p - c).pow(2).sum() for p, c in zip(model.parameters(), center, strict=True))) <= 0.1001
 
 
+def test_pga_early_stop_ends_the_ascent_once_far_from_the_clients_own_model():
+    """The authors' early stop: after every projected step, stop once ||w - w_own|| > d. Checked against a
+    hand-written momentum ascent with the same batches, projection and stop rule."""
+    torch.manual_seed(1)
+    x, y = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    cfg = LocalTraining(local_epochs=4, batch_size=8, lr=0.05, momentum=0.9)
+    start = nn.Linear(5, 3)
+    own = [q.detach() + 0.05 * torch.randn_like(q) for q in start.parameters()]
+    center = [q.detach().clone() for q in start.parameters()]
+    model = nn.Linear(5, 3)
+    model.load_state_dict(start.state_dict())
+    metrics = gradient_ascent(model, x, y, cfg, "classification", torch.Generator().manual_seed(3), clip=5.0,
+                              radius=1.0, stop_at=(own, 0.6))
+
+    ref = nn.Linear(5, 3)
+    ref.load_state_dict(start.state_dict())
+    optimizer = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    generator, steps = torch.Generator().manual_seed(3), 0
+    order = [torch.randperm(48, generator=generator) for _ in range(4)]
+    batches = [o[i:i + 8] for o in order for i in range(0, 48, 8)]
+    for idx in batches:
+        dist = torch.sqrt(sum((q - o).pow(2).sum() for q, o in zip(ref.parameters(), own)))
+        if dist > 0.6:
+            break
+        optimizer.zero_grad()
+        (-task_loss("classification", ref(x[idx]), y[idx])).backward()
+        nn.utils.clip_grad_norm_(ref.parameters(), 5.0)
+        optimizer.step()
+        project_to_ball(ref, center, 1.0)
+        steps += 1
+    assert 0 < steps < len(batches)  # the stop fired, and not before the first step
+    assert metrics["steps"] == steps
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_pga_sends_its_early_stop_only_when_set(tmp_path, monkeypatch):
+    seen = []
+    original = Unlearning.client_step
+
+    def spy(self, job, method, step, arrays, local, nodes=None, extra=None, records=None):
+        if method == "pga":
+            seen.append((dict(extra), dict(records or {})))
+        return original(self, job, method, step, arrays, local, nodes, extra, records)
+
+    monkeypatch.setattr(Unlearning, "client_step", spy)
+    request = [{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}]
+    fedsim.run(unlearn_scenario(request), out=tmp_path / "off")
+    fedsim.run(unlearn_scenario(request, {"pga_stop_distance": 0.5}), out=tmp_path / "on")
+    (off_extra, off_records), (on_extra, on_records) = seen
+    assert "stop-distance" not in off_extra and not off_records
+    assert on_extra["stop-distance"] == 0.5 and set(on_records) == {"target-model"}
+
+
 def test_random_labels_are_never_the_true_label():
     y = torch.randint(0, 4, (1000,))
     r = random_labels(y, 4, torch.Generator().manual_seed(0))

@@ -348,6 +348,9 @@ class UnlearningSection(Section):
     pga_lr: float = Field(0.01, gt=0)
     pga_epochs: int = Field(5, ge=1)
     pga_clip: float = Field(5.0, gt=0)
+    # PGA's early stop (the authors' code): no further ascent step once the model is farther than this (L2) from
+    # the client's own last model; None: all pga_epochs
+    pga_stop_distance: float | None = Field(None, gt=0)
     blindspot_beta: float = Field(50.0, ge=0)
     blindspot_epochs: int = Field(2, ge=1)
     # the attention map A(a): "channels" (the authors': mean over channels, so a (batch, units) activation gives one

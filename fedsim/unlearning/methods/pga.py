@@ -1,4 +1,4 @@
-"""w_ref = (W·w − n_t·w_target)/(W − n_t) removes the client's last stored contribution under the strategy's own weighting (examples, or 1 each); the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3; then `rounds` ordinary rounds without it.
+"""w_ref = (W·w − n_t·w_target)/(W − n_t) removes the client's last stored contribution under the strategy's own weighting (examples, or 1 each); the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3, stopping early once farther than `pga_stop_distance` (if set) from the client's own last model; then `rounds` ordinary rounds without it.
 
 PGA (Halimi et al., client requests). W is the total weight of the clients stored in the target's last stored
 round and n_t the target's: example counts for strategies that weight replies by examples (FedAvg and the ones
@@ -58,8 +58,12 @@ def serve(session, job, strategy) -> Result:
     s = session.settings
     local = dataclasses.replace(session.local, lr=s.pga_lr, local_epochs=s.pga_epochs, momentum=0.9,
                                 weight_decay=0.0)
+    extra, records = {p.CLIP: s.pga_clip, p.RADIUS: radius}, {}
+    if s.pga_stop_distance is not None:
+        extra[p.STOP_DISTANCE] = s.pga_stop_distance
+        records[p.TARGET_MODEL] = state_to_record(w_target)
     replies = session.client_step(job, p.PGA, 0, state_to_record(w_ref), local, nodes=[session.nodes[target]],
-                                  extra={p.CLIP: s.pga_clip, p.RADIUS: radius})
+                                  extra=extra, records=records)
     arrays = replies[0].content[p.ARRAYS] if replies else state_to_record(w_ref)
     rounds, _ = session.budget("pga")
     for step in range(rounds):

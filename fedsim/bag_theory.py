@@ -17,6 +17,8 @@ release is post-processing: epsilon does not grow with rounds or epochs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -68,24 +70,59 @@ def interpolating_linear_estimator(x: np.ndarray, y_bar: np.ndarray, bags: np.nd
     return np.linalg.solve(gram, k * x_bar.T @ y_bar)
 
 
-def predicted_risk(n: int, d: int, k: int, rho: float, epsilon: float | None = None, snr: float = 1.0,
-                   clip: float = 1.0, noise_var: float = 1.0) -> float:
-    """Predicted E|theta_rho - theta|^2 for x ~ N(0, I_d), noise variance `noise_var`, |theta|^2 = snr * noise_var.
+@dataclass(frozen=True)
+class RiskTerms:
+    """The parts of the predicted E|theta_rho - theta|^2."""
 
-    With m = n / k bags and M = m + rho (n - m) (the effective sample count of the rho-weighted Gram matrix):
-    the estimator shrinks theta by 1 / (1 + rho (k - 1)), giving bias^2 (1 - shrink)^2 |theta|^2, and its noise part
-    has variance v k m d / (M (M - d - 1)), where v = noise_var / k + 2 b^2 is the variance of a released bag mean
-    (b the Laplace scale). rho = 0 gives noise_var d / (m - d - 1) without label noise, rho = 1 gives
-    noise_var / (k (psi - 1)) plus the bias: the paper's corollaries. Clipping is assumed not to bind.
+    bias: float  # squared bias: theta shrunk by m / M
+    noise: float  # variance from the responses' noise and the Laplace release
+    design: float  # variance from the random features of the other examples in a bag (0 at theta = 0 or rho = 0)
+
+    @property
+    def total(self) -> float:
+        return self.bias + self.noise + self.design
+
+
+def risk_terms(n: int, d: int, k: int, rho: float, epsilon: float | None = None, snr: float = 1.0, clip: float = 1.0,
+               noise_var: float = 1.0, client_sizes: Sequence[int] | None = None) -> RiskTerms | None:
+    """The predicted risk's parts for x ~ N(0, I_d), noise variance `noise_var`, |theta|^2 = snr * noise_var
+    (None where the Gram matrix is too small to invert).
+
+    m bags of k (n // k; with `client_sizes`, each client bags its own examples: sum of n_c // k) hold N = m k
+    examples; M = m + rho (N - m) is the expected rho-weighted Gram matrix's scale (k Xbar^T Xbar ~ Wishart(m),
+    Xc^T Xc ~ Wishart(N - m), independent). To first order in 1 / M:
+    - bias: the estimator's mean is theta m / M, so (1 - m / M)^2 |theta|^2;
+    - noise: v k m d / (M (M - d - 1)), with v = noise_var / k + 2 b^2 the variance of a released bag mean (b the
+      Laplace scale; with `client_sizes`, each client's clip bound from its own n_c, b^2 averaged over the bags);
+    - design: (d + 1) |theta|^2 rho^2 m (N - m) / M^3, the spread of G^-1 (rho (N - m) A - rho m B) theta / M
+      around its mean (A, B the two Wishart parts), which the corollaries leave out.
+    rho = 0 gives noise_var d / (m - d - 1) without label noise, rho = 1 noise_var / (k (psi - 1)) at theta = 0:
+    the paper's corollaries. Clipping is assumed not to bind.
     """
-    m = n // k
-    big_m = m + rho * (n - m)
+    sizes = list(client_sizes) if client_sizes is not None else [n]
+    bags_per_client = [size // k for size in sizes]
+    m = sum(bags_per_client)
+    if m == 0:
+        return None
+    big_n = m * k
+    big_m = m + rho * (big_n - m)
     if big_m - d - 1 <= 0:
-        return math.inf
-    b = 2.0 * clip_bound(n, clip) / (k * epsilon) if epsilon else 0.0
-    v = noise_var / k + 2.0 * b * b
-    shrink = 1.0 / (1.0 + rho * (k - 1))
-    return (1.0 - shrink) ** 2 * snr * noise_var + v * k * m * d / (big_m * (big_m - d - 1))
+        return None
+    laplace_var = 0.0
+    if epsilon:
+        laplace_var = sum(bags * 2.0 * (2.0 * clip_bound(size, clip) / (k * epsilon)) ** 2
+                          for size, bags in zip(sizes, bags_per_client, strict=True)) / m
+    theta_sq = snr * noise_var
+    return RiskTerms(bias=(1.0 - m / big_m) ** 2 * theta_sq,
+                     noise=(noise_var / k + laplace_var) * k * m * d / (big_m * (big_m - d - 1)),
+                     design=(d + 1) * theta_sq * rho**2 * m * (big_n - m) / big_m**3)
+
+
+def predicted_risk(n: int, d: int, k: int, rho: float, epsilon: float | None = None, snr: float = 1.0,
+                   clip: float = 1.0, noise_var: float = 1.0, client_sizes: Sequence[int] | None = None) -> float:
+    """Predicted E|theta_rho - theta|^2 (`risk_terms`, summed; inf where the Gram matrix is too small)."""
+    terms = risk_terms(n, d, k, rho, epsilon, snr, clip, noise_var, client_sizes)
+    return math.inf if terms is None else terms.total
 
 
 def optimal_bag_size(n: int, d: int, epsilon: float | None, rho: float, snr: float = 1.0, clip: float = 1.0,

@@ -191,18 +191,20 @@ def field(result: RunResult, dotted: str):
 
 
 def _predicted_curve(result: RunResult, rhos: np.ndarray) -> np.ndarray | None:
-    """Predicted test mse vs rho for federated linear regression on gaussian-regression bags (pooled closed form)."""
+    """Predicted test mse vs rho for federated linear regression on gaussian-regression bags (the pooled closed
+    form over every client's own bags, each client's Laplace scale from its own partition size)."""
     from fedsim.bag_theory import predicted_risk
+    from fedsim.data import federated_data
 
     s = result.scenario
     if s.data.dataset != "gaussian-regression" or s.model.name != "linear" or s.bags is None:
         return None
     g = s.data.generator
-    n = int(g.n_samples * (1 - s.data.test_fraction))
+    sizes = [int(c) for c in federated_data(s.data, s.run.seed).label_counts()[:, 0]]
     noise = g.noise_std**2
     snr = 1.0 / noise  # theta ~ N(0, I/d): |theta|^2 ~ 1
-    return np.array([noise + predicted_risk(n, g.n_features, s.bags.k, r, s.bags.epsilon, snr, s.bags.clip, noise)
-                     for r in rhos])
+    return np.array([noise + predicted_risk(sum(sizes), g.n_features, s.bags.k, r, s.bags.epsilon, snr, s.bags.clip,
+                                            noise, client_sizes=sizes) for r in rhos])
 
 
 def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Path) -> list[str]:

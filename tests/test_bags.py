@@ -15,6 +15,7 @@ from fedsim.bag_theory import (
     optimal_bag_size,
     predicted_risk,
     release,
+    risk_terms,
 )
 
 
@@ -55,6 +56,55 @@ def test_instance_level_variance_matches_the_corollary(k):
     variance = _monte_carlo(n, d, k, rho=1.0, theta_scale=0.0, reps=200, seed=10 + k)  # theta = 0: no bias
     assert variance == pytest.approx(1 / (k * (psi - 1)), rel=0.15)
     assert predicted_risk(n, d, k, 1.0, snr=0.0) == pytest.approx(1 / (k * (psi - 1)), rel=0.02)
+
+
+@pytest.mark.parametrize(("n", "d", "k", "theta_sq"), [(2000, 20, 4, 4.0), (6000, 50, 5, 1.0)])
+def test_instance_level_variance_with_a_nonzero_theta_includes_the_random_design_term(n, d, k, theta_sq):
+    """At rho = 1 the estimator's mean is exactly theta / k (rows are exchangeable), so E|theta_1 - theta / k|^2 is
+    its variance: the response noise's part plus the random-design part the corollary leaves out (here 1.8-4x
+    the corollary alone, which the old predictor returned)."""
+    rng = np.random.default_rng(k)
+    spread = []
+    for _ in range(200):
+        theta = rng.normal(size=d)
+        theta *= np.sqrt(theta_sq) / np.linalg.norm(theta)
+        x = rng.normal(size=(n, d))
+        bags = make_bags(n, k, rng)
+        est = interpolating_linear_estimator(x, (x @ theta + rng.normal(size=n))[bags].mean(axis=1), bags, 1.0)
+        spread.append(np.sum((est - theta / k) ** 2))
+    terms = risk_terms(n, d, k, 1.0, snr=theta_sq)
+    assert np.mean(spread) == pytest.approx(terms.noise + terms.design, rel=0.10)
+    assert np.mean(spread) > 1.5 * terms.noise  # the noise part alone is far off
+    assert terms.bias == pytest.approx((1 - 1 / k) ** 2 * theta_sq)
+
+
+def test_interpolating_risk_with_a_nonzero_theta_matches_monte_carlo():
+    n, d, k, rho = 6000, 50, 2, 0.5
+    assert _monte_carlo(n, d, k, rho, theta_scale=1 / np.sqrt(d), reps=200, seed=21) == pytest.approx(
+        predicted_risk(n, d, k, rho, snr=1.0), rel=0.05)
+
+
+def test_laplace_part_uses_each_clients_own_clip_bound():
+    """Ten clients of 200 bag and release their own responses (clip bound from their own n = 200); the pooled
+    closed form on all their bags has the risk predicted with client_sizes, not with the pooled n = 2000."""
+    rng = np.random.default_rng(5)
+    clients, size, d, k, eps, noise_var = 10, 200, 10, 4, 1.0, 0.25
+    risks = []
+    for _ in range(200):
+        xs, targets, bags = [], [], []
+        for c in range(clients):
+            x = rng.normal(size=(size, d))
+            b = make_bags(size, k, rng)
+            targets.append(release(rng.normal(scale=np.sqrt(noise_var), size=size), b, 0, eps, 1.0, rng))
+            xs.append(x)
+            bags.append(b + c * size)
+        est = interpolating_linear_estimator(np.concatenate(xs), np.concatenate(targets), np.concatenate(bags), 0.0)
+        risks.append(np.sum(est**2))  # theta = 0
+    own = predicted_risk(clients * size, d, k, 0.0, eps, snr=0.0, noise_var=noise_var,
+                         client_sizes=[size] * clients)
+    pooled = predicted_risk(clients * size, d, k, 0.0, eps, snr=0.0, noise_var=noise_var)
+    assert np.mean(risks) == pytest.approx(own, rel=0.10)
+    assert pooled > 1.3 * own
 
 
 def test_instance_level_shrinks_by_one_over_k():

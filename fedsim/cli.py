@@ -290,6 +290,7 @@ def compare(
 ) -> None:
     """Table of final/best metric (mean ± std over seeds) and rounds to a target, plus an overlay plot."""
     from fedsim.compare import (
+        gap_significance,
         load_groups,
         plot_against,
         plot_groups,
@@ -305,6 +306,8 @@ def compare(
     header, rows = unlearning_rows(groups)
     if rows:
         _print_table(header, rows, "unlearning (mean ± std over seeds)", markdown)
+        for line in gap_significance(groups):
+            out_console.print(line, markup=False, highlight=False, soft_wrap=True)
     parent = run_dirs[0].resolve().parent  # the default sits beside the runs' folder, not inside it
     path = plot_groups(groups, png or parent.with_name(f"{parent.name}-compare.png"))
     (err_console if markdown else out_console).print(f"plot: {path}")

@@ -93,6 +93,51 @@ def unlearning_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def gap_significance(groups: list[Group], alpha: float = 0.05) -> list[str]:
+    """Per (setting, request) served with several seeds: which methods' Avg. Gap differs from the best method's,
+    by a two-sided paired t-test over the seeds the two share (seeds are paired: same data, same model before the
+    request), Holm-corrected over the comparisons. One line of text per request."""
+    from scipy.stats import ttest_rel
+
+    gaps: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for group in groups:
+        for run in group.runs:
+            for row in run.summary.get("unlearning", []):
+                if row["method"] == "retrain":
+                    continue
+                request = row["request"]
+                described = f"{request['kind']} {request['target']} @ {request['at_round']}"
+                gaps.setdefault((group.name, described), {}).setdefault(row["method"], {})[run.scenario.run.seed] = \
+                    row["avg_gap"]
+    lines = []
+    for (name, request), methods in gaps.items():
+        best = min(methods, key=lambda m: np.mean(list(methods[m].values())))
+        tests = []
+        for method, by_seed in methods.items():
+            seeds = sorted(set(by_seed) & set(methods[best]))
+            if method == best or len(seeds) < 3:
+                continue
+            diffs = np.array([by_seed[s] - methods[best][s] for s in seeds])
+            p = 1.0 if not diffs.any() else float(ttest_rel([by_seed[s] for s in seeds],
+                                                             [methods[best][s] for s in seeds]).pvalue)
+            tests.append((p, method, len(seeds)))
+        if not tests:
+            continue
+        tests.sort()
+        holm = []  # Holm step-down: the i-th smallest p is compared with alpha / (m - i); stop at the first miss
+        for i, (p, method, n) in enumerate(tests):
+            adjusted = min(1.0, max([p * (len(tests) - i)] + [a for a, _, _ in holm]))
+            holm.append((adjusted, method, n))
+        larger = [f"{m} (p={a:.3f})" for a, m, _ in holm if a < alpha]
+        tied = [f"{m} (p={a:.3f})" for a, m, _ in holm if a >= alpha]
+        seeds = max(n for _, _, n in holm)
+        lines.append(f"{name}, {request}: lowest Avg. Gap {best} "
+                     f"({np.mean(list(methods[best].values())):.2f}); paired t-test over {seeds} seeds, "
+                     f"Holm-adjusted at {alpha:g}: significantly larger: {', '.join(larger) or 'none'}; "
+                     f"not distinguishable: {', '.join(tied) or 'none'}")
+    return lines
+
+
 def plot_unlearning(groups: list[Group], out: Path) -> Path | None:
     """Avg. Gap to retrain against speed-up over retrain, one point per method (mean ± std over seeds);
     None when no run served unlearning requests."""

@@ -81,3 +81,36 @@ def test_plot_against_a_field_with_prediction(tmp_path, cli):
     code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c-vs-bags-rho.png").is_file()
     assert "k=8: best measured bags.rho" in out and "predicted optimum" in out
+
+
+def _unlearning_group(gaps: dict[str, list[float]]):
+    """A Group of fake runs (one per seed) whose summaries hold these Avg. Gaps per method."""
+    from types import SimpleNamespace
+
+    from fedsim.compare import Group
+
+    request = {"kind": "client", "target": 3, "at_round": 20}
+    seeds = len(next(iter(gaps.values())))
+    runs = [SimpleNamespace(scenario=SimpleNamespace(run=SimpleNamespace(seed=s)),
+                            summary={"unlearning": [{"method": "retrain", "request": request, "avg_gap": 0.0}] + [
+                                {"method": m, "request": request, "avg_gap": v[s]} for m, v in gaps.items()]})
+            for s in range(seeds)]
+    return Group("unlearn-client", runs)
+
+
+def test_gap_significance_is_a_holm_corrected_paired_t_test_against_the_best_method():
+    from scipy.stats import ttest_rel
+
+    from fedsim.compare import gap_significance
+
+    best = [1.0, 1.1, 0.9, 1.0, 1.05]
+    far = [b + d for b, d in zip(best, [2.0, 2.1, 1.9, 2.2, 2.0])]
+    close = [b + d for b, d in zip(best, [0.1, -0.2, 0.15, -0.05, 0.02])]
+    (line,) = gap_significance([_unlearning_group({"far": far, "best": best, "close": close})])
+    p_far, p_close = ttest_rel(far, best).pvalue, ttest_rel(close, best).pvalue
+    assert p_far < p_close
+    holm_far, holm_close = 2 * p_far, max(2 * p_far, p_close)  # Holm with two comparisons
+    assert "lowest Avg. Gap best (1.01)" in line and "over 5 seeds" in line
+    assert f"significantly larger: far (p={holm_far:.3f})" in line
+    assert f"not distinguishable: close (p={holm_close:.3f})" in line
+    assert gap_significance([_unlearning_group({"a": [1.0, 2.0], "b": [3.0, 4.0]})]) == []  # 2 seeds: no test

@@ -36,7 +36,7 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
         return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
-                       seed=scenario.run.seed)
+                       seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         "run `flwr run . --run-config scenario=\\\"NAME\\\"` from the project root")
 

@@ -118,3 +118,41 @@ def test_every_scenario_error_is_reported_one_line_each(cli, tmp_path):
     assert code == 2 and len(lines) == 3 and all(line.startswith("error: ") and ";" in line for line in lines), err
     assert "run.rounds: input should be greater than or equal to 1" in lines[0]
     assert "faults.dropout_rate" in err and "unknown key 'straggler_rat'; did you mean 'straggler_rate'" in err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_wrong_ray_address_ends_in_one_line_within_the_connect_timeout(cli, tmp_path):
+    import time
+
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace('rounds = 2', 'rounds = 2\nruntime = "ray"\nray_connect_timeout_s = 1.5'))
+    start = time.monotonic()
+    code, _, err = cli("run", str(path), "--ray-address", f"127.0.0.1:{_closed_port()}", "--out", str(tmp_path / "run"))
+    elapsed = time.monotonic() - start
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "cannot attach to Ray at '127.0.0.1:" in lines[0] and "nothing answered within 1.5 s" in lines[0]
+    assert 1.0 < elapsed < 30  # waited for the address (retrying), then gave up; Ray alone retries ~12 min
+    assert not (tmp_path / "run").exists()
+
+
+def test_reachable_accepts_a_listening_address_and_leaves_auto_to_ray():
+    import socket
+
+    from fedsim.errors import FedsimError
+    from fedsim.runtime.ray_grid import reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        reachable(f"127.0.0.1:{server.getsockname()[1]}", 1.0)
+    reachable("auto", 0.1)
+    with pytest.raises(FedsimError, match="nothing answered within 0.2 s"):
+        reachable(f"127.0.0.1:{_closed_port()}", 0.2)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections import deque
@@ -77,16 +78,40 @@ class _Chunk:
     actor: int = -1
 
 
+def reachable(address: str, timeout_s: float) -> None:
+    """Raise the one-line `cannot attach` error unless something accepts TCP connections at `address`'s host:port
+    within `timeout_s` (Ray itself retries an unreachable GCS for many minutes). "auto" and addresses without a
+    port are left to Ray."""
+    host_port = address.removeprefix("ray://").rsplit(":", 1)
+    if address == "auto" or len(host_port) != 2 or not host_port[1].isdigit():
+        return
+    host, port = host_port[0].strip("[]"), int(host_port[1])
+    deadline, reason = time.monotonic() + timeout_s, "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise FedsimError("run.ray_address", f"cannot attach to Ray at '{address}': nothing answered within "
+                              f"{timeout_s:g} s ({reason})", "start the cluster (`ray start --head`), fix the "
+                              "address, or raise run.ray_connect_timeout_s")
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 class RayGrid(VirtualNodesGrid):
     """Virtual clients served by `pool size` Ray actors (from per-client `resources` and the cluster's size)."""
 
     def __init__(self, num_nodes: int, run_config: dict, resources: ResourcesSection, address: str | None = None,
                  client_app: str = "fedsim.clients.app:app", runtime_env: dict | None = None,
-                 chunks_per_actor: int = 1, ship_code: bool | None = None, faults=None, seed: int = 0) -> None:
+                 chunks_per_actor: int = 1, ship_code: bool | None = None, faults=None, seed: int = 0,
+                 connect_timeout_s: float = 30.0) -> None:
         super().__init__(num_nodes, run_config, faults=faults, seed=seed)
         self.run_config = dict(run_config)  # shared by every node; sent once per chunk, not per client
         self.resources, self.address, self.client_app = resources, address, client_app
         self.chunks_per_actor = chunks_per_actor
+        self.connect_timeout_s = connect_timeout_s
         self._owns_connection = not ray.is_initialized()
         self._snapshot: Path | None = None
         self._connect(runtime_env, ship_code)
@@ -109,6 +134,7 @@ class RayGrid(VirtualNodesGrid):
         if not self.address:
             ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env, **kwargs)
             return
+        reachable(self.address, self.connect_timeout_s)
         try:  # an existing cluster: Ray refuses num_cpus / num_gpus here
             ray.init(address=self.address, runtime_env=runtime_env, **kwargs)
             if ship_code is None:

@@ -49,6 +49,7 @@ class RunSection(Section):
     rounds: int = Field(10, ge=1)
     runtime: Literal["inline", "ray", "flower"] = "inline"
     ray_address: str | None = None
+    ray_connect_timeout_s: float = Field(30.0, gt=0)  # give up attaching to ray_address after this long
     round_timeout_s: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)

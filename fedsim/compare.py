@@ -132,7 +132,7 @@ def gap_significance(groups: list[Group], alpha: float = 0.05) -> list[str]:
         tied = [f"{m} (p={a:.3f})" for a, m, _ in holm if a >= alpha]
         seeds = max(n for _, _, n in holm)
         lines.append(f"{name}, {request}: lowest Avg. Gap {best} "
-                     f"({np.mean(list(methods[best].values())):.2f}); paired t-test over {seeds} seeds, "
+                     f"({np.mean(list(methods[best].values())):.4g}); paired t-test over {seeds} seeds, "
                      f"Holm-adjusted at {alpha:g}: significantly larger: {', '.join(larger) or 'none'}; "
                      f"not distinguishable: {', '.join(tied) or 'none'}")
     return lines

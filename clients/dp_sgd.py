@@ -108,6 +108,7 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded on purpose: reproducible runs
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message="GDP accounting is experimental")  # `fedsim run` says it once
         torch.manual_seed(seed)
         local = copy.deepcopy(model)
         engine = PrivacyEngine(accountant=privacy.accountant)

@@ -98,6 +98,10 @@ def run(
         sc = Scenario.load(scenario, overrides)
         name, rounds, done = sc.run.name, sc.run.rounds, 0
         job = functools.partial(runner.run, sc, out)
+    if sc.privacy is not None and getattr(sc.privacy, "accountant", None) == "gdp":
+        err_console.print("note: privacy.accountant = 'gdp' reports a central-limit estimate of epsilon, which can "
+                          "be below the true epsilon; use 'rdp' or 'prv' for an upper bound", markup=False,
+                          highlight=False, soft_wrap=True)
     with _stop_after_round() as stop:
         try:
             _run_with_progress(functools.partial(job, stop=stop), name, rounds, quiet, done)
@@ -151,10 +155,11 @@ def _run_with_progress(job, name: str, rounds: int, quiet: bool, done: int = 0) 
 
         result = job(on_round)
     out_console.print(_metric_table(result.metrics, f"{name}: central evaluation", max_rows=10))
-    final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
-    out_console.print(f"final: {final} | wall time {result.summary['wall_time_s']:.1f} s | run dir: {result.run_dir}")
+    _print_unlearning(result)
+    _print_line(f"final: {_metrics_text(result.final)} | wall time {result.summary['wall_time_s']:.1f} s | "
+                f"run dir: {result.run_dir}")
     if "stopped" in result.summary:
-        out_console.print(f"stopped after round {result.summary['rounds']}: {result.summary['stopped']}")
+        _print_line(f"stopped after round {result.summary['rounds']}: {result.summary['stopped']}")
 
 
 @app.command(name="list")
@@ -199,33 +204,56 @@ def _print_table(header: list[str], rows: list[list[str]], title: str, markdown:
     out_console.print(table)
 
 
-@app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Print a run's metrics per round and its summary."""
+def _metrics_text(values: dict[str, float] | None) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in (values or {}).items()) or "n/a"
+
+
+def _print_unlearning(result) -> None:
+    """The run's unlearning table (one row per method of each request), if it served any."""
     from fedsim.compare import Group, unlearning_rows
+
+    header, rows = unlearning_rows([Group(result.scenario.run.name, [result])])
+    if not rows:
+        return
+    history = result.summary.get("history", {})
+    requests = sorted({r[1] for r in rows})
+    keep = [2, *range(4, len(header))] if len(requests) == 1 else [1, 2, *range(4, len(header))]
+    _print_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows],
+                 f"unlearning {', '.join(requests)} (history store: {history.get('rounds', 0)} rounds, "
+                 f"{history.get('bytes', 0) / 1e6:.1f} MB)")
+
+
+def _print_line(text: str) -> None:
+    """A result line, never wrapped or marked up (so `| tail -1` keeps the numbers when piped)."""
+    out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="A run directory (finished, running or interrupted).")]) -> None:
+    """Print a run's metrics per round and its summary."""
     from fedsim.results import load_run
 
-    result = load_run(run_dir)
+    result = load_run(run_dir, unfinished=True)
     out_console.print(_metric_table(result.metrics, f"{result.scenario.run.name} ({run_dir})"))
-    best = result.summary["best"]
-    out_console.print(f"final: {result.final} | best: {best} | wall time {result.summary['wall_time_s']} s")
-    header, rows = unlearning_rows([Group(result.scenario.run.name, [result])])
-    if rows:
-        history = result.summary.get("history", {})
-        requests = sorted({r[1] for r in rows})
-        keep = [2, *range(4, len(header))] if len(requests) == 1 else [1, 2, *range(4, len(header))]
-        _print_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows],
-                     f"unlearning {', '.join(requests)} (history store: {history.get('rounds', 0)} rounds, "
-                     f"{history.get('bytes', 0) / 1e6:.1f} MB)")
+    best = result.summary.get("best")
+    best_text = f"round {best['round']}, " + _metrics_text({k: v for k, v in best.items() if k != "round"}) \
+        if best else "n/a"
+    _print_line(f"final: {_metrics_text(result.final)} | best: {best_text} | wall time "
+                f"{result.summary['wall_time_s']:.1f} s")
+    if result.summary.get("unfinished"):
+        _print_line(f"unfinished: {result.summary['rounds']} of {result.scenario.run.rounds} rounds so far "
+                    f"(running, or resume with: fedsim run --resume {run_dir})")
+    _print_unlearning(result)
 
 
 @app.command()
-def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Write RUN_DIR/plots/metrics.png (test accuracy or mse, and loss, per round)."""
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (finished, running or interrupted).")]) -> None:
+    """Write RUN_DIR/plots/metrics.png (test accuracy or mse, and loss, per round; epsilon spent on DP runs,
+    the unlearning requests marked)."""
     from fedsim.plots import plot_run
     from fedsim.results import load_run
 
-    out_console.print(str(plot_run(load_run(run_dir))))
+    _print_line(str(plot_run(load_run(run_dir, unfinished=True))))
 
 
 @app.command()

@@ -96,6 +96,8 @@ class FederatedData:
             try:
                 with warnings.catch_warnings():  # Dirichlet resampling chatter; a final failure still raises
                     warnings.filterwarnings("ignore", message="The specified min_partition_size")
+                    # pyarrow >= 25 deprecates an argument flwr-datasets' shard partitioner passes when sorting
+                    warnings.filterwarnings("ignore", message="Specifying null_placement", category=FutureWarning)
                     x, y = to_arrays(self._load_partition(partition_id))
             except (ValueError, KeyError) as exc:
                 raise DataError("data.partitioner", f"partitioning failed: {exc}", _partition_fix(self.cfg)) from None

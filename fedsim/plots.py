@@ -38,9 +38,21 @@ def plot_run(result: RunResult) -> Path:
     if rows and "loss" in rows[0]["train"]:
         ax_loss.plot(rounds, [r["train"].get("loss") for r in rows], marker=".", label="clients, local training")
     ax_loss.set(xlabel="round", ylabel="loss", title="loss")
+    for request in result.scenario.unlearning.requests if result.scenario.unlearning else []:
+        for ax in (ax_main, ax_loss):  # served after its round: the next round is the first without the data
+            ax.axvline(request.at_round + 0.5, color="grey", linestyle="--", linewidth=1,
+                       label=f"unlearning {request.kind} {request.target}")
     for ax in (ax_main, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ledger = next((key for key in ("privacy", "label_privacy") if rows and key in rows[-1]), None)
+    if ledger is not None:  # the budget spent so far, on the right axis
+        spent = ax_main.twinx()
+        spent.plot(rounds, [r.get(ledger, {}).get("epsilon") for r in rows], color="tab:red", linestyle=":",
+                   label="epsilon")
+        spent.set_ylabel("epsilon spent", color="tab:red")
+        ax_main.set_title(f"{ax_main.get_title()} (final epsilon {rows[-1][ledger]['epsilon']:.2f})")
     return save_figure(fig, result.run_dir / "plots" / "metrics.png")
 
 

@@ -47,6 +47,16 @@ def new_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
     return path
 
 
+def progress(rows: list[dict[str, Any]], task: str, initial: dict[str, float] | None = None) -> dict[str, Any]:
+    """Rounds done, the initial / final central metrics and the best round so far."""
+    key = "mse" if task == "regression" else "accuracy"
+    out: dict[str, Any] = {"rounds": len(rows), "initial": initial, "final": rows[-1]["eval"] if rows else initial}
+    if rows:
+        best_row = (min if task == "regression" else max)(rows, key=lambda r: r["eval"][key])
+        out["best"] = {"round": best_row["round"], key: best_row["eval"][key]}
+    return out
+
+
 class RunRecorder(RoundCallback):
     """Writes the run dir round by round: the round callback that appends each round's row to metrics.jsonl
     (adding its wall time) and, at the end, writes summary.json and model.pt."""
@@ -88,15 +98,10 @@ class RunRecorder(RoundCallback):
             self.on_round(row)
 
     def finish(self, state_dict: dict[str, torch.Tensor], task: str, runtime: dict | None = None) -> RunResult:
-        key = "mse" if task == "regression" else "accuracy"
-        best_row = (min if task == "regression" else max)(self.rows, key=lambda r: r["eval"][key])
         summary = {
             "scenario": self.scenario.run.name,
             "task": task,
-            "rounds": len(self.rows),
-            "initial": self.initial,
-            "final": self.rows[-1]["eval"] if self.rows else self.initial,
-            "best": {"round": best_row["round"], key: best_row["eval"][key]},
+            **progress(self.rows, task, self.initial),
             "failures": sum(r["failures"] for r in self.rows),
             "wall_time_s": round(time.perf_counter() - self._start, 3),
             "runtime": runtime or {},
@@ -134,11 +139,22 @@ def _read_rows(run_dir: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(run_dir: str | Path) -> RunResult:
-    """Read a finished run dir back (the model with weights_only=True)."""
+def load_run(run_dir: str | Path, unfinished: bool = False) -> RunResult:
+    """Read a finished run dir back (the model with weights_only=True); with `unfinished`, also one still
+    running or interrupted: its rounds so far, a summary marked "unfinished", no model."""
     path = Path(run_dir)
     needed = ["scenario.toml", "metrics.jsonl", "summary.json"]
     missing = [n for n in needed if not (path / n).is_file()]
+    if missing == ["summary.json"] and unfinished:
+        try:
+            rows = _read_rows(path, torn_tail=True)
+        except json.JSONDecodeError as exc:
+            raise RunDirError(str(path), f"corrupt metrics: {exc}", "re-run the scenario") from None
+        task = "regression" if rows and "mse" in rows[0]["eval"] else "classification"
+        scenario = Scenario.from_run_dir(path / "scenario.toml")
+        summary = {"scenario": scenario.run.name, "task": task, **progress(rows, task), "unfinished": True,
+                   "wall_time_s": round(sum(r.get("time_s", 0.0) for r in rows), 3)}
+        return RunResult(path, scenario, rows, summary)
     if missing:
         interrupted = (path / "checkpoint.pt").is_file()
         raise RunDirError(str(path), f"not a finished run dir (missing {', '.join(missing)})",

@@ -20,8 +20,10 @@ def test_run_show_plot(cli, tmp_path):
     code, out, _ = cli("run", "quickstart", "--set", "run.rounds=3", "--set", "data.partitioner.num_partitions=5",
                        "--out", str(run_dir))
     assert code == 0 and "final: loss" in out and "test acc" in out
+    final = next(line for line in out.splitlines() if line.startswith("final: "))
+    assert f"run dir: {run_dir}" in final  # one line however long, so `| tail -1` keeps the numbers
     code, out, _ = cli("show", str(run_dir))
-    assert code == 0 and out.count("│") > 10 and "best:" in out
+    assert code == 0 and out.count("│") > 10 and "best: round " in out and "{" not in out  # no raw dicts
     code, out, _ = cli("plot", str(run_dir))
     png = Path(out.strip())
     assert code == 0 and png == run_dir / "plots" / "metrics.png" and png.read_bytes()[:4] == b"\x89PNG"
@@ -57,3 +59,41 @@ def test_ctrl_c_exits_130_without_a_run_dir(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(client_module, "train_locally", interrupt)
     code, _, err = cli("run", "quickstart", "--out", str(tmp_path / "run"))
     assert code == 130 and "interrupted" in err and not (tmp_path / "run").exists()
+
+
+def test_show_and_plot_look_at_an_unfinished_run(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", "quickstart", "--set", "run.rounds=3", "--set", "data.partitioner.num_partitions=5",
+        "--out", str(run_dir))
+    (run_dir / "summary.json").unlink()  # as while it runs, or after a kill -9
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # a torn last line
+    code, out, _ = cli("show", str(run_dir))
+    assert code == 0 and "unfinished: 2 of 3 rounds so far" in out and "final: loss" in out
+    code, out, _ = cli("plot", str(run_dir))
+    assert code == 0 and Path(out.strip()).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_of_an_unlearning_scenario_prints_its_unlearning_table(cli, tmp_path):
+    code, out, _ = cli("run", "unlearn-client", "--set", "run.rounds=3", "--set", "unlearning.requests.0.at_round=2",
+                       "--set", 'unlearning.requests.0.method=["retrain", "finetune"]', "--out", str(tmp_path / "run"))
+    assert code == 0 and "unlearning client 3 @ 2" in out and "finetune" in out and "UA" in out
+
+
+def test_plot_marks_unlearning_requests_and_draws_the_epsilon_spent(tmp_path, monkeypatch):
+    import fedsim
+    from fedsim import plots
+    from fedsim.scenario import Scenario
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: figures.append(fig) or out)
+    dp = fedsim.run(Scenario.load("client-dp", ["run.rounds=2"]), out=tmp_path / "dp")
+    plots.plot_run(dp)
+    main = figures[-1].axes[0]
+    assert "final epsilon" in main.get_title() and any(ax.get_ylabel() == "epsilon spent" for ax in figures[-1].axes)
+    unlearn = fedsim.run(Scenario.load("unlearn-client", ["run.rounds=3", "unlearning.requests.0.at_round=2",
+                                                          'unlearning.requests.0.method=["finetune"]',
+                                                          "unlearning.evaluate=false"]), out=tmp_path / "ul")
+    plots.plot_run(unlearn)
+    marks = [line for line in figures[-1].axes[0].get_lines() if line.get_label() == "unlearning client 3"]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == 2.5

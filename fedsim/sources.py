@@ -139,7 +139,13 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
     table = ds.with_format("numpy")
     parts, shape = [], None
     for col in feature_cols:
-        values = np.asarray(table[col], dtype=np.float32)
+        try:
+            values = np.asarray(table[col], dtype=np.float32)
+        except (ValueError, TypeError):
+            row, value = _first_non_number(ds[col])
+            raise DataError(f"data.dataset: {cfg.dataset}", f"column '{col}' row {row} holds {value!r}, not a number",
+                            "make every feature column numeric, or list the numeric ones in data.feature_columns") \
+                from None
         if values.ndim >= 3 and values.max() > 1.0:  # image pixels
             values = values / 255.0
         if values.ndim == 3:  # (n, h, w) greyscale images
@@ -149,8 +155,26 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
         shape = values.shape[1:] if len(feature_cols) == 1 else None
         parts.append(values.reshape(len(values), -1))
     x = np.concatenate(parts, axis=1)
-    y = np.asarray(table[label]).astype(np.float32 if regression else np.int64)
+    raw_y = np.asarray(table[label])
+    for name, values in ((label, raw_y), *zip(feature_cols, parts, strict=True)):
+        empty = np.flatnonzero(np.isnan(values.reshape(len(values), -1)).any(axis=1)) \
+            if values.dtype.kind == "f" else np.flatnonzero([v is None for v in values]) if values.dtype == object \
+            else np.array([], dtype=int)
+        if empty.size:
+            raise DataError(f"data.dataset: {cfg.dataset}", f"column '{name}' row {empty[0] + 1} is empty "
+                            f"({empty.size} row{'s' if empty.size > 1 else ''} in all)", "fill or drop the rows with missing values")
+    y = raw_y.astype(np.float32 if regression else np.int64)
     return {"x": x, "label": y}, tuple(shape or (x.shape[1],)), regression
+
+
+def _first_non_number(values) -> tuple[int, object]:
+    """(1-based row, value) of the first entry float() refuses."""
+    for i, value in enumerate(values):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return i + 1, value
+    return 0, None
 
 
 # ---- the entry point ----------------------------------------------------------------------

@@ -43,15 +43,49 @@ def strategy_params(name: str) -> list[str]:
     return [p.name for p in params if p.name != "self" and p.name not in _MANAGED and p.kind is not p.VAR_KEYWORD]
 
 
+# Step sizes and adaptivity constants that only make sense above 0; moment decays that must stay below 1.
+_POSITIVE = {"eta", "eta_l", "tau", "server_learning_rate", "client_learning_rate", "server_lr", "k_proportion"}
+_BELOW_ONE = {"beta_1", "beta_2", "history_decay"}
+
+
 def check_strategy(name: str, params: dict[str, Any]) -> None:
-    """Raise ValueError('what; fix') for an unknown strategy or parameter."""
+    """Raise ValueError('what; fix') for an unknown strategy or parameter, a value of the wrong type (checked
+    against the constructor's annotation), or a number out of range: step sizes > 0, moment decays in [0, 1),
+    and no negative value where the default is a non-negative number."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy '{name}'; {suggest(name, STRATEGIES)}")
     allowed = strategy_params(name)
-    for key in params:
+    signature = inspect.signature(STRATEGIES[name].__init__, eval_str=True).parameters
+    for key, value in params.items():
         if key not in allowed:
             choices = allowed or ["(none)"]
             raise ValueError(f"strategy '{name}' has no parameter '{key}'; {suggest(key, choices)}")
+        _check_value(name, key, value, signature[key])
+
+
+def _check_value(name: str, key: str, value: Any, param: inspect.Parameter) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    where = f"strategy.{key}"
+    if param.annotation is not param.empty:
+        try:
+            TypeAdapter(param.annotation).validate_python(value, strict=True)
+        except ValidationError as exc:
+            expected = getattr(param.annotation, "__name__", str(param.annotation))
+            reason = exc.errors()[0]["msg"].lower()
+            raise ValueError(f"{where} = {value!r}: {reason} ('{name}' takes a {expected}); "
+                             f"write a {expected}, e.g. {param.default!r}" if param.default is not param.empty
+                             else f"write a {expected}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    default = param.default if isinstance(param.default, int | float) else None
+    if key in _POSITIVE and value <= 0:
+        raise ValueError(f"{where} = {value}: must be greater than 0; use a positive value"
+                         + (f", e.g. {default}" if default else ""))
+    if key in _BELOW_ONE and not 0 <= value < 1:
+        raise ValueError(f"{where} = {value}: must be in [0, 1); use e.g. {default}")
+    if default is not None and default >= 0 and value < 0:
+        raise ValueError(f"{where} = {value}: must not be negative; use e.g. {default}")
 
 
 def build_strategy(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.errors import FedsimError
 from fedsim.results import RunResult, load_run
 
 
@@ -36,10 +37,17 @@ class Group:
 
 
 def load_groups(run_dirs: list[Path]) -> list[Group]:
+    """The runs grouped by run name; runs of different tasks (classification / regression) are refused."""
     groups: dict[str, list[RunResult]] = {}
+    tasks: dict[str, str] = {}
     for run_dir in run_dirs:
         result = load_run(run_dir)
         groups.setdefault(result.scenario.run.name, []).append(result)
+        tasks.setdefault(result.summary.get("task", "classification"), str(run_dir))
+    if len(tasks) > 1:
+        raise FedsimError("fedsim compare", "mixes " + " and ".join(f"{task} runs (e.g. {where})"
+                                                                   for task, where in sorted(tasks.items())),
+                          "compare runs of one task: their metrics (accuracy vs mse) do not share a scale")
     return [Group(name, runs) for name, runs in sorted(groups.items())]
 
 
@@ -258,6 +266,11 @@ def plot_against(groups: list[Group], x_key: str, line_keys: list[str], out: Pat
     starred. Returns one line of text per plotted line: its best measured x and the predicted optimum if any."""
     from fedsim.plots import plt, save_figure
 
+    lacking = [g.name for g in groups if any(not isinstance(field(r, x_key), int | float) for r in g.runs)]
+    if lacking:
+        raise FedsimError("--x", f"'{x_key}' is not a number in every run (not in: {', '.join(lacking[:3])}"
+                          f"{', ...' if len(lacking) > 3 else ''})", "pass a numeric scenario field the runs set, "
+                          "e.g. --x bags.rho or --x data.partitioner.alpha")
     lines: dict[str, dict[float, list[float]]] = {}
     example: dict[str, RunResult] = {}
     for group in groups:

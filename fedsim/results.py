@@ -74,10 +74,16 @@ class RunRecorder(RoundCallback):
             atomic_write(run_dir / "metrics.jsonl",
                           lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
         else:
+            if run_dir.exists() and not run_dir.is_dir():
+                raise RunDirError(str(run_dir), "is a file, not a directory", "pass a directory path to --out")
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise RunDirError(str(run_dir), "already exists and is not empty", "pick another --out or remove it")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
+            except OSError as exc:
+                raise RunDirError(str(run_dir), f"cannot be written: {exc.strerror or exc}",
+                                  "pass an --out (or output.dir) you can write to") from None
         self._start = self._last = time.perf_counter()
         self.summary_extras: dict[str, Any] = {}  # e.g. the unlearning table
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did

@@ -66,7 +66,7 @@ def check_strategy(name: str, params: dict[str, Any]) -> None:
 def _check_value(name: str, key: str, value: Any, param: inspect.Parameter) -> None:
     from pydantic import TypeAdapter, ValidationError
 
-    where = f"strategy.{key}"
+    where = key
     if param.annotation is not param.empty:
         try:
             TypeAdapter(param.annotation).validate_python(value, strict=True)

@@ -58,6 +58,16 @@ CASES = {
     "dp-q-above-one": (GOOD + '[privacy]\nmode = "client-dp"\nnoise_multiplier = 1.0\nq = 1.5\n', [],
                        r"privacy\.q: input should be less than or equal to 1"),
     "dp-no-noise": (GOOD + '[privacy]\nmode = "dp-sgd"\n', [], r"privacy needs noise_multiplier or target_epsilon"),
+    "strategy-kwarg-type": (GOOD.replace('"fedavg"', '"fedadam"'), ['strategy.eta="fast"'],
+                            (r"strategy: eta = 'fast': input should be a valid number \('fedadam' takes a float\); "
+                             r"write a float, e\.g\. 0\.1")),
+    "strategy-negative-step": (GOOD.replace('"fedavg"', '"fedadam"'), ["strategy.eta=-1"],
+                               r"strategy: eta = -1: must be greater than 0"),
+    "strategy-decay-one": (GOOD.replace('"fedavg"', '"fedyogi"'), ["strategy.beta_1=1.0"],
+                           r"strategy: beta_1 = 1\.0: must be in \[0, 1\)"),
+    "strategy-negative-mu": (GOOD.replace('"fedavg"', '"fedprox"'), ["strategy.proximal_mu=-0.1"],
+                             r"strategy: proximal_mu = -0\.1: must not be negative"),
+    "hidden-width-zero": (GOOD, ["model.hidden=[0]"], r"model\.hidden\.0: input should be greater than or equal to 1"),
     "dp-unsupported-layer": (GOOD.replace('"mlp"', '"cnn"\nbatch_norm = true') +
                              '[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 1.0\n', [],
                              r"model: DP-SGD cannot train layer 'features\.1' \(BatchNorm2d\)"),
@@ -156,3 +166,46 @@ def test_reachable_accepts_a_listening_address_and_leaves_auto_to_ray():
     reachable("auto", 0.1)
     with pytest.raises(FedsimError, match="nothing answered within 0.2 s"):
         reachable(f"127.0.0.1:{_closed_port()}", 0.2)
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ("a,b,label\n1,2,0\n5,x,1\n", r"column 'b' row 2 holds 'x', not a number; make every feature column numeric"),
+    ("a,b,label\n1,foo,0\n3,bar,1\n", r"column 'b' row 1 holds 'foo', not a number"),
+    ("a,b,label\n1,2,0\n3,4\n5,6,1\n", r"column 'label' row 2 is empty \(1 row in all\); fill or drop"),
+])
+def test_bad_csv_names_the_file_column_row_and_value(cli, tmp_path, text, pattern):
+    import re
+
+    data = tmp_path / "d.csv"
+    data.write_text(text)
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace('"digits"', f'"file:{data}"').replace("num_partitions = 4", "num_partitions = 1"))
+    code, _, err = cli("validate", str(path))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"data.dataset: file:{data}" in lines[0], err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("make", ["file", "under-a-file"])
+def test_an_out_that_cannot_be_a_run_dir(cli, tmp_path, make):
+    target = tmp_path / "taken"
+    target.write_text("not a directory")
+    out = target if make == "file" else target / "run"
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD)
+    code, _, err = cli("run", str(path), "--out", str(out))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert ("is a file, not a directory" if make == "file" else "cannot be written: Not a directory") in lines[0]
+    assert target.read_text() == "not a directory"
+
+
+def test_compare_refuses_a_missing_x_field_and_mixed_tasks(cli, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace("rounds = 2", "rounds = 1"))
+    cli("run", str(path), "--out", str(tmp_path / "a"))
+    code, _, err = cli("compare", str(tmp_path / "a"), "--x", "bags.rho", "--png", str(tmp_path / "c.png"))
+    assert code == 2 and err.count("\n") == 1 and "--x: 'bags.rho' is not a number in every run (not in: bad)" in err
+    cli("run", str(path), "--set", 'data.dataset="diabetes"', "--out", str(tmp_path / "b"))
+    code, _, err = cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--png", str(tmp_path / "c.png"))
+    assert code == 2 and err.count("\n") == 1 and "mixes classification runs" in err and "regression runs" in err

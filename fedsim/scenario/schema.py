@@ -178,8 +178,8 @@ class DataSection(Section):
 
 class ModelSection(Section):
     name: str = "mlp"
-    hidden: list[int] = [64]
-    channels: list[int] = [16, 32]
+    hidden: list[Annotated[int, Field(ge=1)]] = [64]  # widths of the hidden layers ([] : none)
+    channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
     batch_norm: bool = False  # cnn: BatchNorm2d after each convolution
 
     _known = field_validator("name")(lambda v: _one_of(v, MODELS, "model"))

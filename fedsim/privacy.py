@@ -86,10 +86,12 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     return epsilon_of([(noise_multiplier, sample_rate, steps)], delta, accountant)
 
 
+@functools.lru_cache(maxsize=1024)
 def noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float,
                      accountant: str = "rdp") -> float:
     """The smallest noise multiplier whose epsilon after `steps` stays within `target_epsilon` (Opacus's search),
-    by an accountant that bounds epsilon from above (RDP or PRV)."""
+    by an accountant that bounds epsilon from above (RDP or PRV). Cached: clients of equal size share one search
+    (~0.6 s each) instead of repeating it."""
     check("", epsilon=target_epsilon, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant)
     if accountant not in BUDGET_ACCOUNTANTS:
         what, _, fix = GDP_NO_BUDGET.partition("; ")

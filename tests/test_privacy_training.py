@@ -152,3 +152,21 @@ def test_dp_sgd_runs_exactly_the_planned_steps_the_epsilon_counts():
                                     privacy=dp(1.0, 1.0), history=[])
     assert metrics["steps"] == 186 and sum(t for _, _, t in history) == 186
     assert metrics["epsilon"] == pytest.approx(epsilon_of([(1.0, 1 / 93, 186)], 1e-5))
+
+
+def test_clients_of_one_size_share_one_noise_search(tmp_path, monkeypatch):
+    """DP-SGD with a target epsilon: the noise search runs once per distinct (q, steps), not once per client
+    (10 equal IID clients: one search, where each took ~0.6 s)."""
+    import opacus.accountants.utils as opacus_utils
+
+    from fedsim.privacy import noise_multiplier
+
+    calls = []
+    original = opacus_utils.get_noise_multiplier
+    monkeypatch.setattr(opacus_utils, "get_noise_multiplier", lambda **kw: calls.append(kw) or original(**kw))
+    noise_multiplier.cache_clear()
+    scenario = small_scenario(run__rounds=1, data__partitioner__num_partitions=10).with_overrides(
+        {"privacy": {"mode": "dp-sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0}})
+    fedsim.run(scenario, out=tmp_path / "run")
+    sizes = {round(1 / c["sample_rate"]) for c in calls}
+    assert len(calls) == len(sizes) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import signal
 import sys
 import threading
@@ -409,6 +410,10 @@ def privacy_bag_size(
         raise FedsimError("bag-size", f"need n >= 2, d >= 1, 0 <= rho <= 1, snr >= 0, clip > 0 (got n={n}, d={d}, "
                           f"rho={rho}, snr={snr}, clip={clip})", "fix the option")
     best, risks = optimal_bag_size(n, d, epsilon, rho, snr, clip)
+    if math.isinf(risks[best]):
+        raise FedsimError("bag-size", f"no bag size gives a finite risk: {n} examples cannot fit {d} features "
+                          "(the Gram matrix needs more effective examples than d + 1)",
+                          f"raise --n above {d + 2} (times k for bag-level), or lower --d")
     if json_out:
         print(json.dumps({"best_k": best, "risk": {str(k): r for k, r in risks.items()}, "n": n, "d": d,
                           "epsilon": epsilon, "rho": rho, "snr": snr, "clip": clip}))

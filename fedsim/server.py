@@ -7,6 +7,7 @@ fedsim's runtimes only supply the Grid.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -22,7 +23,7 @@ from fedsim import checkpoint, protocol
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import PrivacyMonitor
 from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
-from fedsim.clients.dp_sgd import check_local_training, private_model
+from fedsim.clients.dp_sgd import check_local_training, private_model, round_plan
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError, moved
 from fedsim.evaluation import evaluate
@@ -97,7 +98,6 @@ def make_strategy(scenario: Scenario) -> Strategy:
 def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
     """Load data (all partitions), build the initial model and the strategy (the scenario's, or `strategy`: any
     Flower strategy, which then gets every fedsim feature the scenario asks for); FedsimError on bad input."""
-    logging.getLogger("flwr").setLevel(logging.ERROR)  # fedsim reports rounds itself
     data = federated_data(scenario.data, scenario.run.seed)
     data.partition(0)  # computes the partitioning (and its errors); other partitions load when sampled
     if scenario.client.loss == "fedld-margin" and data.info.task == "regression":
@@ -114,9 +114,39 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
         check_local_training(LocalTraining(**scenario.client.model_dump(exclude={"device", "proximal_mu"}),
                                            proximal_mu=mu))
         model = private_model(model, scenario.privacy.fix_model)
+    check_client_sizes(scenario, data)
     strategy = make_strategy(scenario) if strategy is None else strategy
     unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
     return Prepared(scenario, data, model, unlearning or strategy, unlearning)
+
+
+def planned_rounds(scenario: Scenario) -> int:
+    """The rounds a DP-SGD client plans its budget for (its expected share of the run's rounds)."""
+    return math.ceil(scenario.run.rounds * scenario.strategy.fraction_train)
+
+
+def check_client_sizes(scenario: Scenario, data: FederatedData) -> None:
+    """What depends on each client's size, checked before training (this loads every partition, so only when
+    needed): a bag size some client cannot fill, a DP-SGD target epsilon no noise reaches for some client."""
+    p, b = scenario.privacy, scenario.bags
+    dp_target = p is not None and p.mode == "dp-sgd" and p.noise_multiplier is None
+    if b is None and not dp_target:
+        return
+    sizes = data.label_counts().sum(axis=1)
+    smallest = int(sizes.argmin())
+    if b is not None and sizes[smallest] < b.k:
+        raise ScenarioError("bags.k", f"bags of {b.k} but client {smallest} holds {int(sizes[smallest])} examples",
+                            f"use bags.k <= {int(sizes[smallest])}, or fewer / larger partitions")
+    if dp_target:
+        local = LocalTraining(**scenario.client.model_dump(exclude={"device"}))
+        for n in sorted({int(n) for n in sizes}):
+            q, steps = round_plan(n, local)
+            try:  # cached: the clients of this size reuse the search in this process
+                noise_multiplier(p.target_epsilon, q, steps * max(1, planned_rounds(scenario)), p.delta, p.accountant)
+            except FedsimError as exc:
+                raise ScenarioError("privacy.target_epsilon", f"{p.target_epsilon} cannot be met by a client of {n} "
+                                    f"examples ({steps} steps a round for {planned_rounds(scenario)} rounds at "
+                                    f"q = {q:.3g}): {exc.what}", exc.fix) from None
 
 
 def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Module, strategy: Strategy) -> Unlearning:
@@ -137,9 +167,8 @@ def train_config(scenario: Scenario) -> ConfigRecord:
     if p is not None and not p.report_uncovered:
         config[protocol.REPORT_TRAIN_METRICS] = False
     if p is not None and p.mode == "dp-sgd":
-        planned = math.ceil(scenario.run.rounds * scenario.strategy.fraction_train)  # rounds a client expects
         config.update(DPSGDSettings(delta=p.delta, accountant=p.accountant, max_grad_norm=p.max_grad_norm,
-                                    planned_rounds=planned, noise_multiplier=p.noise_multiplier,
+                                    planned_rounds=planned_rounds(scenario), noise_multiplier=p.noise_multiplier,
                                     target_epsilon=p.target_epsilon).to_config())
     b = scenario.bags
     if b is not None:
@@ -195,6 +224,19 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     return callbacks, checkpointer
 
 
+@contextlib.contextmanager
+def flower_logs_quiet():
+    """Flower's per-round INFO lines off while fedsim's loop runs (it reports rounds itself); the logger's level
+    is restored afterwards, so a user's own ServerApp in the same process still logs."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: dict | None = None,
                 stop: threading.Event | None = None, extra: Sequence[RoundCallback] = ()) -> ArrayRecord:
     """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
@@ -213,10 +255,12 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)
     if resume:
         checkpointer.restore(resume)
-    outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1, last_round=scenario.run.rounds,
-                         train_config=train_config(scenario), evaluate_fn=central_evaluation, callbacks=callbacks,
-                         timeout=scenario.run.round_timeout_s, tolerate_failures=scenario.faults is not None,
-                         stop=stop)
+    with flower_logs_quiet():
+        outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1,
+                             last_round=scenario.run.rounds, train_config=train_config(scenario),
+                             evaluate_fn=central_evaluation, callbacks=callbacks,
+                             timeout=scenario.run.round_timeout_s, tolerate_failures=scenario.faults is not None,
+                             stop=stop)
     if outcome.stopped == INTERRUPTED:
         raise Interrupted(outcome.last_round)
     if outcome.stopped is not None:

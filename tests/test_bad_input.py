@@ -68,6 +68,10 @@ CASES = {
     "strategy-negative-mu": (GOOD.replace('"fedavg"', '"fedprox"'), ["strategy.proximal_mu=-0.1"],
                              r"strategy: proximal_mu = -0\.1: must not be negative"),
     "hidden-width-zero": (GOOD, ["model.hidden=[0]"], r"model\.hidden\.0: input should be greater than or equal to 1"),
+    "dp-target-unreachable": (GOOD + '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 0.0001\n', [],
+                              r"privacy\.target_epsilon: 0\.0001 cannot be met by a client of \d+ examples"),
+    "bag-larger-than-a-client": (GOOD + "[bags]\nk = 500\n", [],
+                                 r"bags\.k: bags of 500 but client \d holds \d+ examples; use bags\.k <= \d+"),
     "dp-unsupported-layer": (GOOD.replace('"mlp"', '"cnn"\nbatch_norm = true') +
                              '[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 1.0\n', [],
                              r"model: DP-SGD cannot train layer 'features\.1' \(BatchNorm2d\)"),
@@ -209,3 +213,15 @@ def test_compare_refuses_a_missing_x_field_and_mixed_tasks(cli, tmp_path):
     cli("run", str(path), "--set", 'data.dataset="diabetes"', "--out", str(tmp_path / "b"))
     code, _, err = cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--png", str(tmp_path / "c.png"))
     assert code == 2 and err.count("\n") == 1 and "mixes classification runs" in err and "regression runs" in err
+
+
+def test_validate_catches_what_round_one_would(cli, tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD + "[bags]\nk = 500\n")
+    code, out, err = cli("validate", str(path))
+    assert code == 2 and not out and "bags.k: bags of 500" in err
+
+
+def test_bag_size_with_no_finite_risk_is_refused(cli):
+    code, _, err = cli("privacy", "bag-size", "--n", "50", "--d", "100", "--rho", "1")
+    assert code == 2 and err.count("\n") == 1 and "no bag size gives a finite risk" in err

@@ -110,3 +110,20 @@ def test_no_strategy_method_is_replaced_during_a_run(tmp_path):
     strategy = prepare(scenario).strategy
     fedsim.run(scenario, out=tmp_path / "run", strategy=strategy)
     assert not HOOKS & vars(strategy).keys()  # no instance attribute shadows a Strategy method
+
+
+def test_a_run_leaves_flowers_logger_as_it_found_it(tmp_path):
+    import logging
+
+    from conftest import small_scenario
+
+    import fedsim
+
+    logger = logging.getLogger("flwr")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        fedsim.run(small_scenario(run__rounds=1), out=tmp_path / "run")
+        assert logger.level == logging.INFO  # a user's own ServerApp afterwards still logs
+    finally:
+        logger.setLevel(before)

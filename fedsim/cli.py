@@ -287,25 +287,52 @@ def partition(
 @app.command()
 def sweep(
     sweep_file: Annotated[str, typer.Argument(help="Sweep file, or a shipped sweep's name (scenarios/sweeps/).")],
+    set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the run dirs (default: runs/<sweep name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip finished runs, continue interrupted ones.")] = False,
 ) -> None:
-    """Run a base scenario over a grid of overrides and seeds (see fedsim/sweep.py for the file format)."""
+    """Run a base scenario over a grid of overrides and seeds (see fedsim/sweep.py for the file format); one line
+    per finished run. Ctrl-C: the current run stops after its round (checkpointed); --resume continues."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedsim.sweep import expand, load_sweep, run_sweep
+    from fedsim.sweep import load_sweep, plan, run_sweep
 
     spec, path = load_sweep(sweep_file)
-    total = sum(1 for _ in expand(spec))  # validates every combination before running any
+    spec = spec.model_copy(update={"set": {**spec.set, **parse_overrides(set_)}})
     folder = out or Path("runs") / path.stem
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
+    total = len(plan(spec, folder))  # validates every combination before running any
+    with _stop_after_round() as stop, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                               MofNCompleteColumn(), TimeElapsedColumn(), console=err_console,
+                                               transient=True) as progress:
         task = progress.add_task("sweep", total=total)
 
-        def on_run(label: str, seed: int, index: int, count: int) -> None:
-            progress.update(task, completed=index, description=f"{label} seed {seed}")
+        def on_start(run, index: int, count: int) -> None:
+            progress.update(task, completed=index, description=f"{run.label} seed {run.seed}")
 
-        dirs = run_sweep(spec, folder, on_run)
-    out_console.print(f"{len(dirs)} runs in {folder}; compare them with: fedsim compare {folder}/*")
+        def on_end(run, index: int, count: int) -> None:
+            head = f"[{index + 1}/{count}] {run.label} seed {run.seed}:"
+            if run.status in ("done", "skipped"):
+                what = "finished before, skipped" if run.status == "skipped" else \
+                    f"{run.result.summary['wall_time_s']:.1f} s"
+                text = f"{head} {_metrics_text(run.result.final)} ({what}) -> {run.run_dir}"
+            elif run.status == "failed":
+                text = f"{head} FAILED: {run.error}"
+            else:
+                text = f"{head} stopped, checkpoint kept in {run.run_dir}"
+            out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+        runs = run_sweep(spec, folder, resume=resume, stop=stop, on_start=on_start, on_end=on_end)
+    done = [r for r in runs if r.status in ("done", "skipped")]
+    failed = [r for r in runs if r.status == "failed"]
+    again = f"fedsim sweep {sweep_file} --resume" + (f" --out {folder}" if out else "")
+    if stop.is_set():
+        err_console.print(f"sweep stopped: {len(done)} of {total} runs finished; continue with: {again}",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    _print_line(f"{len(done)} runs in {folder}" + (f", {len(failed)} failed (see above)" if failed else "")
+                + f"; compare them with: fedsim compare {folder}/*")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

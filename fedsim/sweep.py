@@ -15,16 +15,22 @@ A table value sets several keys under its grid key. Each run is named <base name
 from __future__ import annotations
 
 import itertools
+import shutil
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedsim.errors import ScenarioError, suggest
+from fedsim.errors import FedsimError, RunDirError, ScenarioError, suggest
 from fedsim.scenario import Scenario
+
+if TYPE_CHECKING:
+    from fedsim.results import RunResult
 
 
 class SweepFile(BaseModel):
@@ -83,14 +89,63 @@ def expand(sweep: SweepFile) -> Iterator[tuple[str, int, Scenario]]:
             yield label, seed, base.with_overrides({**overrides, "run.seed": seed})
 
 
-def run_sweep(sweep: SweepFile, out: Path, on_run: Callable[[str, int, int, int], None] | None = None) -> list[Path]:
-    """Run every combination into out/<label>-seed<k>; returns the run dirs."""
-    from fedsim.runner import run
+@dataclass
+class SweepRun:
+    """One run of a sweep and how it went: "pending", "done", "skipped" (finished before, --resume), "failed"
+    (its error kept, the sweep goes on) or "stopped" (Ctrl-C: checkpointed, --resume continues it)."""
 
-    plan = list(expand(sweep))
-    dirs = []
-    for index, (label, seed, scenario) in enumerate(plan):
-        if on_run:
-            on_run(label, seed, index, len(plan))
-        dirs.append(run(scenario, out / f"{label}-seed{seed}").run_dir)
-    return dirs
+    label: str
+    seed: int
+    scenario: Scenario
+    run_dir: Path
+    status: str = "pending"
+    result: RunResult | None = None
+    error: str | None = None
+
+
+def plan(sweep: SweepFile, out: Path) -> list[SweepRun]:
+    """Every run of the sweep, in order, with its run dir out/<label>-seed<k> (all validated)."""
+    return [SweepRun(label, seed, scenario, out / f"{label}-seed{seed}") for label, seed, scenario in expand(sweep)]
+
+
+def run_sweep(sweep: SweepFile, out: Path, *, resume: bool = False, stop: threading.Event | None = None,
+              on_start: Callable[[SweepRun, int, int], None] | None = None,
+              on_end: Callable[[SweepRun, int, int], None] | None = None) -> list[SweepRun]:
+    """Run the sweep's runs one by one into `out`. A run that fails is recorded and the sweep goes on; a set
+    `stop` ends the current run after its round (checkpointed) and the sweep there. Without `resume` a run dir
+    left by an earlier sweep is an error; with it, finished runs are skipped and interrupted ones continued."""
+    from fedsim import checkpoint
+    from fedsim.results import load_run
+    from fedsim.runner import Interrupted, resumable, run, run_from_checkpoint
+
+    runs = plan(sweep, out)
+    if not resume:
+        taken = next((r.run_dir for r in runs if r.run_dir.exists() and any(r.run_dir.iterdir())), None)
+        if taken is not None:
+            raise RunDirError(str(taken), "already holds a run of this sweep",
+                              "add --resume to skip finished runs and continue interrupted ones, or pass another --out")
+    for index, item in enumerate(runs):
+        if stop is not None and stop.is_set():
+            break
+        if on_start:
+            on_start(item, index, len(runs))
+        try:
+            if resume and (item.run_dir / "summary.json").is_file():
+                item.result, item.status = load_run(item.run_dir), "skipped"
+            elif resume and (item.run_dir / checkpoint.FILE).is_file():
+                scenario, state = resumable(item.run_dir)
+                item.result, item.status = run_from_checkpoint(item.run_dir, scenario, state, stop=stop), "done"
+            else:
+                if item.run_dir.exists():  # a leftover with neither a result nor a checkpoint
+                    shutil.rmtree(item.run_dir)
+                item.result, item.status = run(item.scenario, item.run_dir, stop=stop), "done"
+        except Interrupted:
+            item.status = "stopped"
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, the other runs still run
+            item.status, item.error = "failed", str(exc) if isinstance(exc, FedsimError) else \
+                f"{type(exc).__name__}: {exc}"
+        if on_end:
+            on_end(item, index, len(runs))
+        if item.status == "stopped":
+            break
+    return runs

@@ -49,7 +49,7 @@ def test_run_and_compare(tmp_path, cli):
     sweep = SweepFile(base="quickstart", seeds=[0, 1],
                       set={"run.rounds": 3, "data.partitioner.num_partitions": 4, "data.partitioner.min_partition_size": 5},
                       grid={"strategy.name": ["fedavg", "fedld"]})
-    dirs = run_sweep(sweep, tmp_path / "sweep")
+    dirs = [r.run_dir for r in run_sweep(sweep, tmp_path / "sweep")]
     assert len(dirs) == 4 and all((d / "summary.json").is_file() for d in dirs)
     groups = load_groups(dirs)
     assert [g.name for g in groups] == ["quickstart-fedavg", "quickstart-fedld"]
@@ -66,7 +66,7 @@ def test_run_and_compare(tmp_path, cli):
 def test_privacy_utility_plot(tmp_path, cli):
     sweep = SweepFile(base="dp-sgd", seeds=[0], grid={"privacy.noise_multiplier": [1.0, 3.0]},
                       set={"run.rounds": 2, "privacy.target_epsilon": 1000.0, "data.partitioner.num_partitions": 3})
-    dirs = run_sweep(sweep, tmp_path / "dp")
+    dirs = [r.run_dir for r in run_sweep(sweep, tmp_path / "dp")]
     code, out, _ = cli("compare", *map(str, dirs), "--png", str(tmp_path / "c.png"))
     assert code == 0 and "privacy-utility plot" in out and (tmp_path / "c-privacy-utility.png").is_file()
     assert "final epsilon" in out
@@ -77,7 +77,7 @@ def test_privacy_utility_plot(tmp_path, cli):
 def test_plot_against_a_field_with_prediction(tmp_path, cli):
     sweep = SweepFile(base="aggregate-responses", seeds=[0], grid={"bags.rho": [0.0, 1.0]},
                       set={"run.rounds": 2, "data.generator.n_samples": 3000, "data.partitioner.num_partitions": 3})
-    dirs = run_sweep(sweep, tmp_path / "agg")
+    dirs = [r.run_dir for r in run_sweep(sweep, tmp_path / "agg")]
     code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c-vs-bags-rho.png").is_file()
     assert "k=8: best measured bags.rho" in out and "predicted optimum" in out
@@ -114,3 +114,75 @@ def test_gap_significance_is_a_holm_corrected_paired_t_test_against_the_best_met
     assert f"significantly larger: far (p={holm_far:.3f})" in line
     assert f"not distinguishable: close (p={holm_close:.3f})" in line
     assert gap_significance([_unlearning_group({"a": [1.0, 2.0], "b": [3.0, 4.0]})]) == []  # 2 seeds: no test
+
+
+SMALL = {"run.rounds": 3, "data.partitioner.num_partitions": 4, "data.partitioner.min_partition_size": 5}
+
+
+def test_a_stopped_sweep_resumes_exactly_and_skips_finished_runs(tmp_path):
+    import threading
+
+    from fedsim.errors import RunDirError
+    from fedsim.results import load_run, without_timings
+
+    sweep = SweepFile(base="quickstart", seeds=[0, 1], set=SMALL)
+    stop = threading.Event()
+    first = run_sweep(sweep, tmp_path / "s", stop=stop,
+                      on_start=lambda run, index, count: stop.set() if index == 1 else None)
+    assert [r.status for r in first] == ["done", "stopped"]  # the second run stopped after its first round
+    assert (first[1].run_dir / "checkpoint.pt").is_file()
+    with pytest.raises(RunDirError, match="add --resume"):
+        run_sweep(sweep, tmp_path / "s")
+    again = run_sweep(sweep, tmp_path / "s", resume=True)
+    assert [r.status for r in again] == ["skipped", "done"]
+    fresh = run_sweep(sweep, tmp_path / "fresh")
+    for a, b in zip(again, fresh):
+        assert without_timings(load_run(a.run_dir).metrics) == without_timings(load_run(b.run_dir).metrics)
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
+    sweep = SweepFile(base="aggregate-labels", seeds=[0], grid={"bags.k": [5000, 2]},
+                      set={"run.rounds": 1})
+    runs = run_sweep(sweep, tmp_path / "s")
+    assert [r.status for r in runs] == ["failed", "done"]
+    assert "bags.k: bags of 5000" in runs[0].error and not runs[0].run_dir.exists()
+
+
+def test_sweep_cli_set_resume_and_a_line_per_run(cli, tmp_path):
+    spec = tmp_path / "sw.toml"
+    spec.write_text('base = "quickstart"\nseeds = [0, 1]\n[set]\n"data.partitioner.num_partitions" = 4\n'
+                    '"data.partitioner.min_partition_size" = 5\n')
+    code, out, _ = cli("sweep", str(spec), "--set", "run.rounds=1", "--out", str(tmp_path / "o"))
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert code == 0 and len(lines) == 2 and lines[0].startswith("[1/2] base seed 0: loss ")
+    assert all(len(load_rows(tmp_path / "o" / f"base-seed{s}")) == 1 for s in (0, 1))  # --set reached the runs
+    code, _, err = cli("sweep", str(spec), "--set", "run.rounds=1", "--out", str(tmp_path / "o"))
+    assert code == 2 and "add --resume" in err
+    code, out, _ = cli("sweep", str(spec), "--set", "run.rounds=1", "--out", str(tmp_path / "o"), "--resume")
+    assert code == 0 and out.count("finished before, skipped") == 2
+
+
+def test_sweep_cli_ctrl_c_says_where_it_stopped(cli, tmp_path, monkeypatch):
+    import contextlib
+    import threading
+
+    from fedsim import cli as cli_module
+
+    @contextlib.contextmanager
+    def pressed():
+        event = threading.Event()
+        event.set()  # as if Ctrl-C came at once
+        yield event
+
+    monkeypatch.setattr(cli_module, "_stop_after_round", pressed)
+    spec = tmp_path / "sw.toml"
+    spec.write_text('base = "quickstart"\nseeds = [0, 1]\n')
+    code, _, err = cli("sweep", str(spec), "--out", str(tmp_path / "o"))
+    assert code == 130 and f"sweep stopped: 0 of 2 runs finished; continue with: fedsim sweep {spec} --resume --out " \
+        f"{tmp_path / 'o'}" in err
+
+
+def load_rows(run_dir):
+    from fedsim.results import load_run
+
+    return load_run(run_dir).metrics

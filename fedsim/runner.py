@@ -38,7 +38,8 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
         return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
                        seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
-                        "run `flwr run . --run-config scenario=\\\"NAME\\\"` from the project root")
+                        f"run from the project root: flwr run . --stream --federation-config \"num-supernodes={n}\" "
+                        "--run-config 'scenario=\"<the scenario file>\"'")
 
 
 def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,

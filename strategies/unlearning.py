@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from fedsim.strategies.grid_view import GridView
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -41,33 +42,15 @@ from fedsim.unlearning.metrics import avg_gap
 State = dict[str, torch.Tensor]
 
 
-class _Without(Grid):
+class _Without(GridView):
     """A view of a Grid that never offers the excluded nodes (forgotten clients) for sampling."""
 
     def __init__(self, grid: Grid, excluded: set[int]) -> None:
-        self._grid, self._excluded = grid, excluded
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def set_run(self, run) -> None:
-        self._grid.set_run(run)
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self._grid.create_message(*args, **kwargs)
+        super().__init__(grid)
+        self._excluded = excluded
 
     def get_node_ids(self) -> list[int]:
         return [n for n in self._grid.get_node_ids() if n not in self._excluded]
-
-    def push_messages(self, messages, timeout=None):
-        return self._grid.push_messages(messages, timeout)
-
-    def pull_messages(self, message_ids):
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 @dataclass

@@ -56,3 +56,50 @@ def test_flwr_run_runs_a_fedsim_scenario_with_unlearning(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["replies"] for r in rows] == [4, 4, 3]  # client 1 is forgotten after round 2
     assert [r["method"] for r in summary["unlearning"]] == ["retrain", "pga"]  # query + train.unlearn messages
+
+
+def _flwr_run(tmp_path: Path, scenario: Path, supernodes: int) -> subprocess.CompletedProcess:
+    home = tmp_path / "flwr-home"
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    run_config = f'scenario="{scenario}" out="{tmp_path / "flwr"}"'
+    try:
+        return subprocess.run([str(Path(sys.executable).with_name("flwr")), "run", str(ROOT), "--stream",
+                               "--run-config", run_config, "--federation-config", f"num-supernodes={supernodes}"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        _stop_superlinks(home)
+
+
+TINY = ('[run]\nname = "tiny"\nrounds = 3\n[data]\ndataset = "digits"\n[data.partitioner]\nname = "dirichlet"\n'
+        'num_partitions = 4\nalpha = 1.0\n[model]\nname = "mlp"\nhidden = [32]\n'
+        '[client]\nlr = 0.1\nlocal_epochs = 2\n[strategy]\nname = "fedavg"\nfraction_train = 0.5\n')
+
+
+def test_flwr_run_reproduces_fedsim_run(tmp_path):
+    """Same scenario, same seed: `flwr run` (one SuperNode per partition) and `fedsim run` give the same metrics."""
+    from fedsim.results import load_run, without_timings
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    proc = _flwr_run(tmp_path, scenario, 4)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    fedsim = subprocess.run([str(Path(sys.executable).with_name("fedsim")), "run", str(scenario), "--out",
+                             str(tmp_path / "inline"), "-q"], capture_output=True, text=True, timeout=300, check=True)
+    assert fedsim.returncode == 0
+    flwr_rows = without_timings(load_run(tmp_path / "flwr").metrics)
+    inline_rows = without_timings(load_run(tmp_path / "inline").metrics)
+    flat = [[r["eval"]["loss"], r["eval"]["accuracy"]] for r in flwr_rows]
+    assert flat == [pytest.approx([r["eval"]["loss"], r["eval"]["accuracy"]], rel=1e-6) for r in inline_rows]
+    assert [r["replies"] for r in flwr_rows] == [r["replies"] for r in inline_rows] == [2, 2, 2]
+
+
+def test_flwr_run_with_the_wrong_number_of_supernodes_says_the_command(tmp_path):
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    proc = _flwr_run(tmp_path, scenario, 2)
+    text = proc.stdout + proc.stderr
+    assert "Flower started 2 SuperNodes but scenario" in text and "has 4 clients" in text
+    assert f'run: flwr run . --stream --federation-config "num-supernodes=4" --run-config \'scenario="{scenario}"\'' \
+        in text
+    assert not (tmp_path / "flwr").exists()

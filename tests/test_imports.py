@@ -19,7 +19,7 @@ LAYERS = {
     "fedsim.protocol": 0, "fedsim.privacy": 0, "fedsim.bag_theory": 0, "fedsim.checkpoint": 0,
     "fedsim.evaluation": 0, "fedsim.training": 0,
     "fedsim.strategies.registry": 1, "fedsim.strategies.fedld": 1, "fedsim.strategies.dp_fedavg": 1,
-    "fedsim.strategies.replies": 1, "fedsim.unlearning.methods": 1,
+    "fedsim.strategies.replies": 1, "fedsim.strategies.grid_view": 1, "fedsim.unlearning.methods": 1,
     "fedsim.scenario": 2,
     "fedsim.sources": 3, "fedsim.data": 3, "fedsim.models": 3, "fedsim.unlearning": 3,
     "fedsim.clients": 4, "fedsim.strategies": 4,

@@ -257,6 +257,9 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (finished
     _print_line(str(plot_run(load_run(run_dir, unfinished=True))))
 
 
+TABLE_MAX_CLIENTS = 40  # `fedsim partition` lists the first and last 20 clients beyond this
+
+
 @app.command()
 def partition(
     scenario: ScenarioArg,
@@ -265,7 +268,7 @@ def partition(
 ) -> None:
     """Per-client label counts as a table, and a label-distribution heatmap PNG."""
     from fedsim.data import federated_data
-    from fedsim.plots import plot_partitions
+    from fedsim.plots import HEATMAP_MAX_CLIENTS, plot_partitions
 
     sc = Scenario.load(scenario, list(set_ or []))
     data = federated_data(sc.data, sc.run.seed)
@@ -277,11 +280,19 @@ def partition(
     table.add_column("total", justify="right", style="bold")
     for c in range(counts.shape[1] if classification else 0):
         table.add_column(str(c), justify="right")
-    for i, row in enumerate(counts):
+    shown = range(len(counts)) if len(counts) <= TABLE_MAX_CLIENTS else \
+        [*range(TABLE_MAX_CLIENTS // 2), *range(len(counts) - TABLE_MAX_CLIENTS // 2, len(counts))]
+    for i in shown:
+        row = counts[i]
+        if i == len(counts) - TABLE_MAX_CLIENTS // 2 and len(counts) > TABLE_MAX_CLIENTS:
+            table.add_row("...", f"{len(counts) - TABLE_MAX_CLIENTS} more", *([""] * (counts.shape[1] if classification else 0)))
         table.add_row(str(i), str(int(row.sum())), *([str(int(v)) for v in row] if classification else []))
     out_console.print(table)
+    changed = ", ".join(f"{k}={v}" for k, v in parse_overrides(set_).items())
+    title = f"{sc.run.name}: examples per client and class" + (f" ({changed})" if changed else "")
     path = png or Path(sc.output.dir) / f"{sc.run.name}-partitions.png"
-    out_console.print(f"heatmap: {plot_partitions(data, path, f'{sc.run.name}: examples per client and class')}")
+    what = "summary" if data.num_partitions > HEATMAP_MAX_CLIENTS else "heatmap"
+    _print_line(f"{what}: {plot_partitions(data, path, title)}")
 
 
 @app.command()

@@ -194,22 +194,41 @@ def summary_rows(groups: list[Group], target: float | None) -> tuple[list[str], 
     return header, rows
 
 
+FACET_AFTER = 8  # settings per panel: more than this are split over several panels
+
+
 def plot_groups(groups: list[Group], out: Path) -> Path:
-    """Mean central metric per round for each setting, with a ± std band over seeds."""
+    """Mean central metric per round for each setting, with a ± std band over seeds; each setting its own colour
+    and line style, integer round ticks, and more than FACET_AFTER settings split into panels of at most that
+    many (sharing the y axis)."""
+    import math
+
     from fedsim.plots import plt, save_figure
 
-    fig, ax = plt.subplots(figsize=(11, 5))
-    colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    panels = math.ceil(len(groups) / FACET_AFTER)
+    columns = min(panels, 2)
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(11 if columns == 1 else 14, 5 * rows), squeeze=False,
+                             sharey=True)
+    colours, styles = plt.get_cmap("tab10"), ["-", "--", "-.", ":"]
     for index, group in enumerate(groups):
+        ax = axes.flat[index // FACET_AFTER]
         curves = group.curves()
         rounds = np.arange(1, curves.shape[1] + 1)
         mean, std = curves.mean(axis=0), curves.std(axis=0)
-        colour = colours(index % colours.N)
-        ax.plot(rounds, mean, color=colour, label=f"{group.name} (n={len(group.runs)})")
+        colour = colours(index % 10)
+        ax.plot(rounds, mean, color=colour, linestyle=styles[(index // 10) % len(styles)],
+                label=f"{group.name} (n={len(group.runs)})")
         ax.fill_between(rounds, mean - std, mean + std, color=colour, alpha=0.12)
-    ax.set(xlabel="round", ylabel=f"test {groups[0].key}", title="comparison (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    for ax in axes.flat[:panels]:
+        ax.set(xlabel="round", ylabel=f"test {groups[0].key}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left" if columns == 1 else "best",
+                  bbox_to_anchor=(1.01, 0.5) if columns == 1 else None)
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
+    fig.suptitle("comparison (mean ± std over seeds)")
     save_figure(fig, out)
     return out
 

@@ -72,8 +72,10 @@ def to_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Columns x (n, d) and label (n,) as numpy, through Arrow (no per-row Python work)."""
     # contiguous selections (most partitioners' output) need no indices mapping: read the table directly
     table = ds.data if getattr(ds, "_indices", None) is None else ds.with_format("arrow")[:]
-    x = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return x.reshape(len(table), -1).astype(np.float32, copy=False), table.column("label").to_numpy()
+    column = table.column("x")
+    x = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    width = -1 if len(table) else getattr(column.type, "list_size", 0)  # an empty client has no row to infer it
+    return x.reshape(len(table), width).astype(np.float32, copy=False), table.column("label").to_numpy()
 
 
 class FederatedData:

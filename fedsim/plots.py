@@ -56,8 +56,14 @@ def plot_run(result: RunResult) -> Path:
     return save_figure(fig, result.run_dir / "plots" / "metrics.png")
 
 
+HEATMAP_MAX_CLIENTS = 100  # beyond this a per-client heatmap is unreadable: summarise instead
+
+
 def plot_partitions(data: FederatedData, out: Path, title: str) -> Path:
-    """Heatmap of examples per (client, class) via flwr-datasets; partition sizes for regression."""
+    """Heatmap of examples per (client, class) via flwr-datasets (partition sizes for regression); with more
+    than HEATMAP_MAX_CLIENTS clients, a summary: the distribution of client sizes and of label skew."""
+    if data.num_partitions > HEATMAP_MAX_CLIENTS:
+        return _plot_partition_summary(data, out, title)
     if data.info.task == "classification":
         from flwr_datasets.visualization import plot_label_distributions
 
@@ -73,3 +79,27 @@ def plot_partitions(data: FederatedData, out: Path, title: str) -> Path:
         ax.bar(range(data.num_partitions), data.label_counts()[:, 0])
         ax.set(xlabel="partition", ylabel="examples", title=title)
     return save_figure(fig, out, tight_layout=False, bbox_inches="tight")
+
+
+def _plot_partition_summary(data: FederatedData, out: Path, title: str) -> Path:
+    """Many clients: histograms of examples per client and (classification) of the largest class's share of a
+    client's examples (1 / classes for IID data, 1 for single-class clients), plus each class's share."""
+    import numpy as np
+
+    counts = data.label_counts()
+    sizes = counts.sum(axis=1)
+    panels = 3 if data.info.task == "classification" else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    axes[0][0].hist(sizes, bins=min(50, max(5, len(np.unique(sizes)))))
+    axes[0][0].set(xlabel="examples per client", ylabel="clients",
+                   title=f"sizes: median {np.median(sizes):g}, min {sizes.min()}, max {sizes.max()}")
+    if panels == 3:
+        share = counts.max(axis=1) / np.maximum(sizes, 1)
+        axes[0][1].hist(share[sizes > 0], bins=20, range=(0, 1))
+        axes[0][1].axvline(1 / counts.shape[1], color="grey", linestyle="--", label="IID")
+        axes[0][1].set(xlabel="largest class's share of a client's examples", ylabel="clients", title="label skew")
+        axes[0][1].legend(fontsize=8)
+        axes[0][2].bar(range(counts.shape[1]), counts.sum(axis=0))
+        axes[0][2].set(xlabel="class", ylabel="examples", title="examples per class, all clients")
+    fig.suptitle(f"{title} ({data.num_partitions} clients)")
+    return save_figure(fig, out)

@@ -97,3 +97,36 @@ def test_plot_marks_unlearning_requests_and_draws_the_epsilon_spent(tmp_path, mo
     plots.plot_run(unlearn)
     marks = [line for line in figures[-1].axes[0].get_lines() if line.get_label() == "unlearning client 3"]
     assert len(marks) == 1 and marks[0].get_xdata()[0] == 2.5
+
+
+def _captured_figures(monkeypatch) -> list:
+    from fedsim import plots
+
+    figures = []
+    original = plots.save_figure
+
+    def keep(fig, out, *args, **kwargs):
+        figures.append(fig)
+        return original(fig, out, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figures
+
+
+def test_partition_plot_title_names_the_overrides(cli, tmp_path, monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    code, out, _ = cli("partition", "quickstart", "--set", "data.partitioner.alpha=0.1", "--png", str(tmp_path / "p.png"))
+    assert code == 0 and f"heatmap: {tmp_path / 'p.png'}" in out
+    titles = [ax.get_title() for ax in figures[-1].axes] + [figures[-1]._suptitle.get_text() if figures[-1]._suptitle
+                                                           else ""]
+    assert any("data.partitioner.alpha=0.1" in t for t in titles), titles
+
+
+def test_many_clients_get_a_summary_not_a_heatmap(cli, tmp_path, monkeypatch):
+    figures = _captured_figures(monkeypatch)
+    code, out, _ = cli("partition", "quickstart", "--set", 'data.partitioner={name="iid", num_partitions=300}',
+                       "--png", str(tmp_path / "p.png"))
+    assert code == 0 and f"summary: {tmp_path / 'p.png'}" in out and "260 more" in out
+    assert [ax.get_xlabel() for ax in figures[-1].axes] == [
+        "examples per client", "largest class's share of a client's examples", "class"]
+    assert "(300 clients)" in figures[-1]._suptitle.get_text()

@@ -149,3 +149,12 @@ def test_data_errors():
         federated_data(data(dataset="wine", partitioner={"name": "pathological", "classes_per_partition": 4}), 0)
     with pytest.raises(DataError, match="need 10 sizes"):
         federated_data(data(partitioner={"name": "size", "sizes": [1, 2]}), 0)
+
+
+def test_an_empty_client_keeps_the_feature_width():
+    from fedsim.data import to_arrays
+    from fedsim.sources import make_dataset
+
+    ds = make_dataset({"x": np.ones((3, 4), dtype=np.float32), "label": np.array([0, 1, 0])})
+    x, y = to_arrays(ds.select([]))
+    assert x.shape == (0, 4) and y.shape == (0,)

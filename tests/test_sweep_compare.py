@@ -186,3 +186,22 @@ def load_rows(run_dir):
     from fedsim.results import load_run
 
     return load_run(run_dir).metrics
+
+
+def test_compare_overlay_splits_many_settings_into_panels_with_distinct_styles(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from fedsim import plots
+    from fedsim.compare import Group, plot_groups
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out, *a, **k: figures.append(fig) or out)
+    groups = [Group(f"setting-{i:02d}", [SimpleNamespace(
+        summary={"task": "classification"}, metrics=[{"eval": {"accuracy": 0.1 * i + 0.01 * r}} for r in range(5)])])
+        for i in range(12)]
+    plot_groups(groups, tmp_path / "c.png")
+    shown = [ax for ax in figures[-1].axes if ax.get_visible()]
+    assert len(shown) == 2  # 12 settings: panels of at most 8
+    lines = [line for ax in shown for line in ax.get_lines()]
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 12  # every setting its own look
+    assert all(ax.xaxis.get_major_locator()._integer for ax in shown)

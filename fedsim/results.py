@@ -87,6 +87,7 @@ class RunRecorder(RoundCallback):
         self._start = self._last = time.perf_counter()
         self.summary_extras: dict[str, Any] = {}  # e.g. the unlearning table
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did
+        self.on_finish: list[Callable[[RunResult], None]] = []  # called with the result once it is written
 
     def on_run_start(self, first_round: int, initial: dict[str, float] | None) -> None:
         if initial is not None:
@@ -123,7 +124,10 @@ class RunRecorder(RoundCallback):
         if self.scenario.output.save_model:
             save_tensors(state, self.run_dir / "model.pt")
         (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: model.pt and summary.json say it all
-        return RunResult(self.run_dir, self.scenario, self.rows, summary, state)
+        result = RunResult(self.run_dir, self.scenario, self.rows, summary, state)
+        for finish in self.on_finish:
+            finish(result)
+        return result
 
     def discard(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -36,6 +36,7 @@ from fedsim.scenario import Scenario
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.unlearning import Unlearning
+from fedsim.trackers import check_installed, trackers
 from fedsim.unlearning.forget import check_requests
 from fedsim.unlearning.metrics import UnlearningEvaluator
 
@@ -115,6 +116,7 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
                                            proximal_mu=mu))
         model = private_model(model, scenario.privacy.fix_model)
     check_client_sizes(scenario, data)
+    check_installed(scenario.output.trackers)
     strategy = make_strategy(scenario) if strategy is None else strategy
     unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
     return Prepared(scenario, data, model, unlearning or strategy, unlearning)
@@ -221,6 +223,7 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
         callbacks.append(checkpointer)
     if prepared.unlearning is not None:
         callbacks.append(UnlearningRecords(prepared.unlearning, recorder.run_dir, scenario.unlearning.history_interval))
+    callbacks += trackers(scenario, recorder)
     return callbacks, checkpointer
 
 

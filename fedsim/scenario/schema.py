@@ -371,6 +371,8 @@ class UnlearningSection(Section):
 class OutputSection(Section):
     dir: str = "runs"
     save_model: bool = True
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)  # fedsim.trackers
+    mlflow_uri: str | None = None  # default: a file store in RUN_DIR/mlruns
 
 
 class ScenarioSchema(Section):

@@ -7,8 +7,6 @@ fedsim's runtimes only supply the Grid.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -31,6 +29,7 @@ from fedsim.loop import INTERRUPTED, RoundCallback, run_rounds
 from fedsim.models import initial_model
 from fedsim.privacy import noise_multiplier
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
+from fedsim.quiet import quiet
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
@@ -117,7 +116,9 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
         model = private_model(model, scenario.privacy.fix_model)
     check_client_sizes(scenario, data)
     check_installed(scenario.output.trackers)
-    strategy = make_strategy(scenario) if strategy is None else strategy
+    if strategy is None:
+        with quiet("flwr"):  # e.g. "fraction_evaluate is set to 0.0": fedsim's own settings, not news to the user
+            strategy = make_strategy(scenario)
     unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
     return Prepared(scenario, data, model, unlearning or strategy, unlearning)
 
@@ -227,19 +228,6 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     return callbacks, checkpointer
 
 
-@contextlib.contextmanager
-def flower_logs_quiet():
-    """Flower's per-round INFO lines off while fedsim's loop runs (it reports rounds itself); the logger's level
-    is restored afterwards, so a user's own ServerApp in the same process still logs."""
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: dict | None = None,
                 stop: threading.Event | None = None, extra: Sequence[RoundCallback] = ()) -> ArrayRecord:
     """Run the strategy for `run.rounds` rounds on `grid` (or until the privacy budget is spent), evaluating
@@ -258,7 +246,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)
     if resume:
         checkpointer.restore(resume)
-    with flower_logs_quiet():
+    with quiet("flwr"):  # fedsim reports rounds itself
         outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1,
                              last_round=scenario.run.rounds, train_config=train_config(scenario),
                              evaluate_fn=central_evaluation, callbacks=callbacks,

@@ -4,20 +4,23 @@
 training, the privacy ledger's epsilon, fault counts, wall time: every number in the row, keys joined by "/")
 as it is written; at the end the unlearning table (one value per request, method and metric, at the request's
 round) and, for MLflow, summary.json, scenario.toml and model.pt as artifacts. TensorBoard writes to
-RUN_DIR/tensorboard/, MLflow to `output.mlflow_uri` (default: a local file store in RUN_DIR/mlruns/), in an
-experiment named after `run.name` with the scenario's settings as params. The packages are an optional extra:
+RUN_DIR/tensorboard/, MLflow to `output.mlflow_uri` (default: a SQLite store RUN_DIR/mlflow.db with artifacts in
+RUN_DIR/mlartifacts/; MLflow 3 no longer takes plain folders), in an experiment named after `run.name` with the
+scenario's settings as params. The packages are an optional extra:
 `pip install "fedsim[tracking]"`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsim.errors import ScenarioError
 from fedsim.loop import RoundCallback
+from fedsim.quiet import quiet
 
 if TYPE_CHECKING:
     from fedsim.results import RunRecorder, RunResult
@@ -102,20 +105,25 @@ class MlflowTracker(RoundCallback):
 
     def __init__(self, run_dir: Path, scenario: Scenario, uri: str | None) -> None:
         self.run_dir, self.scenario = run_dir, scenario
-        self.uri = uri or (run_dir / "mlruns").resolve().as_uri()
+        self.own_store = uri is None
+        self.uri = uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client, self.run_id = None, None
 
     def on_run_start(self, first_round: int, initial: dict[str, float] | None) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with quiet("mlflow", level=logging.WARNING):  # "Creating initial MLflow database tables..."
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.client.search_experiments(max_results=1)  # creates the store's tables now, quietly
         id_file = self.run_dir / MLFLOW_RUN_ID
         if first_round > 1 and id_file.is_file():
             self.run_id = id_file.read_text().strip()
             return
         name = self.scenario.run.name
         experiment = self.client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        artifacts = (self.run_dir / "mlartifacts").resolve().as_uri() if self.own_store else None
+        experiment_id = experiment.experiment_id if experiment else \
+            self.client.create_experiment(name, artifact_location=artifacts)
         self.run_id = self.client.create_run(experiment_id, run_name=self.run_dir.name).info.run_id
         id_file.write_text(self.run_id)
         from mlflow.entities import Param

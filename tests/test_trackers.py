@@ -33,7 +33,7 @@ def test_tensorboard_and_mlflow_get_every_round_the_scenario_and_the_artifacts(t
     assert [e.value for e in accuracy[1:]] == pytest.approx([r["eval"]["accuracy"] for r in rows])
     assert "train/loss" in events.Tags()["scalars"] and "scenario/text_summary" in events.Tags()["tensors"]
 
-    client = MlflowClient(tracking_uri=(result.run_dir / "mlruns").resolve().as_uri())
+    client = MlflowClient(tracking_uri=f"sqlite:///{result.run_dir / 'mlflow.db'}")
     run_id = (result.run_dir / "mlflow-run-id").read_text()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["run.rounds"] == "3"
@@ -71,3 +71,25 @@ def test_a_tracker_without_its_package_is_a_one_line_error(cli, tmp_path, monkey
     code, _, err = cli("validate", "quickstart", "--set", 'output.trackers=["mlflow"]')
     assert code == 2 and err.count("\n") == 1
     assert "output.trackers: 'mlflow' needs the mlflow package" in err and 'pip install "fedsim[tracking]"' in err
+
+
+def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_log(tmp_path):
+    import threading
+
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedsim.runner import Interrupted, resume
+
+    scenario = small_scenario(run__rounds=3).with_overrides({"output.trackers": ["tensorboard", "mlflow"]})
+    stop = threading.Event()
+    with pytest.raises(Interrupted):
+        fedsim.run(scenario, out=tmp_path / "run", on_round=lambda row: stop.set(), stop=stop)
+    resume(tmp_path / "run")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == scenario.run.name]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [0, 1, 2, 3]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [0, 1, 2, 3]

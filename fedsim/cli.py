@@ -391,6 +391,18 @@ def compare(
         (err_console if markdown else out_console).print(f"plot against {x}: {against}")
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (finished, running or interrupted).")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page (plots embedded, works offline): scenario, curves, partitions, privacy ledger,
+    unlearning table, faults and runtime of each run, and a comparison when there are several."""
+    from fedsim.report import write_report
+
+    _print_line(f"report: {write_report(run_dirs, out)}")
+
+
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy calculator (Opacus accountants).")
 app.add_typer(privacy_app, name="privacy")
 SampleRateOpt = Annotated[float, typer.Option(help="Poisson sampling rate q.")]

@@ -198,12 +198,20 @@ FACET_AFTER = 8  # settings per panel: more than this are split over several pan
 
 
 def plot_groups(groups: list[Group], out: Path) -> Path:
+    """`groups_figure`, written to `out`."""
+    from fedsim.plots import save_figure
+
+    save_figure(groups_figure(groups), out)
+    return out
+
+
+def groups_figure(groups: list[Group]):
     """Mean central metric per round for each setting, with a ± std band over seeds; each setting its own colour
     and line style, integer round ticks, and more than FACET_AFTER settings split into panels of at most that
     many (sharing the y axis)."""
     import math
 
-    from fedsim.plots import plt, save_figure
+    from fedsim.plots import plt
 
     panels = math.ceil(len(groups) / FACET_AFTER)
     columns = min(panels, 2)
@@ -229,8 +237,7 @@ def plot_groups(groups: list[Group], out: Path) -> Path:
     for ax in axes.flat[panels:]:
         ax.set_visible(False)
     fig.suptitle("comparison (mean ± std over seeds)")
-    save_figure(fig, out)
-    return out
+    return fig
 
 
 def plot_privacy_utility(groups: list[Group], out: Path) -> Path | None:

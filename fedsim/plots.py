@@ -27,7 +27,25 @@ def save_figure(fig, out: Path, tight_layout: bool = True, **savefig) -> Path:
 
 
 def plot_run(result: RunResult) -> Path:
-    """RUN_DIR/plots/metrics.png: central accuracy (or mse) and train/test loss per round."""
+    """RUN_DIR/plots/metrics.png: `run_figure`."""
+    return save_figure(run_figure(result), result.run_dir / "plots" / "metrics.png")
+
+
+def png_data_uri(fig) -> str:
+    """`fig` as an embeddable data: URI (PNG, 100 dpi), freed afterwards."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def run_figure(result: RunResult):
+    """Central accuracy (or mse) and train/test loss per round; epsilon spent on DP runs, unlearning requests
+    marked."""
     rows = result.metrics
     rounds = [r["round"] for r in rows]
     key = "mse" if result.summary.get("task") == "regression" else "accuracy"
@@ -53,17 +71,23 @@ def plot_run(result: RunResult) -> Path:
                    label="epsilon")
         spent.set_ylabel("epsilon spent", color="tab:red")
         ax_main.set_title(f"{ax_main.get_title()} (final epsilon {rows[-1][ledger]['epsilon']:.2f})")
-    return save_figure(fig, result.run_dir / "plots" / "metrics.png")
+    return fig
 
 
 HEATMAP_MAX_CLIENTS = 100  # beyond this a per-client heatmap is unreadable: summarise instead
 
 
 def plot_partitions(data: FederatedData, out: Path, title: str) -> Path:
+    """`partitions_figure`, written to `out`."""
+    return save_figure(partitions_figure(data, title), out, tight_layout=data.num_partitions > HEATMAP_MAX_CLIENTS,
+                       bbox_inches="tight")
+
+
+def partitions_figure(data: FederatedData, title: str):
     """Heatmap of examples per (client, class) via flwr-datasets (partition sizes for regression); with more
     than HEATMAP_MAX_CLIENTS clients, a summary: the distribution of client sizes and of label skew."""
     if data.num_partitions > HEATMAP_MAX_CLIENTS:
-        return _plot_partition_summary(data, out, title)
+        return _partition_summary(data, title)
     if data.info.task == "classification":
         from flwr_datasets.visualization import plot_label_distributions
 
@@ -78,10 +102,10 @@ def plot_partitions(data: FederatedData, out: Path, title: str) -> Path:
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.bar(range(data.num_partitions), data.label_counts()[:, 0])
         ax.set(xlabel="partition", ylabel="examples", title=title)
-    return save_figure(fig, out, tight_layout=False, bbox_inches="tight")
+    return fig
 
 
-def _plot_partition_summary(data: FederatedData, out: Path, title: str) -> Path:
+def _partition_summary(data: FederatedData, title: str):
     """Many clients: histograms of examples per client and (classification) of the largest class's share of a
     client's examples (1 / classes for IID data, 1 for single-class clients), plus each class's share."""
     import numpy as np
@@ -102,4 +126,4 @@ def _plot_partition_summary(data: FederatedData, out: Path, title: str) -> Path:
         axes[0][2].bar(range(counts.shape[1]), counts.sum(axis=0))
         axes[0][2].set(xlabel="class", ylabel="examples", title="examples per class, all clients")
     fig.suptitle(f"{title} ({data.num_partitions} clients)")
-    return save_figure(fig, out)
+    return fig

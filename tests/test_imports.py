@@ -25,7 +25,7 @@ LAYERS = {
     "fedsim.clients": 4, "fedsim.strategies": 4,
     "fedsim.runtime": 5,
     "fedsim.loop": 6, "fedsim.callbacks": 6, "fedsim.budget": 6, "fedsim.results": 6, "fedsim.server": 6,
-    "fedsim.trackers": 6,
+    "fedsim.trackers": 6, "fedsim.report": 7,
     "fedsim.runner": 6, "fedsim.flower_app": 6,
     "fedsim.cli": 7, "fedsim.compare": 7, "fedsim.sweep": 7, "fedsim.plots": 7,
 }

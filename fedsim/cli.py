@@ -346,6 +346,14 @@ def sweep(
         raise typer.Exit(1)
 
 
+def default_compare_png(run_dirs: list[Path]) -> Path:
+    """Beside the runs' folder (runs/my-sweep-compare.png for runs/my-sweep/*, so a rerun's glob does not pick it
+    up), or inside it when beside would be the working directory (runs/compare.png for runs/a runs/b)."""
+    parent = run_dirs[0].resolve().parent
+    beside = parent.with_name(f"{parent.name}-compare.png")
+    return parent / "compare.png" if beside.parent == Path.cwd().resolve() else beside
+
+
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; runs sharing a run name are seeds.")],
@@ -367,6 +375,13 @@ def compare(
         unlearning_rows,
     )
 
+    files = [d for d in run_dirs if d.is_file()]  # e.g. a plot that `runs/*` also matched
+    run_dirs = [d for d in run_dirs if not d.is_file()]
+    if files:
+        err_console.print(f"note: skipped {len(files)} file(s) that are not run dirs ({files[0]}, ...)",
+                          markup=False, highlight=False, soft_wrap=True)
+    if not run_dirs:
+        raise FedsimError("fedsim compare", "no run directories given", "pass run dirs, e.g. runs/my-sweep/*")
     groups = load_groups(run_dirs)
     header, rows = summary_rows(groups, target)
     _print_table(header, rows, f"{len(run_dirs)} runs, {len(groups)} settings", markdown)
@@ -375,8 +390,7 @@ def compare(
         _print_table(header, rows, "unlearning (mean ± std over seeds)", markdown)
         for line in gap_significance(groups):
             out_console.print(line, markup=False, highlight=False, soft_wrap=True)
-    parent = run_dirs[0].resolve().parent  # the default sits beside the runs' folder, not inside it
-    path = plot_groups(groups, png or parent.with_name(f"{parent.name}-compare.png"))
+    path = plot_groups(groups, png or default_compare_png(run_dirs))
     (err_console if markdown else out_console).print(f"plot: {path}")
     utility = plot_privacy_utility(groups, path.with_name(path.stem + "-privacy-utility.png"))
     if utility:

@@ -205,3 +205,21 @@ def test_compare_overlay_splits_many_settings_into_panels_with_distinct_styles(t
     lines = [line for ax in shown for line in ax.get_lines()]
     assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 12  # every setting its own look
     assert all(ax.xaxis.get_major_locator()._integer for ax in shown)
+
+
+def test_compare_writes_its_plot_next_to_the_runs_not_into_the_working_directory(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.toml"
+    path.write_text('[run]\nname = "a"\nrounds = 1\n[data]\ndataset = "digits"\n[data.partitioner]\nname = "iid"\n'
+                    'num_partitions = 2\n[model]\nname = "mlp"\n[strategy]\nname = "fedavg"\n')
+    for seed in (0, 1):
+        cli("run", str(path), "--set", f"run.seed={seed}", "--out", f"runs/a-{seed}")
+    (tmp_path / "runs" / "a-partitions.png").write_bytes(b"not a run")
+    code, _, err = cli("compare", "runs/a-0", "runs/a-1", "runs/a-partitions.png")
+    assert code == 0 and "skipped 1 file(s)" in err
+    assert (tmp_path / "runs" / "compare.png").is_file() and not list(tmp_path.glob("*.png"))
+    (tmp_path / "runs" / "sweep").mkdir()
+    for seed in (0, 1):
+        (tmp_path / "runs" / f"a-{seed}").rename(tmp_path / "runs" / "sweep" / f"a-{seed}")
+    code, _, _ = cli("compare", "runs/sweep/a-0", "runs/sweep/a-1")
+    assert code == 0 and (tmp_path / "runs" / "sweep-compare.png").is_file()

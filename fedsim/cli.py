@@ -157,8 +157,9 @@ def _run_with_progress(job, name: str, rounds: int, quiet: bool, done: int = 0) 
         result = job(on_round)
     out_console.print(_metric_table(result.metrics, f"{name}: central evaluation", max_rows=10))
     _print_unlearning(result)
-    _print_line(f"final: {_metrics_text(result.final)} | wall time {result.summary['wall_time_s']:.1f} s | "
-                f"run dir: {result.run_dir}")
+    startup = result.summary.get("startup_s")
+    _print_line(f"final: {_metrics_text(result.final)} | wall time {result.summary['wall_time_s']:.1f} s"
+                + (f" (start-up {startup:.1f} s)" if startup is not None else "") + f" | run dir: {result.run_dir}")
     if "stopped" in result.summary:
         _print_line(f"stopped after round {result.summary['rounds']}: {result.summary['stopped']}")
 

@@ -62,9 +62,10 @@ class RunRecorder(RoundCallback):
     (adding its wall time) and, at the end, writes summary.json and model.pt."""
 
     def __init__(self, run_dir: Path, scenario: Scenario, on_round: Callable[[dict], None] | None = None,
-                 resume: dict | None = None) -> None:
+                 resume: dict | None = None, started: float | None = None) -> None:
         """A new run dir, or with `resume` (a checkpoint) the run dir continued after the checkpoint's round:
-        metrics.jsonl keeps the rows up to that round and drops any written after it."""
+        metrics.jsonl keeps the rows up to that round and drops any written after it. `started`: the
+        time.perf_counter() the run's wall time counts from (default: now)."""
         self.run_dir, self.scenario, self.on_round = run_dir, scenario, on_round
         self.rows: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
@@ -84,7 +85,9 @@ class RunRecorder(RoundCallback):
             except OSError as exc:
                 raise RunDirError(str(run_dir), f"cannot be written: {exc.strerror or exc}",
                                   "pass an --out (or output.dir) you can write to") from None
-        self._start = self._last = time.perf_counter()
+        self._start = started if started is not None else time.perf_counter()
+        self._last = time.perf_counter()
+        self.startup_s: float | None = None  # from `started` to the first round (data, model, Ray's start-up)
         self.summary_extras: dict[str, Any] = {}  # e.g. the unlearning table
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did
         self.on_finish: list[Callable[[RunResult], None]] = []  # called with the result once it is written
@@ -93,6 +96,7 @@ class RunRecorder(RoundCallback):
         if initial is not None:
             self.initial = initial
         self._last = time.perf_counter()
+        self.startup_s = round(self._last - self._start, 3)
 
     def after_round(self, server_round: int, arrays, row: dict[str, Any], stopping: bool) -> None:
         now = time.perf_counter()
@@ -110,7 +114,8 @@ class RunRecorder(RoundCallback):
             "task": task,
             **progress(self.rows, task, self.initial),
             "failures": sum(r["failures"] for r in self.rows),
-            "wall_time_s": round(time.perf_counter() - self._start, 3),
+            "wall_time_s": round(time.perf_counter() - self._start, 3),  # start-up included
+            "startup_s": self.startup_s,
             "runtime": runtime or {},
         }
         for key in ("privacy", "label_privacy"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,14 +46,15 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
 def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
                 on_round: Callable[[dict], None] | None = None,
                 describe: Callable[[], dict] | None = None, resume: dict | None = None,
-                stop: threading.Event | None = None, callbacks: Sequence[RoundCallback] = ()) -> RunResult:
+                stop: threading.Event | None = None, callbacks: Sequence[RoundCallback] = (),
+                started: float | None = None) -> RunResult:
     """The server loop on any Grid (fedsim's or Flower's), writing the run dir (continuing it from the
     checkpoint `resume`). A run stopped by Ctrl-C / SIGTERM, or that crashed after a checkpoint, keeps its run
     dir so `fedsim run --resume` can continue it; otherwise (bad input) nothing is kept.
     `describe()` says what ran the clients, asked at the end (e.g. how many Ray actors were replaced); a set
     `stop` event ends the run after the current round, with its checkpoint written (Interrupted)."""
     run_dir = Path(out) if resume is not None else new_run_dir(prepared.scenario, out)
-    recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume)
+    recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume, started)
     try:
         arrays = server_main(grid, prepared, recorder, resume, stop, callbacks)
     except Interrupted as exc:
@@ -94,12 +96,13 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
                         on_round: Callable[[dict], None] | None = None, runtime: str | None = None,
                         stop: threading.Event | None = None) -> RunResult:
     """`resume` once `resumable` has checked the run dir and read its checkpoint."""
+    started = time.perf_counter()
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
     prepared = prepare(scenario)
     grid = make_grid(scenario)
     try:
-        return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop)
+        return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop, started=started)
     finally:
         grid.close()
 
@@ -113,9 +116,11 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
     scenario asks for (seeded sampling, checkpoints, privacy ledger, faults, unlearning). `callbacks`: your own
     fedsim.loop.RoundCallbacks (docs/extending.md). `on_round(row)` is called after every round; a set `stop`
     event ends the run after the current round (Interrupted)."""
+    started = time.perf_counter()  # the wall time counts data loading and the runtime's start-up too
     prepared = prepare(scenario, strategy)
     grid = make_grid(scenario)
     try:
-        return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop, callbacks=callbacks)
+        return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop, callbacks=callbacks,
+                           started=started)
     finally:
         grid.close()

@@ -77,3 +77,24 @@ def test_quickstart_reaches_093(cli, tmp_path):
     assert code == 0 and "final:" in out
     summary = json.loads((tmp_path / "qs" / "summary.json").read_text())
     assert summary["rounds"] == 30 and summary["final"]["accuracy"] >= 0.93, summary
+
+
+def test_wall_time_counts_the_start_up(tmp_path):
+    """summary.json's wall time runs from fedsim.run's start (data, model, a Ray cluster's start-up), and
+    startup_s says how much of it came before round 1."""
+    import time
+
+    from conftest import small_scenario
+
+    import fedsim
+    from fedsim.runner import make_grid, run_on_grid
+    from fedsim.server import prepare
+
+    result = fedsim.run(small_scenario(run__rounds=2), out=tmp_path / "a")
+    s = result.summary
+    assert 0 < s["startup_s"] <= s["wall_time_s"]
+    assert s["wall_time_s"] >= s["startup_s"] + sum(r["time_s"] for r in result.metrics) - 0.05
+    scenario = small_scenario(run__rounds=1)
+    grid = make_grid(scenario)
+    late = run_on_grid(prepare(scenario), grid, tmp_path / "b", started=time.perf_counter() - 100)
+    assert late.summary["startup_s"] >= 100 and late.summary["wall_time_s"] >= 100

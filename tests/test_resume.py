@@ -94,7 +94,7 @@ def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case,
         assert not list((resumed.run_dir / "history").glob("round-*/client-1.pt"))
 
 
-@pytest.mark.parametrize("case", ["fedld", "dp-sgd"])
+@pytest.mark.parametrize("case", ["fedld", pytest.param("dp-sgd", marks=pytest.mark.slow)])  # make test keeps one
 def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_on_ray(case, tmp_path):
     scenario = scenario_with(CASES[case][0], runtime="ray")
     reference = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "reference")
@@ -233,6 +233,7 @@ def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli):
     assert code == 2 and "model.pt: unreadable model file" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # ~26 s; make test keeps the SIGTERM and SIGKILL resume checks
 def test_ctrl_c_to_the_whole_process_group_on_ray_stops_cleanly_and_resumes(tmp_path):
     """What a terminal's Ctrl-C does: SIGINT to the driver and every process of its group (Ray's included)."""
     child, path, out = slow_run_in_child(tmp_path, rounds=5, delay_s=0.3, runtime="ray")

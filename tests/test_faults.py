@@ -28,12 +28,30 @@ def test_failures_are_error_replies(tmp_path):
     assert any("simulated failure" in r.get("first_error", "") for r in result.metrics)
 
 
-def test_stragglers_answer_late(tmp_path):
+def test_stragglers_advance_the_simulated_clock_without_waiting(tmp_path):
+    """A 100 s straggler costs no wall time: each round's sim_time_s is its slowest answer (0 without one)."""
     start = time.perf_counter()
-    result = run(tmp_path, "slow", straggler_rate=0.5, straggler_delay_s=0.05)
+    result = run(tmp_path, "slow", straggler_rate=0.5, straggler_delay_s=100.0)
+    assert time.perf_counter() - start < 60
+    straggled = [r["faults"]["straggled"] for r in result.metrics]
+    assert sum(straggled) > 0 and all(r["replies"] == 5 for r in result.metrics)
+    assert [r["faults"]["sim_time_s"] for r in result.metrics] == [100.0 if s else 0.0 for s in straggled]
+
+
+def test_a_straggler_past_the_simulated_deadline_counts_as_failed(tmp_path):
+    result = run(tmp_path, "late", straggler_rate=0.5, straggler_delay_s=100.0, deadline_s=30.0)
+    late = [r["faults"]["late"] for r in result.metrics]
+    assert sum(late) > 0 and [r["failures"] for r in result.metrics] == late
+    assert all(r["replies"] + r["faults"]["late"] == 5 for r in result.metrics)  # a late answer is a failure
+    assert all(r["faults"]["sim_time_s"] == (30.0 if n else 0.0) for r, n in zip(result.metrics, late))
+    assert any("missed the simulated deadline" in r.get("first_error", "") for r in result.metrics)
+
+
+def test_real_clock_stragglers_sleep(tmp_path):
+    start = time.perf_counter()
+    result = run(tmp_path, "real", straggler_rate=0.5, straggler_delay_s=0.05, straggler_clock="real")
     straggled = sum(r["faults"]["straggled"] for r in result.metrics)
     assert straggled > 0 and time.perf_counter() - start >= 0.05 * straggled
-    assert all(r["replies"] == 5 for r in result.metrics)
 
 
 def test_rounds_below_the_minimum_are_skipped(tmp_path):

@@ -107,7 +107,7 @@ def slow_run_in_child(tmp_path: Path, rounds: int, delay_s: float, runtime: str 
     """`fedsim run` of a 3-client scenario whose every client straggles `delay_s`, in a child process (its own
     process group); returns (child, scenario file, run dir) once the first round's row is written."""
     raw = small_scenario(run__rounds=rounds, run__runtime=runtime, data__partitioner__num_partitions=3).to_dict()
-    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": delay_s}
+    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": delay_s, "straggler_clock": "real"}
     path = tmp_path / "slow.toml"
     path.write_text(Scenario.from_dict(raw).to_toml())
     out = tmp_path / "run"

@@ -45,13 +45,18 @@ def error_reply(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code, reason), reply_to=msg)
 
 
+NO_FAULTS = {"dropped": 0, "failed": 0, "straggled": 0, "late": 0}
+
+
 class VirtualNodesGrid(Grid):
     """A Grid over `num_nodes` virtual nodes whose ClientApp runs wherever `_execute` puts it."""
 
     def __init__(self, num_nodes: int, run_config: dict, run_id: int = 1, faults=None, seed: int = 0) -> None:
         self.faults, self.seed = faults, seed
-        self.fault_counts = {"dropped": 0, "failed": 0, "straggled": 0}
-        self.delays: dict[str, float] = {}  # message id -> seconds a straggler waits before answering
+        self.fault_counts = dict(NO_FAULTS)
+        self.delays: dict[str, float] = {}  # message id -> seconds a straggler sleeps (straggler_clock = "real")
+        self.sim_time_s = 0.0  # the simulated clock: each push adds its slowest answer (capped at the deadline)
+        self._sim_taken = 0.0  # the clock's reading at the last take_fault_counts
         self._pushes = 0  # message batches pushed so far: faults are drawn per (seed, push, node)
         self._run = Run.create_empty(run_id)
         # Messages created in this process are the server's (as in Flower's own ServerApp runner).
@@ -106,8 +111,11 @@ class VirtualNodesGrid(Grid):
         return [m.metadata.message_id for m in batch]
 
     def _inject_faults(self, messages: list[Message], push: int) -> list[Message]:
-        """Seeded per (seed, push, node): drop (no reply), fail (error reply) or delay; returns what still runs."""
-        f, runs = self.faults, []
+        """Seeded per (seed, push, node): drop (no reply), fail (error reply) or delay; returns what still runs.
+
+        A straggler answers `straggler_delay_s` late on the simulated clock (or really sleeps that long with
+        straggler_clock = "real"); past `deadline_s` its answer is a failure and its work is not run."""
+        f, runs, slowest = self.faults, [], 0.0
         self.delays = {}
         for msg in messages:
             draw = np.random.default_rng([self.seed, push, msg.metadata.dst_node_id, 3]).random(3)
@@ -117,26 +125,42 @@ class VirtualNodesGrid(Grid):
                 self.fault_counts["failed"] += 1
                 self._replies[msg.metadata.message_id] = error_reply(
                     msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "simulated failure ([faults] failure_rate)")
-            else:
-                if draw[2] < f.straggler_rate:
-                    self.fault_counts["straggled"] += 1
+            elif draw[2] < f.straggler_rate:
+                self.fault_counts["straggled"] += 1
+                if f.deadline_s is not None and f.straggler_delay_s > f.deadline_s:
+                    self.fault_counts["late"] += 1
+                    self._replies[msg.metadata.message_id] = error_reply(
+                        msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION,
+                        f"missed the simulated deadline: answered after {f.straggler_delay_s:g} s > deadline_s "
+                        f"{f.deadline_s:g} s")
+                    slowest = max(slowest, f.deadline_s)
+                    continue
+                slowest = max(slowest, f.straggler_delay_s)
+                if f.straggler_clock == "real":
                     self.delays[msg.metadata.message_id] = f.straggler_delay_s
                 runs.append(msg)
+            else:
+                runs.append(msg)
+        self.sim_time_s += slowest
         return runs
 
     def checkpoint_state(self) -> dict:
-        """What a resumed run needs: the push counter (fault draws), the nodes still offered, client states."""
-        return {"pushes": self._pushes, "node_ids": list(self._node_ids),
+        """What a resumed run needs: the push counter (fault draws), the nodes still offered, client states, the
+        simulated clock."""
+        return {"pushes": self._pushes, "node_ids": list(self._node_ids), "sim_time_s": self.sim_time_s,
                 "contexts": encode({n: c.state for n, c in self.contexts.items() if len(c.state)})}
 
     def restore_checkpoint(self, state: dict) -> None:
         self._pushes, self._node_ids = int(state["pushes"]), [int(n) for n in state["node_ids"]]
+        self.sim_time_s = self._sim_taken = float(state.get("sim_time_s", 0.0))
         for node, records in decode(state["contexts"]).items():
             self.contexts[node].state = records
 
-    def take_fault_counts(self) -> dict[str, int]:
-        """Faults injected since the last call (one call per round, for metrics.jsonl)."""
-        counts, self.fault_counts = self.fault_counts, {"dropped": 0, "failed": 0, "straggled": 0}
+    def take_fault_counts(self) -> dict[str, float]:
+        """Faults injected since the last call (one call per round, for metrics.jsonl), and the simulated
+        duration of those pushes (`sim_time_s`: the slowest answer of each push, added up)."""
+        counts = {**self.fault_counts, "sim_time_s": round(self.sim_time_s - self._sim_taken, 6)}
+        self.fault_counts, self._sim_taken = dict(NO_FAULTS), self.sim_time_s
         return counts
 
     @abstractmethod

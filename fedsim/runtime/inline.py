@@ -24,6 +24,6 @@ class InlineGrid(VirtualNodesGrid):
     def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
         replies = {}
         for m in messages:
-            time.sleep(self.delays.get(m.metadata.message_id, 0.0))  # a simulated straggler
+            time.sleep(self.delays.get(m.metadata.message_id, 0.0))  # a straggler on the real clock ([faults])
             replies[m.metadata.message_id] = run_client(self.client_app, m, self.contexts[m.metadata.dst_node_id])
         return replies

@@ -284,6 +284,10 @@ class FaultsSection(Section):
     failure_rate: float = Field(0.0, ge=0, le=1)
     straggler_rate: float = Field(0.0, ge=0, le=1)
     straggler_delay_s: float = Field(1.0, ge=0)
+    # "virtual": a straggler's delay only advances the round's simulated clock (no waiting; sim_time_s in
+    # metrics.jsonl); "real": it sleeps (for checks of wall-clock behaviour)
+    straggler_clock: Literal["virtual", "real"] = "virtual"
+    deadline_s: float | None = Field(None, gt=0)  # simulated round deadline: a later answer counts as failed
 
 
 def _unlearning_methods() -> dict:

@@ -497,6 +497,8 @@ def main() -> None:
     try:
         app()
     except FedsimError as exc:
+        if getattr(exc, "run_dir", None) is not None:  # a run that can be resumed (e.g. after a failed write)
+            exc.fix = exc.fix.replace("RUN_DIR", str(exc.run_dir))
         for line in exc.lines():
             err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

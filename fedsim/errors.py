@@ -38,6 +38,11 @@ class RunDirError(FedsimError):
     """A run directory is missing or unreadable."""
 
 
+class StorageError(RunDirError):
+    """A write in a run directory failed (disk full, read-only, permission denied). The write left nothing
+    half-written and earlier files (the last checkpoint) are intact, so the run can be resumed once fixed."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """'did you mean X?' or the list of choices, for a fix message."""
     choices = sorted(choices)

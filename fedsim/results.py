@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -12,8 +14,8 @@ from typing import Any
 
 import torch
 
-from fedsim.errors import RunDirError
-from fedsim.files import atomic_write, load_tensors, save_tensors
+from fedsim.errors import RunDirError, StorageError
+from fedsim.files import atomic_write, load_tensors, save_tensors, storage
 from fedsim.loop import RoundCallback
 from fedsim.scenario import Scenario
 
@@ -103,8 +105,15 @@ class RunRecorder(RoundCallback):
         row["time_s"] = round(now - self._last, 6)
         self._last = now
         self.rows.append(row)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        size = path.stat().st_size if path.exists() else 0
+        try:
+            with storage(path), open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except StorageError:
+            with contextlib.suppress(OSError):  # no half-written row left behind
+                os.truncate(path, size)
+            raise
         if self.on_round:
             self.on_round(row)
 

@@ -15,7 +15,7 @@ from fedsim import checkpoint
 from fedsim.arrays import record_to_state
 from fedsim.clients.app import app as client_app
 from fedsim.clients.workspace import ClientSpec
-from fedsim.errors import FedsimError, RunDirError, ScenarioError
+from fedsim.errors import FedsimError, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
@@ -61,7 +61,8 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         exc.run_dir = run_dir
         raise
     except BaseException as exc:
-        resumable = (run_dir / checkpoint.FILE).is_file() and not isinstance(exc, FedsimError)
+        resumable = (run_dir / checkpoint.FILE).is_file() and \
+            (isinstance(exc, StorageError) or not isinstance(exc, FedsimError))  # bad input: nothing is kept
         if resumable:
             exc.run_dir = run_dir  # for the CLI's "resume with" hint
         elif resume is None:

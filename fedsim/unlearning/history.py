@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fedsim.files import load_tensors, save_tensors
+from fedsim.files import load_tensors, save_tensors, storage
 
 State = dict[str, torch.Tensor]
 
@@ -35,7 +35,8 @@ class HistoryStore:
     def save(self, server_round: int, global_state: State, updates: dict[int, tuple[State, int]]) -> None:
         """Store round `server_round`: the global model sent and each client's (update, num_examples)."""
         folder = self._round_dir(server_round)
-        folder.mkdir(parents=True, exist_ok=True)
+        with storage(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         save_tensors(global_state, folder / "global.pt")
         for pid, (update, num_examples) in updates.items():
             save_tensors({"update": update, "num_examples": torch.tensor(num_examples)}, folder / f"client-{pid}.pt")

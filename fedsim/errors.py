@@ -15,8 +15,10 @@ class FedsimError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
+        """One line, always: line breaks inside user-given names (a TOML key "a\\nb") are shown escaped."""
         text = f"{self.where}: {self.what}" if self.where else self.what
-        return f"{text}; {self.fix}" if self.fix else text
+        text = f"{text}; {self.fix}" if self.fix else text
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
     def lines(self) -> list[str]:
         """This problem's line and one per further problem."""

@@ -32,7 +32,7 @@ def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)  # 1 -> 1.0 for floats
 
 
 class ResourcesSection(Section):

@@ -109,43 +109,96 @@ def plan(sweep: SweepFile, out: Path) -> list[SweepRun]:
 
 
 def run_sweep(sweep: SweepFile, out: Path, *, resume: bool = False, stop: threading.Event | None = None,
-              on_start: Callable[[SweepRun, int, int], None] | None = None,
+              parallel: int = 1, on_start: Callable[[SweepRun, int, int], None] | None = None,
               on_end: Callable[[SweepRun, int, int], None] | None = None) -> list[SweepRun]:
-    """Run the sweep's runs one by one into `out`. A run that fails is recorded and the sweep goes on; a set
-    `stop` ends the current run after its round (checkpointed) and the sweep there. Without `resume` a run dir
-    left by an earlier sweep is an error; with it, finished runs are skipped and interrupted ones continued."""
-    from fedsim import checkpoint
-    from fedsim.results import load_run
-    from fedsim.runner import Interrupted, resumable, run, run_from_checkpoint
-
+    """Run the sweep's runs into `out`, one by one or `parallel` at a time (each in its own process; results are
+    identical either way: every run is seeded by its scenario). A run that fails is recorded and the sweep goes
+    on. A set `stop` ends the sweep: one by one, the current run stops after its round (checkpointed); in
+    parallel, no new run starts and those in progress finish. Without `resume` a run dir left by an earlier
+    sweep is an error; with it, finished runs are skipped and interrupted ones continued."""
     runs = plan(sweep, out)
     if not resume:
         taken = next((r.run_dir for r in runs if r.run_dir.exists() and any(r.run_dir.iterdir())), None)
         if taken is not None:
             raise RunDirError(str(taken), "already holds a run of this sweep",
                               "add --resume to skip finished runs and continue interrupted ones, or pass another --out")
+    if parallel > 1:
+        return _run_parallel(runs, resume, stop, parallel, on_start, on_end)
     for index, item in enumerate(runs):
         if stop is not None and stop.is_set():
             break
         if on_start:
             on_start(item, index, len(runs))
-        try:
-            if resume and (item.run_dir / "summary.json").is_file():
-                item.result, item.status = load_run(item.run_dir), "skipped"
-            elif resume and (item.run_dir / checkpoint.FILE).is_file():
-                scenario, state = resumable(item.run_dir)
-                item.result, item.status = run_from_checkpoint(item.run_dir, scenario, state, stop=stop), "done"
-            else:
-                if item.run_dir.exists():  # a leftover with neither a result nor a checkpoint
-                    shutil.rmtree(item.run_dir)
-                item.result, item.status = run(item.scenario, item.run_dir, stop=stop), "done"
-        except Interrupted:
-            item.status = "stopped"
-        except Exception as exc:  # noqa: BLE001 - a failed run is reported, the other runs still run
-            item.status, item.error = "failed", str(exc) if isinstance(exc, FedsimError) else \
-                f"{type(exc).__name__}: {exc}"
+        item.status, item.error = execute(item.scenario, item.run_dir, resume, stop)
+        _load_result(item)
         if on_end:
             on_end(item, index, len(runs))
         if item.status == "stopped":
             break
+    return runs
+
+
+def execute(scenario: Scenario, run_dir: Path, resume: bool, stop: threading.Event | None = None
+            ) -> tuple[str, str | None]:
+    """Run (or skip, or continue) one run of a sweep into `run_dir`; returns (status, error)."""
+    from fedsim import checkpoint
+    from fedsim.runner import Interrupted, resumable, run, run_from_checkpoint
+
+    try:
+        if resume and (run_dir / "summary.json").is_file():
+            return "skipped", None
+        if resume and (run_dir / checkpoint.FILE).is_file():
+            run_from_checkpoint(run_dir, *resumable(run_dir), stop=stop)
+            return "done", None
+        if run_dir.exists():  # a leftover with neither a result nor a checkpoint
+            shutil.rmtree(run_dir)
+        run(scenario, run_dir, stop=stop)
+        return "done", None
+    except Interrupted:
+        return "stopped", None
+    except Exception as exc:  # noqa: BLE001 - a failed run is reported, the other runs still run
+        return "failed", str(exc) if isinstance(exc, FedsimError) else f"{type(exc).__name__}: {exc}"
+
+
+def _load_result(item: SweepRun) -> None:
+    if item.status in ("done", "skipped"):
+        from fedsim.results import load_run
+
+        item.result = load_run(item.run_dir)
+
+
+def _quiet_worker() -> None:
+    """A sweep's worker process leaves Ctrl-C to the sweep (which stops starting runs) and computes on one
+    thread, so `parallel` runs share the cores instead of fighting over them."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _run_parallel(runs: list[SweepRun], resume: bool, stop: threading.Event | None, parallel: int,
+                  on_start, on_end) -> list[SweepRun]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or Ray state
+    pending, running = list(enumerate(runs)), {}
+    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_quiet_worker) as pool:
+        while pending or running:
+            while pending and len(running) < parallel and not (stop is not None and stop.is_set()):
+                index, item = pending.pop(0)
+                if on_start:
+                    on_start(item, index, len(runs))
+                running[pool.submit(execute, item.scenario, item.run_dir, resume)] = (index, item)
+            if not running:
+                break
+            finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index, item = running.pop(future)
+                item.status, item.error = future.result()
+                _load_result(item)
+                if on_end:
+                    on_end(item, index, len(runs))
     return runs

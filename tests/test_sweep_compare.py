@@ -223,3 +223,15 @@ def test_compare_writes_its_plot_next_to_the_runs_not_into_the_working_directory
         (tmp_path / "runs" / f"a-{seed}").rename(tmp_path / "runs" / "sweep" / f"a-{seed}")
     code, _, _ = cli("compare", "runs/sweep/a-0", "runs/sweep/a-1")
     assert code == 0 and (tmp_path / "runs" / "sweep-compare.png").is_file()
+
+
+def test_a_parallel_sweep_gives_the_runs_one_by_one_gives(tmp_path):
+    from fedsim.results import without_timings
+
+    sweep = SweepFile(base="quickstart", seeds=[0, 1, 2], set=SMALL, grid={"strategy.name": ["fedavg", "fedld"]})
+    seen = []
+    parallel = run_sweep(sweep, tmp_path / "p", parallel=2, on_end=lambda run, i, n: seen.append(i))
+    one_by_one = run_sweep(sweep, tmp_path / "s")
+    assert sorted(seen) == list(range(6)) and all(r.status == "done" for r in parallel)
+    for a, b in zip(parallel, one_by_one):
+        assert without_timings(a.result.metrics) == without_timings(b.result.metrics), a.label

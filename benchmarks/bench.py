@@ -65,7 +65,22 @@ def _dp() -> str:
             f"{r['plain_s']:.3f} s, DP-SGD {r['dp_s']:.3f} s ({r['ratio']:.2f}x)")
 
 
-MICRO = {"fedld": _fedld, "dp": _dp}
+def _scale() -> str:
+    from scale import describe, measure
+
+    return "gaussian-regression, 10 examples per client, 100 sampled per round, inline: " + \
+        describe(measure([1000, 100_000]))
+
+
+def _sweep() -> str:
+    from parallel_sweep import measure
+
+    r = measure()
+    return (f"{r['runs']} runs of quickstart: one by one {r['one_by_one_s']:.1f} s, `--parallel {r['parallel']}` "
+            f"{r['parallel_s']:.1f} s ({r['speedup']:.2f}x)")
+
+
+MICRO = {"fedld": _fedld, "dp": _dp, "scale": _scale, "sweep": _sweep}
 
 
 def machine() -> str:
@@ -114,7 +129,8 @@ def main() -> None:
         console.print(table)
         console.print(verdict)
         lines += ["", verdict, ""]
-    for key, title in (("fedld", "FedLD aggregation"), ("dp", "DP-SGD overhead")):
+    for key, title in (("fedld", "FedLD aggregation"), ("dp", "DP-SGD overhead"), ("scale", "Scale: 100,000 clients"),
+                       ("sweep", "Parallel sweeps")):
         if not args.only or key in args.only:
             text = MICRO[key]()
             console.print(f"{title}: {text}")

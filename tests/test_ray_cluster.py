@@ -54,3 +54,68 @@ def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path, cli):
             grid.close()
     finally:
         subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+
+
+def _raylet_of(socket_name: str) -> int:
+    """The pid of the raylet serving the node whose raylet socket is `socket_name`."""
+    import os
+
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"--raylet_socket_name={socket_name} " in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"no raylet for {socket_name} (pid {os.getpid()})")
+
+
+def test_a_run_survives_losing_a_worker_node(tmp_path):
+    """A two-node cluster on this machine (head: 1 CPU, worker: 2 CPUs); the worker's raylet is killed after round
+    2: the run finishes on the head with the metrics of an undisturbed run, and summary.json names the lost node."""
+    import os
+    import signal
+    import time
+
+    from conftest import small_scenario
+
+    import fedsim
+    from fedsim.results import load_run, without_timings
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                        '--resources={"spare": 1}', "--disable-usage-stats"], check=True, capture_output=True,
+                       timeout=120)
+        ray.init(address=f"127.0.0.1:{port}")
+        worker = next(n for n in ray.nodes() if "spare" in n["Resources"])
+        ray.shutdown()
+        raw = small_scenario(run__rounds=5, data__partitioner__num_partitions=6, strategy__fraction_train=1.0).to_dict()
+        raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.3, "straggler_clock": "real"}
+        scenario = fedsim.Scenario.from_dict(raw)
+        path = tmp_path / "s.toml"
+        path.write_text(scenario.to_toml())
+        out = tmp_path / "run"
+        child = subprocess.Popen([str(Path(sys.executable).with_name("fedsim")), "run", str(path), "--ray-address",
+                                  f"127.0.0.1:{port}", "--out", str(out), "-q"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while len((out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []) < 2:
+            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
+            time.sleep(0.1)
+        os.kill(_raylet_of(worker["RayletSocketName"]), signal.SIGKILL)
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        survived = load_run(out)
+        runtime = survived.summary["runtime"]
+        assert runtime["lost_nodes"] == [worker["NodeID"]] and runtime["actor_retries"] >= 1
+        assert worker["NodeID"] in runtime["ray_node_ids"] and len(runtime["ray_node_ids"]) == 2
+        reference = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "reference")
+        assert without_timings(survived.metrics) == without_timings(reference.metrics)
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)

@@ -11,6 +11,7 @@ with a timeout, unfinished chunks become error replies and their actors are repl
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -100,6 +101,9 @@ def reachable(address: str, timeout_s: float) -> None:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+NODE_LOSS_WAIT_S = 30.0  # how long an unreachable actor's node may take to be declared dead
+
+
 class RayGrid(VirtualNodesGrid):
     """Virtual clients served by `pool size` Ray actors (from per-client `resources` and the cluster's size)."""
 
@@ -121,7 +125,9 @@ class RayGrid(VirtualNodesGrid):
         self._actor_cls = ray.remote(ClientWorker).options(**options)
         self.actors = [self._spawn() for _ in range(self.num_actors)]
         where = ray.get([a.where.remote() for a in self.actors])
-        self.ray_node_ids = sorted({node for node, _ in where})
+        self.actor_nodes = [node for node, _ in where]  # the Ray node each actor runs on
+        self.ray_node_ids = sorted(set(self.actor_nodes))
+        self.lost_nodes: list[str] = []
         self.worker_code = sorted({code for _, code in where})
         self.retries = 0
 
@@ -156,6 +162,36 @@ class RayGrid(VirtualNodesGrid):
     def _replace(self, index: int) -> None:
         ray.kill(self.actors[index], no_restart=True)
         self.actors[index] = self._spawn()
+        self.actor_nodes[index] = None  # known again once it answers `where`
+
+    def _node_lost(self, index: int, exc: Exception) -> bool:
+        """Whether actor `index` failed because its Ray node is gone. An actor that is merely unreachable may be
+        on a node that died: Ray declares a node dead after its health checks fail (~15 s), so wait up to
+        NODE_LOSS_WAIT_S for that verdict before treating it as a crash on a live node."""
+        node = self.actor_nodes[index]
+        if node is None:
+            return False
+        unreachable = isinstance(exc, ray.exceptions.ActorUnavailableError | ray.exceptions.RayTaskError)
+        deadline = time.monotonic() + (NODE_LOSS_WAIT_S if unreachable else 0.0)
+        while True:
+            if not any(n["NodeID"] == node and n["Alive"] for n in ray.nodes()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+    def _retire(self, index: int) -> None:
+        """Drop actor `index` (its node was lost): the pool goes on with the actors left, on the nodes left."""
+        with contextlib.suppress(Exception):
+            ray.kill(self.actors[index], no_restart=True)
+        if self.actor_nodes[index] not in self.lost_nodes:
+            self.lost_nodes.append(self.actor_nodes[index])
+        self.actors[index] = None
+        self.num_actors = sum(a is not None for a in self.actors)
+        if not self.num_actors:
+            raise FedsimError("run.ray_address", f"every Ray node running fedsim's clients was lost "
+                              f"({', '.join(n[:8] for n in self.lost_nodes)})", "restart the cluster's nodes and "
+                              "continue with `fedsim run --resume RUN_DIR`")
 
     # ---- executing a batch of messages ---------------------------------------------------------
     def _chunks(self, messages: list[Message]) -> deque[_Chunk]:
@@ -184,7 +220,7 @@ class RayGrid(VirtualNodesGrid):
         replies: dict[str, Message] = {}
         waiting = self._chunks(messages)
         running: dict[ray.ObjectRef, _Chunk] = {}
-        idle = deque(range(self.num_actors))
+        idle = deque(i for i, actor in enumerate(self.actors) if actor is not None)
         deadline = time.monotonic() + timeout if timeout is not None and math.isfinite(timeout) else None
         while waiting or running:
             while waiting and idle:
@@ -204,9 +240,14 @@ class RayGrid(VirtualNodesGrid):
             chunk = running.pop(done[0])
             try:
                 results = ray.get(done[0])
-            except ray.exceptions.RayActorError as exc:
-                self._replace(chunk.actor)
-                idle.append(chunk.actor)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+                # run_client turns a client's own exception into an error reply, so this is the infrastructure:
+                # the actor died, or its node did (its task may also fail half-way, e.g. "Broken pipe")
+                if self._node_lost(chunk.actor, exc):
+                    self._retire(chunk.actor)  # its other chunks fail the same way and are retried elsewhere
+                else:
+                    self._replace(chunk.actor)
+                    idle.append(chunk.actor)
                 if chunk.attempts < 2:
                     self.retries += 1
                     waiting.appendleft(chunk)
@@ -223,12 +264,14 @@ class RayGrid(VirtualNodesGrid):
 
     def describe(self) -> dict:
         return {"kind": "ray", "address": self.address or "local", "actors": self.num_actors,
-                "ray_node_ids": self.ray_node_ids, "actor_retries": self.retries,
+                "ray_node_ids": self.ray_node_ids, "actor_retries": self.retries, "lost_nodes": self.lost_nodes,
                 "shipped_code": self.shipped_code, "worker_code": self.worker_code}
 
     def close(self) -> None:
         for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+            if actor is not None:
+                with contextlib.suppress(Exception):  # an actor on a lost node
+                    ray.kill(actor, no_restart=True)
         self.actors = []
         if self._snapshot:
             shutil.rmtree(self._snapshot.parent, ignore_errors=True)

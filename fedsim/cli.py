@@ -303,6 +303,8 @@ def sweep(
     out: Annotated[Path | None, typer.Option(help="Folder for the run dirs (default: runs/<sweep name>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Skip finished runs, continue interrupted ones.")] = False,
     parallel: Annotated[int, typer.Option(min=1, help="Runs at once, each in its own process.")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Spread the runs over this Ray cluster (HOST:PORT or auto), each a Ray task.")] = None,
 ) -> None:
     """Run a base scenario over a grid of overrides and seeds (see fedsim/sweep.py for the file format); one line
     per finished run. Ctrl-C: the current run stops after its round (checkpointed); --resume continues."""
@@ -334,7 +336,8 @@ def sweep(
                 text = f"{head} stopped, checkpoint kept in {run.run_dir}"
             out_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-        runs = run_sweep(spec, folder, resume=resume, stop=stop, parallel=parallel, on_start=on_start, on_end=on_end)
+        runs = run_sweep(spec, folder, resume=resume, stop=stop, parallel=parallel, ray_address=ray_address,
+                         on_start=on_start, on_end=on_end)
     done = [r for r in runs if r.status in ("done", "skipped")]
     failed = [r for r in runs if r.status == "failed"]
     again = f"fedsim sweep {sweep_file} --resume" + (f" --out {folder}" if out else "")

@@ -109,19 +109,23 @@ def plan(sweep: SweepFile, out: Path) -> list[SweepRun]:
 
 
 def run_sweep(sweep: SweepFile, out: Path, *, resume: bool = False, stop: threading.Event | None = None,
-              parallel: int = 1, on_start: Callable[[SweepRun, int, int], None] | None = None,
+              parallel: int = 1, ray_address: str | None = None,
+              on_start: Callable[[SweepRun, int, int], None] | None = None,
               on_end: Callable[[SweepRun, int, int], None] | None = None) -> list[SweepRun]:
-    """Run the sweep's runs into `out`, one by one or `parallel` at a time (each in its own process; results are
-    identical either way: every run is seeded by its scenario). A run that fails is recorded and the sweep goes
-    on. A set `stop` ends the sweep: one by one, the current run stops after its round (checkpointed); in
-    parallel, no new run starts and those in progress finish. Without `resume` a run dir left by an earlier
-    sweep is an error; with it, finished runs are skipped and interrupted ones continued."""
+    """Run the sweep's runs into `out`: one by one, `parallel` at a time (each in its own process), or spread
+    over the Ray cluster at `ray_address` (each run a Ray task); results are identical every way, since every
+    run is seeded by its scenario. A run that fails is recorded and the sweep goes on. A set `stop` ends the
+    sweep: one by one, the current run stops after its round (checkpointed); in parallel, no new run starts and
+    those in progress finish; on Ray, the runs not finished are cancelled. Without `resume` a run dir left by an
+    earlier sweep is an error; with it, finished runs are skipped and interrupted ones continued (on Ray: rerun)."""
     runs = plan(sweep, out)
     if not resume:
         taken = next((r.run_dir for r in runs if r.run_dir.exists() and any(r.run_dir.iterdir())), None)
         if taken is not None:
             raise RunDirError(str(taken), "already holds a run of this sweep",
                               "add --resume to skip finished runs and continue interrupted ones, or pass another --out")
+    if ray_address is not None:
+        return _run_on_ray(runs, resume, stop, ray_address, on_start, on_end)
     if parallel > 1:
         return _run_parallel(runs, resume, stop, parallel, on_start, on_end)
     for index, item in enumerate(runs):
@@ -201,4 +205,69 @@ def _run_parallel(runs: list[SweepRun], resume: bool, stop: threading.Event | No
                 _load_result(item)
                 if on_end:
                     on_end(item, index, len(runs))
+    return runs
+
+
+def run_elsewhere(scenario: Scenario) -> tuple[str, str | None, dict[str, bytes]]:
+    """One sweep run inside a Ray task, on whichever node Ray picked: inline, in a temporary run dir whose files
+    go back to the driver (so they land where the driver can read them, on any cluster)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        status, error = execute(scenario.with_overrides({"run.runtime": "inline"}), run_dir, resume=False)
+        files = {str(f.relative_to(run_dir)): f.read_bytes() for f in run_dir.rglob("*") if f.is_file()} \
+            if run_dir.is_dir() else {}
+    return status, error, files
+
+
+def _run_on_ray(runs: list[SweepRun], resume: bool, stop: threading.Event | None, address: str, on_start,
+                on_end) -> list[SweepRun]:
+    """Every run as a Ray task with its scenario's resources (retried on another node if its node is lost)."""
+    import ray
+
+    from fedsim.runtime.ray_grid import attach
+
+    snapshot = attach(address)
+    try:
+        task = ray.remote(max_retries=2)(run_elsewhere)  # max_retries: a task whose node dies runs again elsewhere
+        pending: dict = {}
+        for index, item in enumerate(runs):
+            if resume and (item.run_dir / "summary.json").is_file():
+                item.status = "skipped"
+                _load_result(item)
+                if on_end:
+                    on_end(item, index, len(runs))
+                continue
+            if on_start:
+                on_start(item, index, len(runs))
+            resources = item.scenario.run.resources
+            pending[task.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(item.scenario)] = \
+                (index, item)
+        while pending:
+            if stop is not None and stop.is_set():
+                for ref, (index, item) in pending.items():
+                    ray.cancel(ref)
+                    item.status = "stopped"
+                break
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in done:
+                index, item = pending.pop(ref)
+                try:
+                    item.status, item.error, files = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    item.status, item.error, files = "failed", f"{type(exc).__name__}: {exc}", {}
+                if files:
+                    if item.run_dir.exists():
+                        shutil.rmtree(item.run_dir)
+                    for name, data in files.items():
+                        (item.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                        (item.run_dir / name).write_bytes(data)
+                _load_result(item)
+                if on_end:
+                    on_end(item, index, len(runs))
+    finally:
+        ray.shutdown()
+        if snapshot is not None:
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
     return runs

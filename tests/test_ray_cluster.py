@@ -119,3 +119,33 @@ def test_a_run_survives_losing_a_worker_node(tmp_path):
     finally:
         ray.shutdown()
         subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+
+
+def test_a_sweep_spread_over_a_ray_cluster_gives_the_runs_one_by_one_gives(tmp_path, cli):
+    from fedsim.results import load_run, without_timings
+    from fedsim.sweep import run_sweep
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        spec = tmp_path / "sw.toml"
+        spec.write_text('base = "quickstart"\nseeds = [0, 1, 2]\n[grid]\n"strategy.name" = ["fedavg", "fedld"]\n'
+                        '[set]\n"run.rounds" = 3\n"data.partitioner.num_partitions" = 4\n'
+                        '"data.partitioner.min_partition_size" = 5\n')
+        code, out, err = cli("sweep", str(spec), "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "r"))
+        assert code == 0, err
+        assert sum(line.startswith("[") for line in out.splitlines()) == 6
+        code, out, _ = cli("sweep", str(spec), "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path / "r"),
+                           "--resume")
+        assert code == 0 and out.count("finished before, skipped") == 6  # a finished run is never redone
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+    from fedsim.sweep import load_sweep
+
+    one_by_one = run_sweep(load_sweep(str(spec))[0], tmp_path / "s")
+    for run in one_by_one:
+        on_ray = load_run(tmp_path / "r" / run.run_dir.name)
+        assert without_timings(on_ray.metrics) == without_timings(run.result.metrics), run.label
+        assert (tmp_path / "r" / run.run_dir.name / "model.pt").is_file()

@@ -104,6 +104,33 @@ def reachable(address: str, timeout_s: float) -> None:
 NODE_LOSS_WAIT_S = 30.0  # how long an unreachable actor's node may take to be declared dead
 
 
+RAY_INIT = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+
+
+def attach(address: str, connect_timeout_s: float = 30.0, runtime_env: dict | None = None,
+           ship_code: bool | None = None) -> Path | None:
+    """Connect this process to the existing Ray cluster at `address` (bounded by `connect_timeout_s`), shipping
+    fedsim's code to its workers when they cannot import it (or when `ship_code`); returns the shipped snapshot
+    (delete it after disconnecting), or None."""
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    reachable(address, connect_timeout_s)
+    try:  # an existing cluster: Ray refuses num_cpus / num_gpus here
+        ray.init(address=address, runtime_env=runtime_env, **RAY_INIT)
+        if ship_code is None:
+            ship_code = not _cluster_has_fedsim()
+        if not ship_code:
+            return None
+        ray.shutdown()  # code can only be uploaded per job, so reconnect with it
+        snapshot = package_snapshot()
+        env = dict(runtime_env or {})
+        env["py_modules"] = [*env.get("py_modules", []), str(snapshot)]
+        ray.init(address=address, runtime_env=env, **RAY_INIT)
+        return snapshot
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise FedsimError("run.ray_address", f"cannot attach to Ray at '{address}': {exc}",
+                          "start the cluster (`ray start --head`) or fix the address") from None
+
+
 class RayGrid(VirtualNodesGrid):
     """Virtual clients served by `pool size` Ray actors (from per-client `resources` and the cluster's size)."""
 
@@ -135,25 +162,10 @@ class RayGrid(VirtualNodesGrid):
         """Start a local Ray sized to this machine, or attach to `address` (shipping fedsim if its workers lack it)."""
         if ray.is_initialized():
             return
-        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         if not self.address:
-            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env, **kwargs)
+            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env, **RAY_INIT)
             return
-        reachable(self.address, self.connect_timeout_s)
-        try:  # an existing cluster: Ray refuses num_cpus / num_gpus here
-            ray.init(address=self.address, runtime_env=runtime_env, **kwargs)
-            if ship_code is None:
-                ship_code = not _cluster_has_fedsim()
-            if ship_code:  # code can only be uploaded per job, so reconnect with it
-                ray.shutdown()
-                self._snapshot = package_snapshot()
-                env = dict(runtime_env or {})
-                env["py_modules"] = [*env.get("py_modules", []), str(self._snapshot)]
-                ray.init(address=self.address, runtime_env=env, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise FedsimError("run.ray_address", f"cannot attach to Ray at '{self.address}': {exc}",
-                              "start the cluster (`ray start --head`) or fix the address") from None
+        self._snapshot = attach(self.address, self.connect_timeout_s, runtime_env, ship_code)
 
     def _spawn(self):
         threads = max(1, int(self.resources.num_cpus))

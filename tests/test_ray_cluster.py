@@ -149,3 +149,45 @@ def test_a_sweep_spread_over_a_ray_cluster_gives_the_runs_one_by_one_gives(tmp_p
         on_ray = load_run(tmp_path / "r" / run.run_dir.name)
         assert without_timings(on_ray.metrics) == without_timings(run.result.metrics), run.label
         assert (tmp_path / "r" / run.run_dir.name / "model.pt").is_file()
+
+
+def test_a_sweep_survives_losing_a_worker_node(tmp_path):
+    """Six runs as Ray tasks on a head (1 CPU) and a worker node (2 CPUs); the worker's raylet is killed once
+    the first run has finished: the runs it held are retried on the head, and every run ends with the metrics it
+    has when run one by one."""
+    import os
+    import signal
+
+    from fedsim.results import load_run, without_timings
+    from fedsim.sweep import load_sweep, run_sweep
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    spec = tmp_path / "sw.toml"
+    spec.write_text('base = "quickstart"\nseeds = [0, 1, 2, 3, 4, 5]\n[set]\n"run.rounds" = 4\n'
+                    '"data.partitioner.num_partitions" = 4\n"data.partitioner.min_partition_size" = 5\n'
+                    '"faults" = { straggler_rate = 1.0, straggler_delay_s = 1.0, straggler_clock = "real" }\n')
+    try:
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                        '--resources={"spare": 1}', "--disable-usage-stats"], check=True, capture_output=True,
+                       timeout=120)
+        ray.init(address=f"127.0.0.1:{port}")
+        worker = next(n for n in ray.nodes() if "spare" in n["Resources"])
+        ray.shutdown()
+        child = subprocess.Popen([str(Path(sys.executable).with_name("fedsim")), "sweep", str(spec), "--ray-address",
+                                  f"127.0.0.1:{port}", "--out", str(tmp_path / "r")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = child.stdout.readline()  # the first finished run: the others are running or queued
+        assert first.startswith("["), first + child.stderr.read()
+        os.kill(_raylet_of(worker["RayletSocketName"]), signal.SIGKILL)
+        out, err = child.communicate(timeout=400)
+        assert child.returncode == 0, err[-3000:]
+        assert sum(line.startswith("[") for line in [first, *out.splitlines()]) == 6 and "FAILED" not in out
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+    for run in run_sweep(load_sweep(str(spec))[0], tmp_path / "s"):
+        on_ray = load_run(tmp_path / "r" / run.run_dir.name)
+        assert without_timings(on_ray.metrics) == without_timings(run.result.metrics), run.label

@@ -168,7 +168,7 @@ def test_a_sweep_survives_losing_a_worker_node(tmp_path):
     spec = tmp_path / "sw.toml"
     spec.write_text('base = "quickstart"\nseeds = [0, 1, 2, 3, 4, 5]\n[set]\n"run.rounds" = 4\n'
                     '"data.partitioner.num_partitions" = 4\n"data.partitioner.min_partition_size" = 5\n'
-                    '"faults" = { straggler_rate = 1.0, straggler_delay_s = 1.0, straggler_clock = "real" }\n')
+                    '"faults" = { straggler_rate = 1.0, straggler_delay_s = 0.25, straggler_clock = "real" }\n')
     try:
         subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
                         '--resources={"spare": 1}', "--disable-usage-stats"], check=True, capture_output=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -56,6 +57,27 @@ def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path, cli):
         subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
 
 
+@contextlib.contextmanager
+def two_node_cluster():
+    """A head node (1 CPU) and a worker node (2 CPUs) on this machine; yields (address, the worker's ray.nodes()
+    entry) and stops both after."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    try:
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                        '--resources={"spare": 1}', "--disable-usage-stats"], check=True, capture_output=True,
+                       timeout=120)
+        ray.init(address=f"127.0.0.1:{port}")
+        worker = next(n for n in ray.nodes() if "spare" in n["Resources"])
+        ray.shutdown()
+        yield f"127.0.0.1:{port}", worker
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+
+
 def _raylet_of(socket_name: str) -> int:
     """The pid of the raylet serving the node whose raylet socket is `socket_name`."""
     import os
@@ -83,25 +105,14 @@ def test_a_run_survives_losing_a_worker_node(tmp_path):
     import fedsim
     from fedsim.results import load_run, without_timings
 
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
-    try:
-        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
-                        '--resources={"spare": 1}', "--disable-usage-stats"], check=True, capture_output=True,
-                       timeout=120)
-        ray.init(address=f"127.0.0.1:{port}")
-        worker = next(n for n in ray.nodes() if "spare" in n["Resources"])
-        ray.shutdown()
-        raw = small_scenario(run__rounds=5, data__partitioner__num_partitions=6, strategy__fraction_train=1.0).to_dict()
-        raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.3, "straggler_clock": "real"}
-        scenario = fedsim.Scenario.from_dict(raw)
-        path = tmp_path / "s.toml"
-        path.write_text(scenario.to_toml())
-        out = tmp_path / "run"
+    raw = small_scenario(run__rounds=5, data__partitioner__num_partitions=6, strategy__fraction_train=1.0).to_dict()
+    raw["faults"] = {"straggler_rate": 1.0, "straggler_delay_s": 0.3, "straggler_clock": "real"}
+    scenario = fedsim.Scenario.from_dict(raw)
+    path, out = tmp_path / "s.toml", tmp_path / "run"
+    path.write_text(scenario.to_toml())
+    with two_node_cluster() as (address, worker):
         child = subprocess.Popen([str(Path(sys.executable).with_name("fedsim")), "run", str(path), "--ray-address",
-                                  f"127.0.0.1:{port}", "--out", str(out), "-q"],
+                                  address, "--out", str(out), "-q"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 180
         while len((out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []) < 2:
@@ -109,16 +120,13 @@ def test_a_run_survives_losing_a_worker_node(tmp_path):
             time.sleep(0.1)
         os.kill(_raylet_of(worker["RayletSocketName"]), signal.SIGKILL)
         _, err = child.communicate(timeout=300)
-        assert child.returncode == 0, err[-3000:]
-        survived = load_run(out)
-        runtime = survived.summary["runtime"]
-        assert runtime["lost_nodes"] == [worker["NodeID"]] and runtime["actor_retries"] >= 1
-        assert worker["NodeID"] in runtime["ray_node_ids"] and len(runtime["ray_node_ids"]) == 2
-        reference = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "reference")
-        assert without_timings(survived.metrics) == without_timings(reference.metrics)
-    finally:
-        ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+    assert child.returncode == 0, err[-3000:]
+    survived = load_run(out)
+    runtime = survived.summary["runtime"]
+    assert runtime["lost_nodes"] == [worker["NodeID"]] and runtime["actor_retries"] >= 1
+    assert worker["NodeID"] in runtime["ray_node_ids"] and len(runtime["ray_node_ids"]) == 2
+    reference = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "reference")
+    assert without_timings(survived.metrics) == without_timings(reference.metrics)
 
 
 def test_a_sweep_spread_over_a_ray_cluster_gives_the_runs_one_by_one_gives(tmp_path, cli):
@@ -161,33 +169,20 @@ def test_a_sweep_survives_losing_a_worker_node(tmp_path):
     from fedsim.results import load_run, without_timings
     from fedsim.sweep import load_sweep, run_sweep
 
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
     spec = tmp_path / "sw.toml"
     spec.write_text('base = "quickstart"\nseeds = [0, 1, 2, 3, 4, 5]\n[set]\n"run.rounds" = 4\n'
                     '"data.partitioner.num_partitions" = 4\n"data.partitioner.min_partition_size" = 5\n'
                     '"faults" = { straggler_rate = 1.0, straggler_delay_s = 0.25, straggler_clock = "real" }\n')
-    try:
-        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
-                        '--resources={"spare": 1}', "--disable-usage-stats"], check=True, capture_output=True,
-                       timeout=120)
-        ray.init(address=f"127.0.0.1:{port}")
-        worker = next(n for n in ray.nodes() if "spare" in n["Resources"])
-        ray.shutdown()
+    with two_node_cluster() as (address, worker):
         child = subprocess.Popen([str(Path(sys.executable).with_name("fedsim")), "sweep", str(spec), "--ray-address",
-                                  f"127.0.0.1:{port}", "--out", str(tmp_path / "r")],
+                                  address, "--out", str(tmp_path / "r")],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = child.stdout.readline()  # the first finished run: the others are running or queued
         assert first.startswith("["), first + child.stderr.read()
         os.kill(_raylet_of(worker["RayletSocketName"]), signal.SIGKILL)
         out, err = child.communicate(timeout=400)
-        assert child.returncode == 0, err[-3000:]
-        assert sum(line.startswith("[") for line in [first, *out.splitlines()]) == 6 and "FAILED" not in out
-    finally:
-        ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
+    assert child.returncode == 0, err[-3000:]
+    assert sum(line.startswith("[") for line in [first, *out.splitlines()]) == 6 and "FAILED" not in out
     for run in run_sweep(load_sweep(str(spec))[0], tmp_path / "s"):
         on_ray = load_run(tmp_path / "r" / run.run_dir.name)
         assert without_timings(on_ray.metrics) == without_timings(run.result.metrics), run.label

@@ -38,27 +38,21 @@ def check_installed(trackers: list[str]) -> None:
                                 "installed", "pip install \"fedsim[tracking]\" (or remove it from output.trackers)")
 
 
+def flatten(tree: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
+    """A nested dict's leaves keyed by their path joined with `sep`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, sep, f"{prefix}{key}{sep}"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Every number in a (nested) metrics row, keyed by its path joined with "/" (booleans and text left out)."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(numbers(value, path + "/"))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[path] = float(value)
-    return out
-
-
-def flat_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """The scenario as dotted keys -> text (MLflow params)."""
-    out: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_settings(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value)[:500]
-    return out
+    return {k: float(v) for k, v in flatten(tree, "/", prefix).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def unlearning_numbers(summary: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
@@ -128,7 +122,7 @@ class MlflowTracker(RoundCallback):
         id_file.write_text(self.run_id)
         from mlflow.entities import Param
 
-        params = [Param(k, v) for k, v in flat_settings(self.scenario.to_dict()).items()]
+        params = [Param(k, str(v)[:500]) for k, v in flatten(self.scenario.to_dict(), ".").items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
         self._log(numbers(initial or {}, "eval/"), 0)

@@ -17,20 +17,19 @@ from fedsim.training import Step, minibatches, train_loop
 from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result
 
 
-def project_to_ball(model: nn.Module, center: list[torch.Tensor], radius: float) -> None:
-    """Project all parameters (as one vector) onto the L2 ball of `radius` around `center`."""
-    with torch.no_grad():
-        params = list(model.parameters())
-        norm = torch.sqrt(sum((q - c).pow(2).sum() for q, c in zip(params, center, strict=True)))
-        if norm > radius:
-            for q, c in zip(params, center, strict=True):
-                q.copy_(c + (q - c) * (radius / norm))
-
-
 def distance(model: nn.Module, other: list[torch.Tensor]) -> float:
     """L2 distance between the model's parameters and `other`, as one vector."""
     with torch.no_grad():
         return float(torch.sqrt(sum((q - o).pow(2).sum() for q, o in zip(model.parameters(), other, strict=True))))
+
+
+def project_to_ball(model: nn.Module, center: list[torch.Tensor], radius: float) -> None:
+    """Project all parameters (as one vector) onto the L2 ball of `radius` around `center`."""
+    norm = distance(model, center)
+    if norm > radius:
+        with torch.no_grad():
+            for q, c in zip(model.parameters(), center, strict=True):
+                q.copy_(c + (q - c) * (radius / norm))
 
 
 def gradient_ascent(model: nn.Module, x_f: torch.Tensor, y_f: torch.Tensor, cfg: LocalTraining, task: str,

@@ -28,7 +28,7 @@ from fedsim.unlearning.methods.base import ClientWork, Split
 app = ClientApp()
 
 
-def _partition(context: Context, ws: Workspace, config: ConfigRecord | None = None
+def partition_of(context: Context, ws: Workspace, config: ConfigRecord | None = None
                ) -> tuple[int, torch.Tensor, torch.Tensor]:
     """The node's partition, without the examples the server says are forgotten (unlearning)."""
     pid = int(context.node_config[p.NODE_PARTITION])
@@ -43,13 +43,10 @@ def _partition(context: Context, ws: Workspace, config: ConfigRecord | None = No
 def train(msg: Message, context: Context) -> Message:
     ws = workspace(context)
     config: ConfigRecord = msg.content[p.CONFIG]
-    pid, x, y = _partition(context, ws, config)
+    pid, x, y = partition_of(context, ws, config)
     model = ws.load_global(msg.content[p.ARRAYS])
-    metrics: dict[str, float] = {}
-    if config.get(p.REPORT_TRAIN_LOSS, False):
-        with torch.no_grad():
-            metrics[p.TRAIN_LOSS] = task_loss(ws.task, model(x), y).item()
-    seed = derive_seed(ws.spec.seed, int(config[p.SERVER_ROUND]), pid)
+    metrics = received_loss(config, model, x, y, ws.task)
+    seed = train_seed(ws, config, pid)
     local = LocalTraining.from_config(config)
     privacy, bag_settings = DPSGDSettings.from_config(config), BagSettings.from_config(config)
     if privacy is not None:
@@ -65,11 +62,32 @@ def train(msg: Message, context: Context) -> Message:
                                           ws.task, torch.Generator().manual_seed(seed)))
     else:
         metrics.update(train_locally(model, x, y, local, ws.task, torch.Generator().manual_seed(seed)))
+    reply = train_reply(msg, config, model.state_dict(), metrics, len(x))
+    ws.release()
+    return reply
+
+
+def received_loss(config: ConfigRecord, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
+                  ) -> dict[str, float]:
+    """The received model's loss on the partition, when the config asks for it (before training)."""
+    if not config.get(p.REPORT_TRAIN_LOSS, False):
+        return {}
+    with torch.no_grad():
+        return {p.TRAIN_LOSS: task_loss(task, model(x), y).item()}
+
+
+def train_seed(ws: Workspace, config: ConfigRecord, pid: int) -> int:
+    """The seed of a client's batch order in a round: (run seed, round, client)."""
+    return derive_seed(ws.spec.seed, int(config[p.SERVER_ROUND]), pid)
+
+
+def train_reply(msg: Message, config: ConfigRecord, state: dict[str, torch.Tensor], metrics: dict[str, float],
+                num_examples: int) -> Message:
+    """A train reply: the trained weights and the metrics the config allows, weighted by `num_examples`."""
     if not config.get(p.REPORT_TRAIN_METRICS, True):  # under privacy: epsilon does not cover the training loss
         metrics = {k: v for k, v in metrics.items() if k in p.DP_REPORT}
-    metrics[p.NUM_EXAMPLES] = len(x)
-    content = RecordDict({p.ARRAYS: state_to_record(model.state_dict()), p.METRICS: MetricRecord(metrics)})
-    ws.release()
+    metrics[p.NUM_EXAMPLES] = num_examples
+    content = RecordDict({p.ARRAYS: state_to_record(state), p.METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -77,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Federated evaluation: the global model on this node's partition."""
     ws = workspace(context)
-    _, x, y = _partition(context, ws, msg.content.get(p.CONFIG))
+    _, x, y = partition_of(context, ws, msg.content.get(p.CONFIG))
     metrics = evaluate(ws.load_global(msg.content[p.ARRAYS]), x, y, ws.task)
     metrics[p.NUM_EXAMPLES] = len(x)
     ws.release()

@@ -75,13 +75,16 @@ def run(
         help="Attach to an existing Ray cluster: auto | HOST:PORT (also $RAY_ADDRESS, run.ray_address).")] = None,
     resume: Annotated[Path | None, typer.Option(
         help="Continue an interrupted run dir from its last checkpoint (no SCENARIO then).")] = None,
+    vectorize: Annotated[bool | None, typer.Option(
+        "--vectorize/--no-vectorize", help="Train each round's clients together (default: run.vectorize, 'auto').",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
 ) -> None:
     """Run a scenario and write its run directory (Ctrl-C / SIGTERM: finish the round, checkpoint, exit 130)."""
     from fedsim import runner
 
     if resume is not None:
-        if scenario or set_ or out or ray_address:
+        if scenario or set_ or out or ray_address or vectorize is not None:
             raise FedsimError("--resume", "continues a run exactly as it was set up",
                               "pass only the run dir (and optionally --runtime)")
         sc, state = runner.resumable(resume)
@@ -93,6 +96,8 @@ def run(
         overrides: dict = dict(parse_overrides(set_))
         if runtime:
             overrides["run.runtime"] = runtime
+        if vectorize is not None:
+            overrides["run.vectorize"] = vectorize
         if ray_address:
             overrides["run.ray_address"] = ray_address
             overrides.setdefault("run.runtime", "ray")

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim import checkpoint
 from fedsim.arrays import record_to_state
 from fedsim.clients.app import app as client_app
+from fedsim.clients.cohort import train_cohort
 from fedsim.clients.workspace import ClientSpec
 from fedsim.errors import FedsimError, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
@@ -31,12 +32,14 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
-        return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed)
+        return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
+                          cohort=train_cohort)
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
         return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
+                       cohort="fedsim.clients.cohort:train_cohort",
                        seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         f"run from the project root: flwr run . --stream --federation-config \"num-supernodes={n}\" "

@@ -22,6 +22,7 @@ from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import PrivacyMonitor
 from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
 from fedsim.clients.dp_sgd import check_local_training, private_model, round_plan
+from fedsim.cohort import unsupported_model
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError, moved
 from fedsim.evaluation import evaluate
@@ -115,12 +116,31 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
                                            proximal_mu=mu))
         model = private_model(model, scenario.privacy.fix_model)
     check_client_sizes(scenario, data)
+    check_vectorizable(scenario, model)
     check_installed(scenario.output.trackers)
     if strategy is None:
         with quiet("flwr"):  # e.g. "fraction_evaluate is set to 0.0": fedsim's own settings, not news to the user
             strategy = make_strategy(scenario)
     unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
     return Prepared(scenario, data, model, unlearning or strategy, unlearning)
+
+
+def not_vectorizable(scenario: Scenario, model: nn.Module) -> str | None:
+    """Why this scenario's training rounds cannot be vectorised (None when they can)."""
+    if scenario.run.runtime == "flower":
+        return "Flower's own runtime executes clients one at a time"
+    if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
+        return "DP-SGD clients train one at a time (Opacus's per-example clipping)"
+    if scenario.bags is not None:
+        return "training on bags' aggregate responses runs one client at a time"
+    return unsupported_model(model)
+
+
+def check_vectorizable(scenario: Scenario, model: nn.Module) -> None:
+    """`run.vectorize = true` on a scenario that cannot be vectorised is an error (auto falls back quietly)."""
+    reason = not_vectorizable(scenario, model) if scenario.run.vectorize is True else None
+    if reason:
+        raise ScenarioError("run.vectorize", f"true, but {reason}", "set vectorize = 'auto' (or false)")
 
 
 def planned_rounds(scenario: Scenario) -> int:

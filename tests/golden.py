@@ -35,6 +35,9 @@ SHORT = {
     "unlearn-client": ["run.rounds=4", "unlearning.requests.0.at_round=2"],
     "unlearn-regression": ["run.rounds=4", "unlearning.requests.0.at_round=2"],
 }
+# Goldens pin the sequential engine (one client after another); tests/test_cohort.py holds the vectorised engine
+# (run.vectorize, the default where it applies) to it within float rounding.
+SEQUENTIAL = ["run.vectorize=false"]
 TIMING = {"time_s", "wall_time_s", "startup_s", "speedup"}
 
 
@@ -51,7 +54,7 @@ def fingerprint(name: str, overrides: list[str] | None = None) -> dict:
     import fedsim
     from fedsim.scenario import Scenario
 
-    scenario = Scenario.load(name, SHORT.get(name, []) + list(overrides or []))
+    scenario = Scenario.load(name, SHORT.get(name, []) + SEQUENTIAL + list(overrides or []))
     with tempfile.TemporaryDirectory() as tmp:
         result = fedsim.run(scenario, out=Path(tmp) / name)
     summary = _untimed(result.summary)

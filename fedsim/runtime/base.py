@@ -7,8 +7,9 @@ becomes an error reply (as in Flower), never a crashed run. Subclasses only deci
 from __future__ import annotations
 
 import itertools
+import time
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
@@ -41,6 +42,38 @@ def run_client(app: ClientApp, msg: Message, context: Context) -> Message:
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
 
+Cohort = Callable[[list[Message], list[Context]], "list[Message] | None"]
+
+
+def run_clients(app: ClientApp, cohort: Cohort | None, messages: list[Message], contexts: list[Context],
+                delays: list[float]) -> tuple[list[Message], int]:
+    """Execute `messages` (each with its node's context); returns the replies in order and how many were trained
+    vectorised. Messages sharing one content object go to `cohort` together (fedsim.clients.cohort: it trains
+    them at once, or declines); the rest, and any whose `delay` (a straggler on the real clock) is set, run one
+    by one after sleeping their delay. A cohort that raises is rerun one by one, so a failing client is still
+    its own error reply."""
+    replies: list[Message | None] = [None] * len(messages)
+    groups: dict[int, list[int]] = {}
+    for i, (msg, delay) in enumerate(zip(messages, delays)):
+        if cohort is not None and not delay:
+            groups.setdefault(id(msg.content), []).append(i)
+    vectorized = 0
+    for members in groups.values():
+        try:
+            together = cohort([messages[i] for i in members], [contexts[i] for i in members])
+        except Exception:  # noqa: BLE001 - one by one, each failure becomes that client's error reply
+            together = None
+        if together is not None:
+            vectorized += len(members)
+            for i, reply in zip(members, together):
+                replies[i] = reply
+    for i, (msg, context, delay) in enumerate(zip(messages, contexts, delays)):
+        if replies[i] is None:
+            time.sleep(delay)
+            replies[i] = run_client(app, msg, context)
+    return replies, vectorized
+
+
 def error_reply(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code, reason), reply_to=msg)
 
@@ -58,6 +91,7 @@ class VirtualNodesGrid(Grid):
         self.sim_time_s = 0.0  # the simulated clock: each push adds its slowest answer (capped at the deadline)
         self._sim_taken = 0.0  # the clock's reading at the last take_fault_counts
         self._pushes = 0  # message batches pushed so far: faults are drawn per (seed, push, node)
+        self.vectorized = 0  # client tasks trained vectorised (fedsim.clients.cohort) so far
         self._run = Run.create_empty(run_id)
         # Messages created in this process are the server's (as in Flower's own ServerApp runner).
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID

@@ -29,7 +29,7 @@ from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedsim.errors import FedsimError
-from fedsim.runtime.base import VirtualNodesGrid, error_reply, run_client
+from fedsim.runtime.base import VirtualNodesGrid, error_reply, run_clients
 from fedsim.scenario import ResourcesSection
 
 
@@ -42,11 +42,12 @@ def load_object(spec: str):
 class ClientWorker:
     """A Ray actor hosting the ClientApp; it deserialises each round's shared content once."""
 
-    def __init__(self, client_app: str, num_threads: int) -> None:
+    def __init__(self, client_app: str, num_threads: int, cohort: str | None = None) -> None:
         import torch
 
         torch.set_num_threads(num_threads)
         self.app = load_object(client_app)
+        self.cohort = load_object(cohort) if cohort else None
         self._content_key: str | None = None
         self._content: RecordDict | None = None
 
@@ -57,18 +58,17 @@ class ClientWorker:
         return ray.get_runtime_context().get_node_id(), str(Path(fedsim.__file__).parent)
 
     def run(self, content_ref: list, run_config: dict, tasks: list[tuple[Metadata, dict, RecordDict, float]],
-            ) -> list[tuple[Message, RecordDict]]:
-        """Execute a chunk of virtual clients (metadata, node config, node state, delay); returns replies, states."""
+            ) -> tuple[list[tuple[Message, RecordDict]], int]:
+        """Execute a chunk of virtual clients (metadata, node config, node state, delay), vectorised where the
+        cohort handler can; returns (reply, state) per task and how many were trained vectorised."""
         ref = content_ref[0]  # wrapped in a list so Ray hands us the reference, not a fresh copy per call
         if ref.hex() != self._content_key:
             self._content, self._content_key = ray.get(ref), ref.hex()
-        out = []
-        for metadata, node_config, state, delay in tasks:
-            time.sleep(delay)  # a simulated straggler ([faults])
-            msg = Message(content=self._content, metadata=metadata)
-            context = Context(metadata.run_id, metadata.dst_node_id, node_config, state, run_config)
-            out.append((run_client(self.app, msg, context), context.state))
-        return out
+        messages = [Message(content=self._content, metadata=metadata) for metadata, _, _, _ in tasks]
+        contexts = [Context(metadata.run_id, metadata.dst_node_id, node_config, state, run_config)
+                    for metadata, node_config, state, _ in tasks]
+        replies, vectorized = run_clients(self.app, self.cohort, messages, contexts, [t[3] for t in tasks])
+        return [(reply, context.state) for reply, context in zip(replies, contexts)], vectorized
 
 
 @dataclass
@@ -135,12 +135,13 @@ class RayGrid(VirtualNodesGrid):
     """Virtual clients served by `pool size` Ray actors (from per-client `resources` and the cluster's size)."""
 
     def __init__(self, num_nodes: int, run_config: dict, resources: ResourcesSection, address: str | None = None,
-                 client_app: str = "fedsim.clients.app:app", runtime_env: dict | None = None,
+                 client_app: str = "fedsim.clients.app:app", cohort: str | None = None,
+                 runtime_env: dict | None = None,
                  chunks_per_actor: int = 1, ship_code: bool | None = None, faults=None, seed: int = 0,
                  connect_timeout_s: float = 30.0) -> None:
         super().__init__(num_nodes, run_config, faults=faults, seed=seed)
         self.run_config = dict(run_config)  # shared by every node; sent once per chunk, not per client
-        self.resources, self.address, self.client_app = resources, address, client_app
+        self.resources, self.address, self.client_app, self.cohort = resources, address, client_app, cohort
         self.chunks_per_actor = chunks_per_actor
         self.connect_timeout_s = connect_timeout_s
         self._owns_connection = not ray.is_initialized()
@@ -169,7 +170,7 @@ class RayGrid(VirtualNodesGrid):
 
     def _spawn(self):
         threads = max(1, int(self.resources.num_cpus))
-        return self._actor_cls.remote(self.client_app, threads)
+        return self._actor_cls.remote(self.client_app, threads, self.cohort)
 
     def _replace(self, index: int) -> None:
         ray.kill(self.actors[index], no_restart=True)
@@ -216,6 +217,8 @@ class RayGrid(VirtualNodesGrid):
             start = 0
             while start < len(group):  # guided self-scheduling: big chunks first, small ones to even out the end
                 size = max(1, math.ceil((len(group) - start) / (self.num_actors * self.chunks_per_actor)))
+                if self.cohort:  # one chunk per actor, each trained vectorised
+                    size = math.ceil(len(group) / self.num_actors)
                 chunks.append(_Chunk(ref, group[start : start + size]))
                 start += size
         return chunks
@@ -269,6 +272,8 @@ class RayGrid(VirtualNodesGrid):
                             msg, ErrorCode.CLIENT_APP_CRASHED, f"client process died twice: {exc}")
                 continue
             idle.append(chunk.actor)
+            results, vectorized = results
+            self.vectorized += vectorized
             for msg, (reply, state) in zip(chunk.messages, results):
                 self.contexts[msg.metadata.dst_node_id].state = state
                 replies[msg.metadata.message_id] = reply
@@ -276,6 +281,7 @@ class RayGrid(VirtualNodesGrid):
 
     def describe(self) -> dict:
         return {"kind": "ray", "address": self.address or "local", "actors": self.num_actors,
+                "vectorized_clients": self.vectorized,
                 "ray_node_ids": self.ray_node_ids, "actor_retries": self.retries, "lost_nodes": self.lost_nodes,
                 "shipped_code": self.shipped_code, "worker_code": self.worker_code}
 

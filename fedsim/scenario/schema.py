@@ -41,6 +41,7 @@ class ResourcesSection(Section):
     num_cpus: float = Field(1, gt=0)
     num_gpus: float = Field(0, ge=0)
     max_actors: int | None = Field(None, ge=1)
+    vectorize_memory_mb: float = Field(1024, gt=0)  # bound on one vectorised chunk's parameters + activations
 
 
 class RunSection(Section):
@@ -52,6 +53,7 @@ class RunSection(Section):
     ray_connect_timeout_s: float = Field(30.0, gt=0)  # give up attaching to ray_address after this long
     round_timeout_s: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
+    vectorize: Literal["auto"] | bool = "auto"  # train a round's clients together (fedsim.cohort) where it applies
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
 

@@ -1,0 +1,222 @@
+"""Vectorised local training: the clients of a round that start from the same model with the same settings,
+trained together as one batched computation.
+
+Every client's parameters (and optimizer state) are stacked along a leading client axis; each step runs
+`torch.func.vmap(grad(objective))` over that axis. Client c's t-th step uses exactly the batch its sequential
+run would use at its t-th step (`fedsim.training.minibatches` with its own generator); batches are padded to
+the batch size and the padding masked out of the loss, and a client whose batches have run out is not updated
+(nor is its optimizer state). The objective is `fedsim.training.train_locally`'s (task loss, FedLD's margin
+term, FedProx's proximal term); SGD (momentum, weight decay) and Adam (L2 weight decay) step as torch.optim's do.
+So each client ends where its sequential run ends, up to float rounding.
+
+Cohorts are cut into chunks whose stacked parameters, optimizer state and activations fit `memory_mb`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from fedsim.protocol import LocalTraining
+from fedsim.training import Stats, minibatches
+
+DEFAULT_MEMORY_MB = 1024
+
+
+def unsupported_model(model: nn.Module) -> str | None:
+    """Why `model` cannot be trained vectorised (None when it can): modules that keep state between steps."""
+    stateful = sorted({type(m).__name__ for m in model.modules() if m._buffers and any(
+        b is not None for b in m._buffers.values())})
+    if stateful:
+        return f"{', '.join(stateful)} keeps running statistics (buffers) that a vectorised step cannot update"
+    return None
+
+
+@dataclass
+class ClientResult:
+    state: dict[str, torch.Tensor]
+    stats: Stats
+
+
+@dataclass
+class Schedule:
+    """Every client's batches as rows of the concatenated data: rows[t, c] (padded), mask[t, c] (real rows)."""
+
+    rows: torch.Tensor  # (steps, clients, batch) long
+    mask: torch.Tensor  # (steps, clients, batch) float, 1 for a real example
+    counts: torch.Tensor  # (steps, clients) long: real examples in each batch (0: the client is done)
+
+
+def schedule(sizes: list[int], cfg: LocalTraining, generators: list[torch.Generator]) -> Schedule:
+    """The batches `minibatches` draws for each client (same generator, same order), offset into the
+    concatenation of the clients' data and padded to the batch size."""
+    per_client = [list(minibatches(n, cfg.batch_size, cfg.local_epochs, g)) for n, g in zip(sizes, generators)]
+    steps = max((len(b) for b in per_client), default=0)
+    rows = torch.full((len(sizes), steps, cfg.batch_size), -1, dtype=torch.long)
+    for c, batches in enumerate(per_client):
+        if batches:
+            padded = pad_sequence(batches, batch_first=True, padding_value=-1)
+            rows[c, : len(batches), : padded.shape[1]] = padded
+    real = rows >= 0
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).view(-1, 1, 1)
+    rows = torch.where(real, rows + offsets, offsets)  # padding: any real row of this client, masked out
+    mask = real.float()
+    return Schedule(rows.transpose(0, 1), mask.transpose(0, 1), real.sum(-1).transpose(0, 1))
+
+
+def _objectives(model: nn.Module, cfg: LocalTraining, classification: bool, anchor: dict[str, torch.Tensor]):
+    """Every client's step objective on its padded batch, with its mean task loss and correct predictions.
+    Clients share no parameters, so the gradient of the objectives' sum is each client's own gradient."""
+
+    def one_client(params, x, y, mask):
+        outputs = functional_call(model, params, (x,))
+        denominator = mask.sum().clamp(min=1.0)
+        if classification:
+            per_example = F.cross_entropy(outputs, y, reduction="none")
+            correct = ((outputs.argmax(1) == y).float() * mask).sum()
+        else:
+            per_example = (outputs.squeeze(-1) - y).pow(2)
+            correct = mask.new_zeros(())
+        loss = (per_example * mask).sum() / denominator
+        total = loss
+        if cfg.loss == "fedld-margin":
+            squared = torch.softmax(outputs, dim=1).pow(2)
+            penalty = torch.log1p((squared * mask[:, None]).sum()) if cfg.margin_reduction == "batch" else \
+                (torch.log1p(squared.sum(1)) * mask).sum() / denominator
+            total = total + cfg.margin_lambda * penalty
+        if cfg.proximal_mu > 0:
+            total = total + cfg.proximal_mu / 2 * sum((params[k] - anchor[k]).pow(2).sum() for k in params)
+        return total, loss.detach(), correct.detach()
+
+    return vmap(one_client)
+
+
+class _Optimizer:
+    """torch.optim.SGD / Adam's update, in place on stacked parameters; clients not `active` are left as they are
+    (parameters and state)."""
+
+    def __init__(self, cfg: LocalTraining) -> None:
+        self.cfg, self.steps = cfg, 0
+        self.state: dict[str, list[torch.Tensor]] = {}
+
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
+        cfg, everyone = self.cfg, bool(active.all())
+        self.steps += 1
+        for name, p in params.items():
+            g = grads[name]
+            if cfg.weight_decay:
+                g = g.add(p, alpha=cfg.weight_decay)
+            keep = None if everyone else active.view(-1, *([1] * (p.dim() - 1)))
+            if cfg.optimizer == "adam":
+                update = self._adam(name, g, keep)
+            elif cfg.momentum:
+                update = self._momentum(name, g, keep).mul(cfg.lr)
+            else:
+                update = g.mul_(cfg.lr)
+            if keep is None:
+                p.sub_(update)
+            else:
+                p.copy_(torch.where(keep, p - update, p))
+
+    def _momentum(self, name: str, g: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        if name not in self.state:  # torch.optim.SGD: the first step's buffer is the gradient itself
+            self.state[name] = [g.clone()]
+        elif keep is None:
+            self.state[name][0].mul_(self.cfg.momentum).add_(g)
+        else:
+            buf = self.state[name][0]
+            buf.copy_(torch.where(keep, buf * self.cfg.momentum + g, buf))
+        return self.state[name][0]
+
+    def _adam(self, name: str, g: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults (fedsim sets only lr, weight_decay)
+        if name not in self.state:
+            self.state[name] = [torch.zeros_like(g), torch.zeros_like(g)]
+        m, v = self.state[name]
+        m_new, v_new = m.lerp(g, 1 - beta1), v.mul(beta2).addcmul_(g, g, value=1 - beta2)
+        if keep is not None:
+            m_new, v_new = torch.where(keep, m_new, m), torch.where(keep, v_new, v)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        step_size = self.cfg.lr / (1 - beta1 ** self.steps)
+        denominator = (v.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(eps)
+        return m / denominator * step_size
+
+
+def bytes_per_client(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining) -> int:
+    """A client's share of a vectorised step: parameters, gradients, optimizer state and update temporaries,
+    plus its batch's activations (measured by one forward pass of one example, kept twice for the backward)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    copies = 4 + (2 if cfg.optimizer == "adam" else 1 if cfg.momentum else 0) + (1 if cfg.weight_decay else 0)
+    activations = 0
+
+    def count(_module, _inputs, output):
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(sample[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return 4 * (n_params * copies + 3 * activations * cfg.batch_size + sample[:1].numel() * cfg.batch_size)
+
+
+def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memory_mb: float) -> int:
+    """How many clients one vectorised chunk holds within `memory_mb` (at least one)."""
+    return max(1, int(memory_mb * 2**20 // bytes_per_client(model, sample, cfg)))
+
+
+def train_cohort(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
+                 generators: list[torch.Generator], memory_mb: float = DEFAULT_MEMORY_MB) -> list[ClientResult]:
+    """Train one copy of `model` (its current weights) per client on that client's (x, y), all at once; returns
+    each client's final state and training stats, as `train_locally` would have left them one by one."""
+    results: list[ClientResult] = []
+    if not data:
+        return results
+    sample = next((x for x, _ in data if len(x)), data[0][0])
+    size = chunk_size(model, sample, cfg, memory_mb) if len(sample) else len(data)
+    for start in range(0, len(data), size):
+        results += _train_chunk(model, data[start : start + size], cfg, task, generators[start : start + size])
+    return results
+
+
+def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
+                 generators: list[torch.Generator]) -> list[ClientResult]:
+    classification = task == "classification"
+    start = {name: p.detach() for name, p in model.named_parameters()}
+    plan = schedule([len(x) for x, _ in data], cfg, generators)
+    x_all = torch.cat([x for x, _ in data])
+    y_all = torch.cat([y for _, y in data])
+    rows, mask = plan.rows.to(x_all.device), plan.mask.to(x_all.device)
+    params = {name: p.unsqueeze(0).repeat(len(data), *([1] * p.dim())) for name, p in start.items()}
+    objectives = _objectives(model, cfg, classification, start)
+    optimizer = _Optimizer(cfg)
+    clients = len(data)
+    loss_sum = torch.zeros(clients, dtype=torch.float64, device=x_all.device)
+    correct = torch.zeros(clients, dtype=torch.float64, device=x_all.device)
+    counts = plan.counts.to(x_all.device)
+    for t in range(rows.shape[0]):
+        with torch.enable_grad():
+            leaves = {name: p.requires_grad_() for name, p in params.items()}
+            total, loss, hits = objectives(leaves, x_all[rows[t]], y_all[rows[t]], mask[t])
+            grads = dict(zip(leaves, torch.autograd.grad(total.sum(), list(leaves.values()))))
+        with torch.no_grad():
+            optimizer.step(params, grads, counts[t] > 0)
+        loss_sum += loss.double() * counts[t]
+        correct += hits.double()
+    weights, steps = plan.counts.sum(0), (plan.counts > 0).sum(0)
+    losses, hits = loss_sum.tolist(), correct.tolist()
+    per_client = {name: p.detach().unbind(0) for name, p in params.items()}
+    return [ClientResult({name: p[c] for name, p in per_client.items()},
+                         Stats(losses[c], int(weights[c]), round(hits[c]), int(steps[c])))
+            for c in range(clients)]

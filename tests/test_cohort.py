@@ -1,0 +1,135 @@
+"""The vectorised cohort engine (fedsim.cohort) against the sequential one: the same clients trained one by one
+with `train_locally` (the goldens pin that path) end where the vectorised run ends, up to float rounding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from golden import SHORT
+from torch import nn
+
+import fedsim
+from fedsim.cohort import bytes_per_client, chunk_size, train_cohort, unsupported_model
+from fedsim.errors import ScenarioError
+from fedsim.models import SmallCNN
+from fedsim.protocol import LocalTraining
+from fedsim.training import train_locally
+
+SIZES = [0, 1, 7, 16, 17, 40, 33]  # empty, smaller than a batch, uneven last batches, different step counts
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+def one_by_one(model, data, cfg, task, seeds):
+    out = []
+    for (x, y), seed in zip(data, seeds):
+        local = copy.deepcopy(model)
+        metrics = train_locally(local, x, y, cfg, task, torch.Generator().manual_seed(seed))
+        out.append((local.state_dict(), metrics))
+    return out
+
+
+def assert_cohort_matches(model, cfg, task, features=12, classes=4, memory_mb=1024.0):
+    torch.manual_seed(0)
+    data = [(torch.randn(n, features), torch.randint(0, classes, (n,)) if task == "classification" else torch.randn(n))
+            for n in SIZES]
+    seeds = [100 + i for i in range(len(SIZES))]
+    expected = one_by_one(model, data, cfg, task, seeds)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = train_cohort(model, data, cfg, task, [torch.Generator().manual_seed(s) for s in seeds], memory_mb)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the received model is untouched
+    for (state, metrics), result in zip(expected, got):
+        for name, tensor in state.items():
+            assert relative(result.state[name], tensor) <= 1e-5, name
+        vectorised = result.stats.metrics(accuracy=task == "classification")
+        assert vectorised.keys() == metrics.keys()
+        for key in metrics:
+            assert vectorised[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9)
+    # an empty partition takes no step and keeps the received model, as one by one
+    assert all(torch.equal(got[0].state[k], before[k]) for k in before)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("cfg", [
+    LocalTraining(local_epochs=2, batch_size=8, lr=0.1),
+    LocalTraining(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    LocalTraining(local_epochs=3, batch_size=8, lr=0.01, optimizer="adam", weight_decay=1e-3),
+    LocalTraining(local_epochs=2, batch_size=8, lr=0.1, proximal_mu=0.5),
+    LocalTraining(local_epochs=2, batch_size=8, lr=0.1, loss="fedld-margin", margin_lambda=0.3),
+    LocalTraining(local_epochs=2, batch_size=8, lr=0.1, loss="fedld-margin", margin_reduction="mean"),
+], ids=["sgd", "momentum-wd", "adam-wd", "proximal", "margin-batch", "margin-mean"])
+def test_cohort_equals_training_one_by_one(cfg):
+    assert_cohort_matches(mlp(), cfg, "classification")
+
+
+def test_cohort_regression_and_cnn():
+    torch.manual_seed(2)
+    assert_cohort_matches(nn.Linear(12, 1), LocalTraining(local_epochs=2, batch_size=8, lr=0.05), "regression")
+    assert_cohort_matches(SmallCNN((1, 4, 4), [4, 8], 5), LocalTraining(batch_size=8, lr=0.05, momentum=0.9),
+                          "classification", features=16, classes=5)
+
+
+def test_memory_budget_splits_the_cohort_into_chunks_with_the_same_results():
+    model, cfg = mlp(), LocalTraining(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9)
+    per_client = bytes_per_client(model, torch.randn(1, 12), cfg)
+    budget = 2.5 * per_client / 2**20  # two clients a chunk
+    assert chunk_size(model, torch.randn(1, 12), cfg, budget) == 2
+    assert_cohort_matches(model, cfg, "classification", memory_mb=budget)
+
+
+def test_models_with_running_statistics_are_not_vectorised():
+    assert unsupported_model(mlp()) is None
+    reason = unsupported_model(SmallCNN((1, 4, 4), [4], 3, batch_norm=True))
+    assert "BatchNorm2d" in reason
+
+
+def run_both(name: str, overrides: list[str] = ()):
+    results = {}
+    for engine in ("false", "true"):
+        scenario = fedsim.Scenario.load(name, [*SHORT.get(name, []), *overrides, f"run.vectorize={engine}"])
+        results[engine] = fedsim.run(scenario, out=None)
+    return results["false"], results["true"]
+
+
+def assert_runs_match(sequential, vectorised):
+    assert vectorised.summary["runtime"]["vectorized_clients"] > 0
+    assert sequential.summary["runtime"]["vectorized_clients"] == 0
+    for name, tensor in sequential.state_dict.items():
+        assert relative(vectorised.state_dict[name], tensor) <= 1e-5, name
+    for seq_row, vec_row in zip(sequential.metrics, vectorised.metrics, strict=True):
+        for key, value in seq_row.items():
+            if isinstance(value, float) and key != "time_s":
+                assert vec_row[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (seq_row["round"], key)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "fedprox-leaf-synthetic", "fedld-noniid", "feature-skew-wine",
+                                  "bench-w3"])
+def test_vectorised_runs_equal_sequential_runs(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_runs_match(*run_both(name))
+
+
+def test_vectorised_with_faults_and_forgetting_equals_sequential(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    faults = ["faults.dropout_rate=0.2", "faults.failure_rate=0.2", "faults.straggler_rate=0.2",
+              "faults.straggler_delay_s=5.0"]
+    assert_runs_match(*run_both("quickstart", faults))
+    assert_runs_match(*run_both("unlearn-client"))  # retained data after forgetting; unlearning steps one by one
+
+
+def test_vectorize_true_on_what_cannot_be_vectorised_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ScenarioError, match=r"run.vectorize: true, but DP-SGD clients train one at a time"):
+        fedsim.run(fedsim.Scenario.load("dp-sgd", ["run.vectorize=true"]), out=None)
+    with pytest.raises(ScenarioError, match=r"run.vectorize: true, but BatchNorm2d keeps running statistics"):
+        fedsim.run(fedsim.Scenario.load("bench-w3", ["run.vectorize=true", "model.batch_norm=true"]), out=None)
+    auto = fedsim.run(fedsim.Scenario.load("bench-w3", ["run.rounds=1", "model.batch_norm=true"]), out=None)
+    assert auto.summary["runtime"]["vectorized_clients"] == 0  # auto: one by one, quietly

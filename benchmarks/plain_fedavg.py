@@ -7,6 +7,7 @@ Same partitions, initial weights and per-(round, client) batch order as fedsim; 
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections.abc import Callable
 
@@ -35,13 +36,16 @@ def local_sgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, c: Clien
 
 def plain_fedavg(scenario: Scenario, on_round: Callable[[int], None] | None = None,
                  ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Full participation, SGD, classification; returns (final state_dict, final central test metrics)."""
+    """SGD, classification, `strategy.fraction_train` of the clients a round (all: the same clients as fedsim;
+    fewer: a seeded sample of the same size, not fedsim's); returns (final state_dict, final central test metrics)."""
     data = federated_data(scenario.data, scenario.run.seed)
     global_model = initial_model(scenario.model, data.info, scenario.run.seed)
     local = initial_model(scenario.model, data.info, 0)
+    n = data.num_partitions
+    k = max(1, int(n * scenario.strategy.fraction_train))
     for rnd in range(1, scenario.run.rounds + 1):
         states, sizes = [], []
-        for pid in range(data.num_partitions):
+        for pid in range(n) if k == n else sorted(random.Random(derive_seed(scenario.run.seed, rnd)).sample(range(n), k)):
             x, y = data.partition(pid)
             local.load_state_dict(global_model.state_dict())
             local_sgd(local, x, y, scenario.client, torch.Generator().manual_seed(derive_seed(scenario.run.seed, rnd, pid)))

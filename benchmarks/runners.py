@@ -1,7 +1,8 @@
 """One benchmark run in this process: `python runners.py RUNNER SCENARIO [--set k=v ...]` prints a JSON line.
 
-RUNNER: plain (PyTorch loop) | stock-flower (Flower's Ray simulation) | fedsim-inline | fedsim-ray (2 actors unless
-run.resources.max_actors says otherwise).
+RUNNER: plain (PyTorch loop) | stock-flower (Flower's Ray simulation) | fedsim-inline (one client after another) |
+fedsim-vectorized (inline, each round's clients trained together) | fedsim-ray (2 actors unless
+run.resources.max_actors says otherwise, each training its clients together).
 Reports seconds per round, final central test metrics, and the peak RSS of this process tree (Ray's workers
 included), sampled every 0.1 s from /proc.
 """
@@ -67,7 +68,7 @@ def run_fedsim(scenario: fedsim.Scenario) -> tuple[list[float], dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("runner", choices=["plain", "stock-flower", "fedsim-inline", "fedsim-ray"])
+    parser.add_argument("runner", choices=["plain", "stock-flower", "fedsim-inline", "fedsim-vectorized", "fedsim-ray"])
     parser.add_argument("scenario")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
@@ -84,11 +85,13 @@ def main() -> None:
             from stock_flower import stock_flower
 
             rounds, final = stock_flower(scenario)
-        elif args.runner == "fedsim-inline":
-            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "inline"}))
+        elif args.runner in ("fedsim-inline", "fedsim-vectorized"):
+            vectorize = args.runner == "fedsim-vectorized"
+            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "inline", "run.vectorize": vectorize}))
         else:
             actors = scenario.run.resources.max_actors or 2
-            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "ray", "run.resources.max_actors": actors}))
+            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "ray", "run.resources.max_actors": actors,
+                                                               "run.vectorize": True}))
     print(json.dumps({"round_s": rounds, "final": final, "peak_rss_mb": round(rss.peak, 1)}))
 
 

@@ -25,7 +25,7 @@ from fedsim.seeding import derive_seed
 
 
 def stock_flower(scenario: Scenario) -> tuple[list[float], dict[str, float]]:
-    """Run the scenario (FedAvg, all clients) on stock Flower; returns seconds per round and final metrics."""
+    """Run the scenario (FedAvg, `strategy.fraction_train` of the clients) on stock Flower; returns seconds per round and final metrics."""
     n = scenario.data.partitioner.num_partitions
     client_app, server_app = ClientApp(), ServerApp()
 
@@ -55,7 +55,9 @@ def stock_flower(scenario: Scenario) -> tuple[list[float], dict[str, float]]:
             final.update(evaluate(model, *data.test, data.info.task))
             return MetricRecord(final)
 
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=n, min_train_nodes=n)
+        fraction = scenario.strategy.fraction_train
+        strategy = FedAvg(fraction_train=fraction, fraction_evaluate=0.0, min_available_nodes=n,
+                          min_train_nodes=max(1, int(n * fraction)))
         strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=scenario.run.rounds,
                        evaluate_fn=central)
 

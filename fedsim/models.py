@@ -32,6 +32,31 @@ class SmallCNN(nn.Module):
         return self.head(x.flatten(1))
 
 
+class ConvNet(nn.Module):
+    """Valid 3x3 convolutions with ReLU, one 2x2 max-pool, dense ReLU layers, a linear head (pfl-research's
+    CIFAR-10 CNN with channels [32, 64] and hidden [128], ~1.6M parameters, without its dropout)."""
+
+    def __init__(self, input_shape: tuple[int, int, int], channels: list[int], hidden: list[int],
+                 outputs: int) -> None:
+        super().__init__()
+        self.input_shape = input_shape
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3), nn.ReLU()]
+            c, h, w = out, h - 2, w - 2
+        self.features = nn.Sequential(*layers, nn.MaxPool2d(2), nn.Flatten())
+        width = c * (h // 2) * (w // 2)
+        dense: list[nn.Module] = []
+        for size in hidden:
+            dense += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.head = nn.Sequential(*dense, nn.Linear(width, outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.view(-1, *self.input_shape)))
+
+
 def build_model(cfg: ModelSection, info: SourceInfo) -> nn.Module:
     """A fresh model for `info`'s inputs; one output per class, or one for regression."""
     inputs = math.prod(info.input_shape)
@@ -48,8 +73,10 @@ def build_model(cfg: ModelSection, info: SourceInfo) -> nn.Module:
     if len(info.input_shape) != 3:
         from fedsim.errors import ScenarioError
 
-        raise ScenarioError("model.name", f"'cnn' needs image inputs but the data has shape {info.input_shape}",
-                            "use model.name = 'mlp' or 'linear'")
+        raise ScenarioError("model.name", f"'{cfg.name}' needs image inputs but the data has shape "
+                            f"{info.input_shape}", "use model.name = 'mlp' or 'linear'")
+    if cfg.name == "convnet":
+        return ConvNet(info.input_shape, cfg.channels, cfg.hidden, outputs)
     return SmallCNN(info.input_shape, cfg.channels, outputs, cfg.batch_norm)
 
 

@@ -84,6 +84,19 @@ def gaussian_regression(gen: GeneratorSection, seed: int) -> tuple[np.ndarray, n
     return x, x @ theta + rng.normal(0, gen.noise_std, gen.n_samples)
 
 
+def synthetic_images(gen: GeneratorSection, seed: int, shape: tuple[int, int, int] = (3, 32, 32)
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10-shaped images: class k's pattern (white noise blurred by a 4x4 box, per channel) plus
+    N(0, noise_std^2) pixel noise; labels uniform over `num_classes`."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    raw = rng.normal(size=(gen.num_classes, c, h + 3, w + 3))
+    patterns = sum(raw[..., i : i + h, j : j + w] for i in range(4) for j in range(4)) / 4.0
+    y = rng.integers(0, gen.num_classes, gen.n_samples)
+    x = patterns[y].astype(np.float32) + rng.normal(0, gen.noise_std, (gen.n_samples, c, h, w)).astype(np.float32)
+    return x, y
+
+
 def _embedded(cfg: DataSection, seed: int) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
     client = None
     if cfg.dataset == "leaf-synthetic":
@@ -92,6 +105,9 @@ def _embedded(cfg: DataSection, seed: int) -> tuple[dict[str, np.ndarray], tuple
     elif cfg.dataset == "gaussian-regression":
         x, y = gaussian_regression(cfg.generator, seed)
         shape = (x.shape[1],)
+    elif cfg.dataset == "synthetic-images":
+        x, y = synthetic_images(cfg.generator, seed)
+        shape = x.shape[1:]
     else:
         x, y, shape = _sklearn(cfg.dataset)
     regression = cfg.dataset in REGRESSION_DATASETS

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fedsim.runner import run
-from fedsim.runtime import inline
+from fedsim.runtime import base as inline  # run_clients calls base.run_client per message
 from fedsim.scenario import Scenario
 
 

@@ -64,7 +64,7 @@ def test_run_continues_past_a_failing_client(tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(client_module, "train_locally", fail_every_third)
-    result = fedsim.run(small_scenario(run__rounds=3), out=tmp_path / "run")
+    result = fedsim.run(small_scenario(run__rounds=3, run__vectorize=False), out=tmp_path / "run")
     assert result.summary["failures"] == 5  # 15 client tasks, every third fails
     assert all(r["replies"] + r["failures"] == 5 for r in result.metrics)
     assert "simulated crash" in next(r for r in result.metrics if r["failures"])["first_error"]
@@ -75,5 +75,15 @@ def test_all_clients_failing_stops_the_run_cleanly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(client_module, "train_locally", lambda *a, **k: 1 / 0)
     with pytest.raises(ClientFailure, match="round 1: all 5 clients failed: ZeroDivisionError"):
-        fedsim.run(small_scenario(), out=tmp_path / "run")
+        fedsim.run(small_scenario(run__vectorize=False), out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cohort_that_raises_is_rerun_one_by_one(tmp_path, monkeypatch):
+    from fedsim.clients import cohort as cohort_module
+
+    sequential = fedsim.run(small_scenario(run__rounds=2, run__vectorize=False), out=tmp_path / "sequential")
+    monkeypatch.setattr(cohort_module, "train_together", lambda *a, **k: 1 / 0)
+    rerun = fedsim.run(small_scenario(run__rounds=2, run__vectorize="auto"), out=tmp_path / "rerun")
+    assert rerun.summary["runtime"]["vectorized_clients"] == 0 and rerun.summary["failures"] == 0
+    assert rerun.final == sequential.final

@@ -129,7 +129,7 @@ def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, mon
     scenario = unlearn_scenario([{"at_round": 2, "kind": "class", "target": 7, "method": ["retrain", "finetune"]},
                                  {"at_round": AT, "kind": "samples", "target": 1, "samples": [0, 5, 9],
                                   "method": "finetune"}])
-    seen, original = [], client_module._partition
+    seen, original = [], client_module.partition_of
 
     def spy(context, ws, config=None):
         pid, x, y = original(context, ws, config)
@@ -143,7 +143,7 @@ def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, mon
         phase[0] = f"request at {request.at_round}"
         return serve(self, request, *args)
 
-    monkeypatch.setattr(client_module, "_partition", spy)
+    monkeypatch.setattr(client_module, "partition_of", spy)
     monkeypatch.setattr(Unlearning, "_serve", serving)
     fedsim.run(scenario, out=tmp_path / "run")
     assert any((y == 7).any() for p, _, y, _ in seen if p == "training")

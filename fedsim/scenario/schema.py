@@ -21,8 +21,9 @@ EMBEDDED_DATASETS = {
     "diabetes": "diabetes progression, regression (scikit-learn)",
     "leaf-synthetic": "Synthetic(alpha, beta) of the FedProx paper, one device per client",
     "gaussian-regression": "y = x.theta + noise, x ~ N(0, I_d)",
+    "synthetic-images": "CIFAR-10-shaped 3x32x32 images: a smooth pattern per class plus noise (seeded)",
 }
-MODELS = ("linear", "mlp", "cnn")
+MODELS = ("linear", "mlp", "cnn", "convnet")
 
 
 def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -53,7 +54,7 @@ class RunSection(Section):
     ray_connect_timeout_s: float = Field(30.0, gt=0)  # give up attaching to ray_address after this long
     round_timeout_s: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
-    vectorize: Literal["auto"] | bool = "auto"  # train a round's clients together (fedsim.cohort) where it applies
+    vectorize: Literal["auto"] | bool = False  # "auto": train a round's clients together (fedsim.cohort) where it applies
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
 
@@ -143,7 +144,7 @@ class FeatureSkewSection(Section):
 
 
 class GeneratorSection(Section):
-    """Parameters of the synthetic datasets (leaf-synthetic, gaussian-regression)."""
+    """Parameters of the synthetic datasets (leaf-synthetic, gaussian-regression, synthetic-images)."""
 
     n_samples: int = Field(2000, ge=2)
     n_features: int = Field(60, ge=1)
@@ -180,8 +181,8 @@ class DataSection(Section):
 
 class ModelSection(Section):
     name: str = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = [64]  # widths of the hidden layers ([] : none)
-    channels: list[Annotated[int, Field(ge=1)]] = [16, 32]
+    hidden: list[Annotated[int, Field(ge=1)]] = [64]  # widths of the hidden layers ([] : none; convnet: dense)
+    channels: list[Annotated[int, Field(ge=1)]] = [16, 32]  # cnn, convnet: output channels per convolution
     batch_norm: bool = False  # cnn: BatchNorm2d after each convolution
 
     _known = field_validator("name")(lambda v: _one_of(v, MODELS, "model"))

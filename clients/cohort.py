@@ -30,7 +30,7 @@ def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Messa
         return None
     ws = workspace(contexts[0])
     config: ConfigRecord = messages[0].content[p.CONFIG]
-    if not ws.spec.vectorize or not applies(config) or unsupported_model(ws.model) is not None:
+    if not applies(config) or unsupported_model(ws.model) is not None:
         return None
     model = ws.load_global(messages[0].content[p.ARRAYS])
     local = LocalTraining.from_config(config)

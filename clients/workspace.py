@@ -32,15 +32,14 @@ class ClientSpec(BaseModel):
     threads: int = 1
     dp_sgd: bool = False  # the model is trained with Opacus (checked, and fixed when fix_model)
     fix_model: bool = False
-    vectorize: bool = True  # train a round's clients together where fedsim.cohort applies
-    vectorize_memory_mb: float = 1024
+    vectorize_memory_mb: float = 1024  # bound on one vectorised chunk (fedsim.clients.cohort)
 
     @classmethod
     def of(cls, scenario: Scenario) -> ClientSpec:
         private = scenario.privacy is not None and scenario.privacy.mode == "dp-sgd"
         return cls(data=scenario.data, model=scenario.model, seed=scenario.run.seed, device=scenario.client.device,
                    threads=max(1, int(scenario.run.resources.num_cpus)), dp_sgd=private,
-                   fix_model=private and scenario.privacy.fix_model, vectorize=scenario.run.vectorize is not False,
+                   fix_model=private and scenario.privacy.fix_model,
                    vectorize_memory_mb=scenario.run.resources.vectorize_memory_mb)
 
     def run_config(self) -> dict[str, str]:

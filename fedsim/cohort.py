@@ -1,8 +1,8 @@
 """Vectorised local training: the clients of a round that start from the same model with the same settings,
 trained together as one batched computation.
 
-Every client's parameters (and optimizer state) are stacked along a leading client axis; each step runs
-`torch.func.vmap(grad(objective))` over that axis. Client c's t-th step uses exactly the batch its sequential
+Every client's parameters (and optimizer state) are stacked along a leading client axis; each step evaluates
+every client's objective with `torch.func.vmap(functional_call)` and takes one `autograd.grad` of their sum. Client c's t-th step uses exactly the batch its sequential
 run would use at its t-th step (`fedsim.training.minibatches` with its own generator); batches are padded to
 the batch size and the padding masked out of the loss, and a client whose batches have run out is not updated
 (nor is its optimizer state). The objective is `fedsim.training.train_locally`'s (task loss, FedLD's margin
@@ -26,13 +26,10 @@ from torch.nn.utils.rnn import pad_sequence
 from fedsim.protocol import LocalTraining
 from fedsim.training import Stats, minibatches
 
-DEFAULT_MEMORY_MB = 1024
-
 
 def unsupported_model(model: nn.Module) -> str | None:
     """Why `model` cannot be trained vectorised (None when it can): modules that keep state between steps."""
-    stateful = sorted({type(m).__name__ for m in model.modules() if m._buffers and any(
-        b is not None for b in m._buffers.values())})
+    stateful = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.buffers(recurse=False))})
     if stateful:
         return f"{', '.join(stateful)} keeps running statistics (buffers) that a vectorised step cannot update"
     return None
@@ -177,7 +174,7 @@ def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memor
 
 
 def train_cohort(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
-                 generators: list[torch.Generator], memory_mb: float = DEFAULT_MEMORY_MB) -> list[ClientResult]:
+                 generators: list[torch.Generator], memory_mb: float) -> list[ClientResult]:
     """Train one copy of `model` (its current weights) per client on that client's (x, y), all at once; returns
     each client's final state and training stats, as `train_locally` would have left them one by one."""
     results: list[ClientResult] = []

@@ -28,18 +28,19 @@ def make_grid(scenario: Scenario) -> VirtualNodesGrid:
     """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS)."""
     run_config = ClientSpec.of(scenario).run_config()
     n = scenario.data.partitioner.num_partitions
+    vectorize = scenario.run.vectorize is not False  # the grids offer each round's clients to the cohort handler
     if scenario.run.runtime == "inline":
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
         return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
-                          cohort=train_cohort)
+                          cohort=train_cohort if vectorize else None)
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
         return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
-                       cohort="fedsim.clients.cohort:train_cohort",
+                       cohort="fedsim.clients.cohort:train_cohort" if vectorize else None,
                        seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         f"run from the project root: flwr run . --stream --federation-config \"num-supernodes={n}\" "

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fedsim.runner import run
-from fedsim.runtime import base as inline  # run_clients calls base.run_client per message
+from fedsim.runtime import base  # run_clients calls base.run_client per message
 from fedsim.scenario import Scenario
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     out, kill_round = sys.argv[2], int(sys.argv[3])
     seen = []
 
-    run_client = inline.run_client
+    run_client = base.run_client
 
     def dying_client(app, msg, context):
         if msg.metadata.message_type == "train" and _round_of(msg) == kill_round:
@@ -37,7 +37,7 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         return run_client(app, msg, context)
 
-    inline.run_client = dying_client
+    base.run_client = dying_client
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 

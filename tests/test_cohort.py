@@ -94,7 +94,8 @@ def test_models_with_running_statistics_are_not_vectorised():
 def run_both(name: str, overrides: list[str] = ()):
     results = {}
     for engine in ("false", "true"):
-        scenario = fedsim.Scenario.load(name, [*SHORT.get(name, []), *overrides, f"run.vectorize={engine}"])
+        scenario = fedsim.Scenario.load(name, [*SHORT.get(name, []), "run.rounds=3", *overrides,
+                                               f"run.vectorize={engine}"])
         results[engine] = fedsim.run(scenario, out=None)
     return results["false"], results["true"]
 

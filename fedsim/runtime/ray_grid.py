@@ -215,10 +215,11 @@ class RayGrid(VirtualNodesGrid):
         for group in groups.values():
             ref = ray.put(group[0].content)
             start = 0
-            while start < len(group):  # guided self-scheduling: big chunks first, small ones to even out the end
-                size = max(1, math.ceil((len(group) - start) / (self.num_actors * self.chunks_per_actor)))
-                if self.cohort:  # one chunk per actor, each trained vectorised
+            while start < len(group):
+                if self.cohort:  # one chunk per actor, each trained together
                     size = math.ceil(len(group) / self.num_actors)
+                else:  # guided self-scheduling: big chunks first, small ones to even out the end
+                    size = max(1, math.ceil((len(group) - start) / (self.num_actors * self.chunks_per_actor)))
                 chunks.append(_Chunk(ref, group[start : start + size]))
                 start += size
         return chunks

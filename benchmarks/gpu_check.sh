@@ -1,14 +1,38 @@
 #!/usr/bin/env bash
-# GPU check (run on a machine with an NVIDIA GPU): W3 on the Ray runtime with 4 actors sharing one GPU
-# (num_gpus = 0.25 each) vs the same on CPU actors; prints steady-state seconds per round for both.
-# Usage: bash benchmarks/gpu_check.sh   (after `make install TORCH=torch` for a CUDA build of torch)
+# GPU check, on a machine with an NVIDIA GPU (after `make install TORCH=torch` for a CUDA build of torch):
+# W3 (CNN on digits) and W4 (pfl-research's CIFAR-10 set-up on synthetic images, 1.6M-parameter CNN) with the
+# clients on the GPU, inline one after another vs vectorised, and W4 vectorised on Ray with 4 actors sharing the
+# GPU (num_gpus = 0.25 each). Prints the card, then steady-state seconds per round (rounds 2..R), ratios to the
+# sequential engine, and final accuracies (the same for every runner of a workload).
+# Usage: bash benchmarks/gpu_check.sh        (DEVICE=cpu bash benchmarks/gpu_check.sh: the same table on CPU)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=../.venv/bin/python
-$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name(0))"
-for mode in cpu gpu; do
-  if [ "$mode" = gpu ]; then sets=(--set run.resources.num_gpus=0.25 --set run.resources.max_actors=4); else sets=(--set client.device='"cpu"'); fi
-  $PY runners.py fedsim-ray bench-w3 "${sets[@]}" | tail -1 | $PY -c "
-import json, sys; d = json.load(sys.stdin); r = d['round_s'][1:]
-print('$mode', 'steady s/round', round(sum(r) / len(r), 4), 'final', d['final'])"
-done
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ]; then
+  $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name(0))"
+fi
+run() {  # SCENARIO RUNNER [--set k=v ...] -> "SCENARIO RUNNER {json}"
+  echo "$1 $2 $($PY runners.py "$2" "$1" --set client.device="\"$DEVICE\"" "${@:3}" | tail -1)"
+}
+{
+  for workload in bench-w3 bench-w4; do
+    run "$workload" fedsim-inline
+    run "$workload" fedsim-vectorized
+  done
+  if [ "$DEVICE" = cuda ]; then
+    run bench-w4 fedsim-ray --set run.resources.num_gpus=0.25 --set run.resources.max_actors=4
+  fi
+} | $PY -c '
+import json, sys
+row = "{:10} {:18} {:>15} {:>13} {:>15}"
+print(row.format("workload", "runner", "steady s/round", "x sequential", "final accuracy"))
+sequential = {}
+for line in sys.stdin:
+    workload, runner, result = line.split(" ", 2)
+    result = json.loads(result)
+    steady = sum(result["round_s"][1:]) / (len(result["round_s"]) - 1)
+    sequential.setdefault(workload, steady)
+    accuracy = result["final"]["accuracy"]
+    print(row.format(workload, runner, f"{steady:.4f}", f"{steady / sequential[workload]:.2f}", f"{accuracy:.4f}"))
+'

@@ -76,7 +76,7 @@ def run(
     resume: Annotated[Path | None, typer.Option(
         help="Continue an interrupted run dir from its last checkpoint (no SCENARIO then).")] = None,
     vectorize: Annotated[bool | None, typer.Option(
-        "--vectorize/--no-vectorize", help="Train each round's clients together (default: run.vectorize, off).",
+        "--vectorize/--no-vectorize", help="Train each round's clients together (default: run.vectorize, auto).",
         show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
 ) -> None:

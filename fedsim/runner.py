@@ -21,14 +21,17 @@ from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
-from fedsim.server import Interrupted, Prepared, prepare, server_main
+from fedsim.server import Interrupted, Prepared, not_vectorizable, prepare, server_main
 
 
-def make_grid(scenario: Scenario) -> VirtualNodesGrid:
-    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS)."""
+def make_grid(prepared: Prepared) -> VirtualNodesGrid:
+    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Unless
+    `run.vectorize = false` or nothing in the scenario can be vectorised, it offers each round's clients to the
+    cohort handler (fedsim.clients.cohort)."""
+    scenario = prepared.scenario
     run_config = ClientSpec.of(scenario).run_config()
     n = scenario.data.partitioner.num_partitions
-    vectorize = scenario.run.vectorize is not False  # the grids offer each round's clients to the cohort handler
+    vectorize = scenario.run.vectorize is not False and not_vectorizable(scenario, prepared.model) is None
     if scenario.run.runtime == "inline":
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
@@ -105,7 +108,7 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
     prepared = prepare(scenario)
-    grid = make_grid(scenario)
+    grid = make_grid(prepared)
     try:
         return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop, started=started)
     finally:
@@ -123,7 +126,7 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
     event ends the run after the current round (Interrupted)."""
     started = time.perf_counter()  # the wall time counts data loading and the runtime's start-up too
     prepared = prepare(scenario, strategy)
-    grid = make_grid(scenario)
+    grid = make_grid(prepared)
     try:
         return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop, callbacks=callbacks,
                            started=started)

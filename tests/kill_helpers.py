@@ -1,8 +1,9 @@
 """Run a scenario in this process and SIGKILL it in the middle of round KILL_ROUND (for the resume tests).
 
 usage: python kill_helpers.py SCENARIO_JSON OUT_DIR KILL_ROUND
-Inline: the process dies when the second client of that round is about to train. Ray: it dies right after
-the round's work has been handed to the actors, while they train.
+Inline: the process dies when the second client of that round is about to train (one by one), or when the
+second reply of its vectorised cohort is being built. Ray: it dies right after the round's work has been handed
+to the actors, while they train.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+from fedsim.clients import cohort  # the vectorised path builds each reply with cohort.train_reply
 
 from fedsim.runner import run
 from fedsim.runtime import base  # run_clients calls base.run_client per message
@@ -38,6 +41,16 @@ def main() -> None:
         return run_client(app, msg, context)
 
     base.run_client = dying_client
+    train_reply = cohort.train_reply
+
+    def dying_reply(msg, config, *args):
+        if int(config["server-round"]) == kill_round:
+            seen.append(msg)
+            if len(seen) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return train_reply(msg, config, *args)
+
+    cohort.train_reply = dying_reply
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 

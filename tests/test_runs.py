@@ -97,6 +97,6 @@ def test_wall_time_counts_the_start_up(tmp_path):
     assert 0 < s["startup_s"] <= s["wall_time_s"]
     assert s["wall_time_s"] >= s["startup_s"] + sum(r["time_s"] for r in result.metrics) - 0.05
     scenario = small_scenario(run__rounds=1)
-    grid = make_grid(scenario)
-    late = run_on_grid(prepare(scenario), grid, tmp_path / "b", started=time.perf_counter() - 100)
+    prepared = prepare(scenario)
+    late = run_on_grid(prepared, make_grid(prepared), tmp_path / "b", started=time.perf_counter() - 100)
     assert late.summary["startup_s"] >= 100 and late.summary["wall_time_s"] >= 100

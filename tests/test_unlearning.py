@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import small_scenario
 from fedsim.clients import app as client_module
+from fedsim.clients import cohort as cohort_module
 from fedsim.strategies.unlearning import Unlearning
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
@@ -144,6 +145,7 @@ def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, mon
         return serve(self, request, *args)
 
     monkeypatch.setattr(client_module, "partition_of", spy)
+    monkeypatch.setattr(cohort_module, "partition_of", spy)  # the vectorised path's copy of the name
     monkeypatch.setattr(Unlearning, "_serve", serving)
     fedsim.run(scenario, out=tmp_path / "run")
     assert any((y == 7).any() for p, _, y, _ in seen if p == "training")
@@ -343,12 +345,12 @@ def test_retrain_is_the_same_run_without_the_forgotten_client(tmp_path):
     """retrain == a plain FedAvg run whose grid never offers the client, from the same initial model and seeds."""
     scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 4, "method": "retrain"}])
     prepared = prepare(scenario)
-    grid = make_grid(scenario)
+    grid = make_grid(prepared)
     run_on_grid(prepared, grid, tmp_path / "run")
     retrained = record_to_state(next(iter(prepared.strategy._retrained.values()))[0])
 
     plain = prepare(small_scenario(run__rounds=AT))
-    plain_grid = make_grid(plain.scenario)
+    plain_grid = make_grid(plain)
     plain_grid.retire(node_id_of(4))
     result = run_on_grid(plain, plain_grid, tmp_path / "plain")
     for key, value in result.state_dict.items():
@@ -371,7 +373,7 @@ def test_retrain_mia_on_the_forgotten_client_is_close_to_its_mia_on_test_data(tm
         "data.partitioner.name": "iid", "data.partitioner.num_partitions": 5, "data.test_fraction": 0.5,
         "run.rounds": 11, "model.hidden": [256], "client.local_epochs": 5})
     prepared = prepare(scenario)
-    grid = make_grid(scenario)
+    grid = make_grid(prepared)
     run_on_grid(prepared, grid, tmp_path / "run")
     arrays = next(iter(prepared.strategy._retrained.values()))[0]
     evaluator = prepared.strategy.evaluate

@@ -54,7 +54,7 @@ class RunSection(Section):
     ray_connect_timeout_s: float = Field(30.0, gt=0)  # give up attaching to ray_address after this long
     round_timeout_s: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
-    vectorize: Literal["auto"] | bool = False  # "auto": train a round's clients together (fedsim.cohort) where it applies
+    vectorize: Literal["auto"] | bool = "auto"  # "auto": train a round's clients together (fedsim.cohort) where it applies
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 
 

@@ -8,6 +8,7 @@ start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R
   W3  scenarios/bench-w3.toml  CNN on digits, 10 clients, training dominates
   W4  scenarios/bench-w4.toml  pfl-research's CIFAR-10 set-up on synthetic 3x32x32 images: 1,000 clients x 50,
                                50 a round, batch 10, a 2-conv CNN of 1.6M parameters
+  profile                      where a vectorised W1 round's time goes (benchmarks/round_profile.py)
   fedld                        FedLD's aggregation vs the Gram matrices it needs (m = 50, 1M parameters)
   dp                           DP-SGD local training vs plain, on the quickstart clients
 """
@@ -30,11 +31,11 @@ from rich.table import Table
 HERE = Path(__file__).resolve().parent
 W2_SMALL = ["data.partitioner.num_partitions=1000", "data.generator.n_samples=20000", "strategy.fraction_train=0.1"]
 WORKLOADS = {
-    "W1": ("bench-w1", [], ["plain", "stock-flower", "fedsim-inline", "fedsim-vectorized", "fedsim-ray"]),
-    "W2 (10,000 clients)": ("bench-w2", [], ["fedsim-inline", "fedsim-vectorized", "fedsim-ray"]),
-    "W2 (1,000 clients)": ("bench-w2", W2_SMALL, ["fedsim-inline", "fedsim-vectorized", "fedsim-ray"]),
-    "W3": ("bench-w3", [], ["plain", "fedsim-inline", "fedsim-vectorized", "fedsim-ray"]),
-    "W4": ("bench-w4", [], ["plain", "stock-flower", "fedsim-inline", "fedsim-vectorized"]),
+    "W1": ("bench-w1", [], ["plain", "stock-flower", "fedsim-sequential", "fedsim-vectorized", "fedsim-ray"]),
+    "W2 (10,000 clients)": ("bench-w2", [], ["fedsim-sequential", "fedsim-vectorized", "fedsim-ray"]),
+    "W2 (1,000 clients)": ("bench-w2", W2_SMALL, ["fedsim-sequential", "fedsim-vectorized", "fedsim-ray"]),
+    "W3": ("bench-w3", [], ["plain", "fedsim-sequential", "fedsim-vectorized", "fedsim-ray"]),
+    "W4": ("bench-w4", [], ["plain", "stock-flower", "fedsim-sequential", "fedsim-vectorized"]),
 }
 
 
@@ -76,7 +77,8 @@ def _dp() -> str:
 
     r = measure()
     return (f"{r['clients']} quickstart clients, one round of local training each (best of 3): plain "
-            f"{r['plain_s']:.3f} s, DP-SGD {r['dp_s']:.3f} s ({r['ratio']:.2f}x)")
+            f"{r['plain_s']:.3f} s, DP-SGD one client at a time (Opacus) {r['dp_s']:.3f} s ({r['ratio']:.2f}x), "
+            f"DP-SGD vectorised {r['dp_vectorized_s']:.3f} s ({r['vectorized_ratio']:.2f}x)")
 
 
 def _scale() -> str:
@@ -94,7 +96,25 @@ def _sweep() -> str:
             f"{r['parallel_s']:.1f} s ({r['speedup']:.2f}x)")
 
 
-MICRO = {"fedld": _fedld, "dp": _dp, "scale": _scale, "sweep": _sweep}
+def _profile() -> str:
+    from round_profile import describe, measure
+
+    return "bench-w1 vectorised, inline, mean per round: " + describe(measure("bench-w1"))
+
+
+def _gpu() -> str:
+    return ("missing: no NVIDIA GPU was available where these figures were made. On a machine with one, "
+            "`bash benchmarks/gpu_check.sh` runs W3 and W4 on the GPU one client after another vs vectorised (and W4 "
+            "on Ray with 4 actors sharing it) and prints the table with the card's name.")
+
+
+MICRO = {"profile": _profile, "fedld": _fedld, "dp": _dp, "scale": _scale, "sweep": _sweep}
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def machine() -> str:
@@ -124,7 +144,7 @@ def main() -> None:
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
         results = {r: run_one(r, scenario, sets) for r in runners}
-        base = results.get("plain") or results["fedsim-inline"]
+        base = results.get("plain") or results["fedsim-sequential"]
         accuracies = {r: res["final"].get("accuracy") for r, res in results.items()}
         same = max(accuracies.values()) - min(accuracies.values()) <= 0.01
         table = Table(title=f"{name}: {scenario} {' '.join(sets)}")
@@ -146,14 +166,16 @@ def main() -> None:
         console.print(table)
         console.print(verdict)
         lines += ["", verdict, ""]
-    for key, title in (("fedld", "FedLD aggregation"), ("dp", "DP-SGD overhead"), ("scale", "Scale: 100,000 clients"),
-                       ("sweep", "Parallel sweeps")):
+    for key, title in (("profile", "Where a vectorised round goes (W1)"), ("fedld", "FedLD aggregation"),
+                       ("dp", "DP-SGD overhead"), ("scale", "Scale: 100,000 clients"), ("sweep", "Parallel sweeps")):
         if not args.only or key in args.only:
             text = MICRO[key]()
             console.print(f"{title}: {text}")
             lines += [f"## {title}", "", text, ""]
     if args.only:
         return  # RESULTS.md always holds a complete run
+    lines += ["## GPU", "", _gpu() if not gpu_available() else "run `bash benchmarks/gpu_check.sh` on this machine "
+              "and add its table here", ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     console.print(f"wrote {HERE / 'RESULTS.md'}")
 

@@ -17,7 +17,7 @@ run() {  # SCENARIO RUNNER [--set k=v ...] -> "SCENARIO RUNNER {json}"
 }
 {
   for workload in bench-w3 bench-w4; do
-    run "$workload" fedsim-inline
+    run "$workload" fedsim-sequential
     run "$workload" fedsim-vectorized
   done
   if [ "$DEVICE" = cuda ]; then

@@ -37,7 +37,8 @@ def local_sgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, c: Clien
 def plain_fedavg(scenario: Scenario, on_round: Callable[[int], None] | None = None,
                  ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """SGD, classification, `strategy.fraction_train` of the clients a round (all: the same clients as fedsim;
-    fewer: a seeded sample of the same size, not fedsim's); returns (final state_dict, final central test metrics)."""
+    fewer: a seeded sample of the same size, not fedsim's), the global model evaluated on the test set after every
+    round (as fedsim and stock Flower do); returns (final state_dict, final central test metrics)."""
     data = federated_data(scenario.data, scenario.run.seed)
     global_model = initial_model(scenario.model, data.info, scenario.run.seed)
     local = initial_model(scenario.model, data.info, 0)
@@ -54,9 +55,10 @@ def plain_fedavg(scenario: Scenario, on_round: Callable[[int], None] | None = No
         total = sum(sizes)
         averaged = {k: sum(s[k].double() * n / total for s, n in zip(states, sizes)).float() for k in states[0]}
         global_model.load_state_dict(averaged)
+        metrics = evaluate(global_model, *data.test, data.info.task)
         if on_round:
             on_round(rnd)
-    return global_model.state_dict(), evaluate(global_model, *data.test, data.info.task)
+    return global_model.state_dict(), metrics
 
 
 def timed_plain_fedavg(scenario: Scenario) -> tuple[list[float], dict[str, float]]:

@@ -1,6 +1,6 @@
 """One benchmark run in this process: `python runners.py RUNNER SCENARIO [--set k=v ...]` prints a JSON line.
 
-RUNNER: plain (PyTorch loop) | stock-flower (Flower's Ray simulation) | fedsim-inline (one client after another) |
+RUNNER: plain (PyTorch loop) | stock-flower (Flower's Ray simulation) | fedsim-sequential (one client after another) |
 fedsim-vectorized (inline, each round's clients trained together) | fedsim-ray (2 actors unless
 run.resources.max_actors says otherwise, each training its clients together).
 Reports seconds per round, final central test metrics, and the peak RSS of this process tree (Ray's workers
@@ -68,7 +68,7 @@ def run_fedsim(scenario: fedsim.Scenario) -> tuple[list[float], dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("runner", choices=["plain", "stock-flower", "fedsim-inline", "fedsim-vectorized", "fedsim-ray"])
+    parser.add_argument("runner", choices=["plain", "stock-flower", "fedsim-sequential", "fedsim-vectorized", "fedsim-ray"])
     parser.add_argument("scenario")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
@@ -85,7 +85,7 @@ def main() -> None:
             from stock_flower import stock_flower
 
             rounds, final = stock_flower(scenario)
-        elif args.runner in ("fedsim-inline", "fedsim-vectorized"):
+        elif args.runner in ("fedsim-sequential", "fedsim-vectorized"):
             vectorize = args.runner == "fedsim-vectorized"
             rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "inline", "run.vectorize": vectorize}))
         else:

@@ -1,26 +1,25 @@
 """The vectorised form of `fedsim.clients.app.train`: a round's train messages that share one content (the
-global model and its config) trained together by `fedsim.cohort`, one reply per message as `train` makes it.
+global model and its config) trained together, one reply per message as `train` makes it.
 
-It applies to plain local training (task loss, FedLD's margin loss, FedProx's proximal term; SGD or Adam) of a
-model without running statistics; DP-SGD and bag-level training go one by one (`train_cohort` returns None).
+Plain local training (task loss, FedLD's margin loss, FedProx's proximal term; SGD or Adam) goes to
+`fedsim.cohort`, DP-SGD to `fedsim.cohort_dp` (each client's accountant stepped as Opacus steps it, its history
+kept in its context as one by one). Bag-level training and models with running statistics go one by one
+(`train_cohort` returns None).
 """
 
 from __future__ import annotations
 
 import torch
+from fedsim.clients import dp_sgd
 from fedsim.clients.app import partition_of, received_loss, train_reply, train_seed
-from fedsim.clients.workspace import workspace
+from fedsim.clients.workspace import Workspace, workspace
 from flwr.app import ConfigRecord, Context, Message
 
 from fedsim import protocol as p
+from fedsim.cohort import ClientResult, unsupported_model
 from fedsim.cohort import train_cohort as train_together
-from fedsim.cohort import unsupported_model
+from fedsim.cohort_dp import PrivateClient, train_dp_cohort
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
-
-
-def applies(config: ConfigRecord) -> bool:
-    """Whether a train config asks for training the cohort engine does (not DP-SGD, not bags)."""
-    return DPSGDSettings.from_config(config) is None and BagSettings.from_config(config) is None
 
 
 def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Message] | None:
@@ -30,19 +29,46 @@ def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Messa
         return None
     ws = workspace(contexts[0])
     config: ConfigRecord = messages[0].content[p.CONFIG]
-    if not applies(config) or unsupported_model(ws.model) is not None:
+    if BagSettings.from_config(config) is not None or unsupported_model(ws.model) is not None:
         return None
     model = ws.load_global(messages[0].content[p.ARRAYS])
     local = LocalTraining.from_config(config)
-    data, generators, metrics = [], [], []
-    for context in contexts:
-        pid, x, y = partition_of(context, ws, config)
-        data.append((x, y))
-        generators.append(torch.Generator().manual_seed(train_seed(ws, config, pid)))
-        metrics.append(received_loss(config, model, x, y, ws.task))
-    results = train_together(model, data, local, ws.task, generators, ws.spec.vectorize_memory_mb)
-    classification = ws.task == "classification"
-    replies = [train_reply(msg, config, r.state, {**m, **r.stats.metrics(accuracy=classification)}, len(x))
-               for msg, r, m, (x, _) in zip(messages, results, metrics, data)]
+    privacy = DPSGDSettings.from_config(config)
+    clients = [partition_of(context, ws, config) for context in contexts]
+    metrics = [received_loss(config, model, x, y, ws.task) for _, x, y in clients]
+    if privacy is None:
+        generators = [torch.Generator().manual_seed(train_seed(ws, config, pid)) for pid, _, _ in clients]
+        results = train_together(model, [(x, y) for _, x, y in clients], local, ws.task, generators,
+                                 ws.spec.vectorize_memory_mb)
+        classification = ws.task == "classification"
+        for m, r in zip(metrics, results):
+            m.update(r.stats.metrics(accuracy=classification))
+    else:
+        results = _train_private(ws, config, model, local, privacy, contexts, clients, metrics)
+    replies = [train_reply(msg, config, r.state, m, len(x)) for msg, r, m, (_, x, _) in zip(messages, results,
+                                                                                              metrics, clients)]
     ws.release()
     return replies
+
+
+def _train_private(ws: Workspace, config: ConfigRecord, model: torch.nn.Module, local: LocalTraining,
+                   privacy: DPSGDSettings, contexts: list[Context], clients: list[tuple[int, torch.Tensor, torch.Tensor]],
+                   metrics: list[dict[str, float]]) -> list[ClientResult]:
+    """DP-SGD for the cohort: noise, budget check and accountant as `train` has them per client; each context's
+    history is written only once every client has trained (a cohort that raises is rerun one by one)."""
+    dp_sgd.check_local_training(local)
+    plans = []
+    for context, (pid, x, _) in zip(contexts, clients):
+        sigma = dp_sgd.client_noise(context.state, len(x), local, privacy)
+        history = dp_sgd.load_history(context.state)
+        q, steps = dp_sgd.round_plan(len(x), local)
+        plans.append((sigma, history, q, steps, dp_sgd.check_budget(history, sigma, q, steps, privacy)))
+    private = [PrivateClient(x, y, torch.Generator().manual_seed(train_seed(ws, config, pid)),
+                             steps // local.local_epochs, sigma)
+               for (pid, x, y), (sigma, _, _, steps, _) in zip(clients, plans)]
+    results = train_dp_cohort(model, private, local, ws.task, privacy.max_grad_norm, ws.spec.vectorize_memory_mb)
+    for context, m, r, (sigma, history, q, steps, spent) in zip(contexts, metrics, results, plans):
+        after = dp_sgd.accountant_history(history, sigma, q, steps, privacy.accountant)
+        dp_sgd.save_history(context.state, after, sigma)
+        m.update(dp_sgd.round_metrics(r.stats, spent, after, sigma, q, steps, privacy))
+    return results

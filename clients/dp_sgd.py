@@ -21,7 +21,7 @@ from fedsim.errors import FedsimError
 from fedsim.evaluation import task_loss
 from fedsim.privacy import History, epsilon_of, noise_multiplier
 from fedsim.protocol import DPSGDSettings, LocalTraining
-from fedsim.training import Step, make_optimizer, train_loop
+from fedsim.training import Stats, Step, make_optimizer, train_loop
 
 STATE_KEY = "dp-sgd"
 
@@ -101,14 +101,11 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
 
     check_local_training(cfg)
     q, steps = round_plan(len(x), cfg)
-    spent_next = epsilon_of([*history, (sigma, q, steps)], privacy.delta, privacy.accountant)
-    if privacy.target_epsilon is not None and spent_next > privacy.target_epsilon:
-        raise RuntimeError(f"{protocol.EXHAUSTED}: another round would reach epsilon {spent_next:.3f} > "
-                           f"{privacy.target_epsilon}")
+    spent = check_budget(history, sigma, q, steps, privacy)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")  # seeded on purpose: reproducible runs
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        warnings.filterwarnings("ignore", message="GDP accounting is experimental")  # `fedsim run` says it once
+        quiet_gdp()
         torch.manual_seed(seed)
         local = copy.deepcopy(model)
         engine = PrivacyEngine(accountant=privacy.accountant)
@@ -132,9 +129,40 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
         stats = train_loop(private, epochs, cfg, loss_fn, optimizer=optimizer)
         new_history = [(float(s), float(r), int(t)) for s, r, t in engine.accountant.history]
     model.load_state_dict(local.state_dict())
-    spent = spent_next  # the accountant recorded exactly the planned (sigma, q, steps) of this round (tested)
-    after_next = epsilon_of([*new_history, (sigma, q, steps)], privacy.delta, privacy.accountant)
-    metrics = {**stats.metrics(), protocol.EPSILON: spent, protocol.EPSILON_NEXT: after_next,
-               protocol.NOISE_MULTIPLIER: sigma, protocol.SAMPLE_RATE: q,
-               protocol.STEPS: sum(t for _, _, t in new_history)}
-    return metrics, new_history
+    return round_metrics(stats, spent, new_history, sigma, q, steps, privacy), new_history
+
+
+def quiet_gdp() -> None:
+    """Inside warnings.catch_warnings(): Opacus's GDP warning, which `fedsim run` says once in its own words."""
+    warnings.filterwarnings("ignore", message="GDP accounting is experimental")
+
+
+def check_budget(history: History, sigma: float, q: float, steps: int, privacy: DPSGDSettings) -> float:
+    """The epsilon spent after this round (its planned sigma, q, steps); raises EXHAUSTED past target_epsilon."""
+    spent_next = epsilon_of([*history, (sigma, q, steps)], privacy.delta, privacy.accountant)
+    if privacy.target_epsilon is not None and spent_next > privacy.target_epsilon:
+        raise RuntimeError(f"{protocol.EXHAUSTED}: another round would reach epsilon {spent_next:.3f} > "
+                           f"{privacy.target_epsilon}")
+    return spent_next
+
+
+def accountant_history(history: History, sigma: float, q: float, steps: int, accountant: str) -> History:
+    """`history` after `steps` DP-SGD steps, as Opacus's accountant records them (one `step` call each)."""
+    from opacus.accountants import create_accountant
+
+    with warnings.catch_warnings():
+        quiet_gdp()
+        engine = create_accountant(accountant)
+        engine.history = list(history)
+        for _ in range(steps):
+            engine.step(noise_multiplier=sigma, sample_rate=q)
+    return [(float(s), float(r), int(t)) for s, r, t in engine.history]
+
+
+def round_metrics(stats: Stats, spent: float, history: History, sigma: float, q: float, steps: int,
+                  privacy: DPSGDSettings) -> dict[str, float]:
+    """A DP-SGD round's reply metrics, given the history after it (its epsilon is `spent`: the accountant recorded
+    exactly the planned sigma, q, steps of this round, tested)."""
+    after_next = epsilon_of([*history, (sigma, q, steps)], privacy.delta, privacy.accountant)
+    return {**stats.metrics(), protocol.EPSILON: spent, protocol.EPSILON_NEXT: after_next,
+            protocol.NOISE_MULTIPLIER: sigma, protocol.SAMPLE_RATE: q, protocol.STEPS: sum(t for _, _, t in history)}

@@ -28,10 +28,14 @@ from fedsim.training import Stats, minibatches
 
 
 def unsupported_model(model: nn.Module) -> str | None:
-    """Why `model` cannot be trained vectorised (None when it can): modules that keep state between steps."""
+    """Why `model` cannot be trained vectorised (None when it can): modules that keep state between steps, or
+    that draw from torch's global generator (dropout: its masks would not follow each client's sequential run)."""
     stateful = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.buffers(recurse=False))})
     if stateful:
         return f"{', '.join(stateful)} keeps running statistics (buffers) that a vectorised step cannot update"
+    random = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)})
+    if random:
+        return f"{', '.join(random)} draws its masks from torch's global generator, one client after another"
     return None
 
 
@@ -94,7 +98,7 @@ def _objectives(model: nn.Module, cfg: LocalTraining, classification: bool, anch
     return vmap(one_client)
 
 
-class _Optimizer:
+class Optimizer:
     """torch.optim.SGD / Adam's update, in place on stacked parameters; clients not `active` are left as they are
     (parameters and state)."""
 
@@ -146,11 +150,14 @@ class _Optimizer:
         return m / denominator * step_size
 
 
-def bytes_per_client(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining) -> int:
-    """A client's share of a vectorised step: parameters, gradients, optimizer state and update temporaries,
-    plus its batch's activations (measured by one forward pass of one example, kept twice for the backward)."""
-    n_params = sum(p.numel() for p in model.parameters())
-    copies = 4 + (2 if cfg.optimizer == "adam" else 1 if cfg.momentum else 0) + (1 if cfg.weight_decay else 0)
+# A client's batch step above this many activations (floats) is compute-bound on a CPU: stacking clients saves no
+# per-operation overhead there, and the stacked copies fall out of cache. Measured with one torch thread: bench-w3's
+# CNN on 8x8 digits (~230k a step) trains 1.5x faster vectorised, bench-w4's CNN on 32x32 images (~2.0M) 1.5x slower.
+CPU_STEP_ACTIVATIONS = 2**20
+
+
+def activations_per_example(model: nn.Module, sample: torch.Tensor) -> int:
+    """Every module's output size for one example (one forward pass)."""
     activations = 0
 
     def count(_module, _inputs, output):
@@ -165,12 +172,31 @@ def bytes_per_client(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining)
     finally:
         for h in hooks:
             h.remove()
+    return activations
+
+
+def pays_off(model: nn.Module, sample: torch.Tensor, batch_size: int, device_type: str) -> bool:
+    """Whether training clients together is faster than one by one: on a GPU always, on a CPU while a client's
+    batch step is small (CPU_STEP_ACTIVATIONS)."""
+    return device_type != "cpu" or activations_per_example(model, sample) * batch_size <= CPU_STEP_ACTIVATIONS
+
+
+def bytes_per_client(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, per_example: bool = False) -> int:
+    """A client's share of a vectorised step: parameters, gradients, optimizer state and update temporaries,
+    plus its batch's activations (measured by one forward pass of one example, kept twice for the backward), and
+    with `per_example` (DP-SGD) a gradient per example of the batch and its clipped copy."""
+    n_params = sum(p.numel() for p in model.parameters())
+    copies = 4 + (2 if cfg.optimizer == "adam" else 1 if cfg.momentum else 0) + (1 if cfg.weight_decay else 0)
+    if per_example:
+        copies += 2 * cfg.batch_size
+    activations = activations_per_example(model, sample)
     return 4 * (n_params * copies + 3 * activations * cfg.batch_size + sample[:1].numel() * cfg.batch_size)
 
 
-def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memory_mb: float) -> int:
+def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memory_mb: float,
+               per_example: bool = False) -> int:
     """How many clients one vectorised chunk holds within `memory_mb` (at least one)."""
-    return max(1, int(memory_mb * 2**20 // bytes_per_client(model, sample, cfg)))
+    return max(1, int(memory_mb * 2**20 // bytes_per_client(model, sample, cfg, per_example)))
 
 
 def train_cohort(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
@@ -197,7 +223,7 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
     rows, mask = plan.rows.to(x_all.device), plan.mask.to(x_all.device)
     params = {name: p.unsqueeze(0).repeat(len(data), *([1] * p.dim())) for name, p in start.items()}
     objectives = _objectives(model, cfg, classification, start)
-    optimizer = _Optimizer(cfg)
+    optimizer = Optimizer(cfg)
     clients = len(data)
     loss_sum = torch.zeros(clients, dtype=torch.float64, device=x_all.device)
     correct = torch.zeros(clients, dtype=torch.float64, device=x_all.device)

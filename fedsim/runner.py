@@ -21,17 +21,17 @@ from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
-from fedsim.server import Interrupted, Prepared, not_vectorizable, prepare, server_main
+from fedsim.server import Interrupted, Prepared, prepare, server_main, vectorizes
 
 
 def make_grid(prepared: Prepared) -> VirtualNodesGrid:
-    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Unless
-    `run.vectorize = false` or nothing in the scenario can be vectorised, it offers each round's clients to the
+    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Where the
+    scenario's clients are trained together (fedsim.server.vectorizes), it offers each round's clients to the
     cohort handler (fedsim.clients.cohort)."""
     scenario = prepared.scenario
     run_config = ClientSpec.of(scenario).run_config()
     n = scenario.data.partitioner.num_partitions
-    vectorize = scenario.run.vectorize is not False and not_vectorizable(scenario, prepared.model) is None
+    vectorize = vectorizes(prepared)
     if scenario.run.runtime == "inline":
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",

@@ -22,7 +22,8 @@ from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import PrivacyMonitor
 from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
 from fedsim.clients.dp_sgd import check_local_training, private_model, round_plan
-from fedsim.cohort import unsupported_model
+from fedsim.clients.workspace import select_device
+from fedsim.cohort import pays_off, unsupported_model
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError, moved
 from fedsim.evaluation import evaluate
@@ -129,11 +130,28 @@ def not_vectorizable(scenario: Scenario, model: nn.Module) -> str | None:
     """Why this scenario's training rounds cannot be vectorised (None when they can)."""
     if scenario.run.runtime == "flower":
         return "Flower's own runtime executes clients one at a time"
-    if scenario.privacy is not None and scenario.privacy.mode == "dp-sgd":
-        return "DP-SGD clients train one at a time (Opacus's per-example clipping)"
     if scenario.bags is not None:
         return "training on bags' aggregate responses runs one client at a time"
     return unsupported_model(model)
+
+
+def vectorizes(prepared: Prepared) -> bool:
+    """Whether a round's clients are trained together: `true` (checked by check_vectorizable), or `auto` where it
+    applies and pays off (fedsim.cohort.pays_off, on the device the clients will train on)."""
+    scenario, model = prepared.scenario, prepared.model
+    if scenario.run.vectorize is not True and (
+            scenario.run.vectorize is False or not_vectorizable(scenario, model) is not None):
+        return False
+    sample = prepared.data.test[0]
+    return scenario.run.vectorize is True or len(sample) == 0 or \
+        pays_off(model, sample, scenario.client.batch_size, client_device_type(scenario))
+
+
+def client_device_type(scenario: Scenario) -> str:
+    """'cuda' or 'cpu': where the clients train (Ray actors see a GPU only with run.resources.num_gpus > 0)."""
+    if scenario.run.runtime == "ray":
+        return "cuda" if scenario.run.resources.num_gpus > 0 and scenario.client.device != "cpu" else "cpu"
+    return select_device(scenario.client.device).type
 
 
 def check_vectorizable(scenario: Scenario, model: nn.Module) -> None:

@@ -89,6 +89,7 @@ def test_models_with_running_statistics_are_not_vectorised():
     assert unsupported_model(mlp()) is None
     reason = unsupported_model(SmallCNN((1, 4, 4), [4], 3, batch_norm=True))
     assert "BatchNorm2d" in reason
+    assert "Dropout draws its masks" in unsupported_model(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)))
 
 
 def run_both(name: str, overrides: list[str] = ()):
@@ -128,8 +129,8 @@ def test_vectorised_with_faults_and_forgetting_equals_sequential(tmp_path, monke
 
 def test_vectorize_true_on_what_cannot_be_vectorised_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ScenarioError, match=r"run.vectorize: true, but DP-SGD clients train one at a time"):
-        fedsim.run(fedsim.Scenario.load("dp-sgd", ["run.vectorize=true"]), out=None)
+    with pytest.raises(ScenarioError, match=r"run.vectorize: true, but training on bags' aggregate responses"):
+        fedsim.run(fedsim.Scenario.load("aggregate-labels", ["run.vectorize=true"]), out=None)
     with pytest.raises(ScenarioError, match=r"run.vectorize: true, but BatchNorm2d keeps running statistics"):
         fedsim.run(fedsim.Scenario.load("bench-w3", ["run.vectorize=true", "model.batch_norm=true"]), out=None)
     auto = fedsim.run(fedsim.Scenario.load("bench-w3", ["run.rounds=1", "model.batch_norm=true", "run.vectorize='auto'"]), out=None)

@@ -137,8 +137,10 @@ def main() -> None:
     console = Console()
     about = (f"Command: `make bench` ({time.strftime('%Y-%m-%d')}). Wall time includes imports and Ray start-up; "
              "steady-state is the mean seconds per round over rounds 2..R (round 2 alone: its sampled clients are nearly all new, so no partition is cached yet); ratios are to the plain PyTorch loop "
-             "(or to fedsim inline where there is no plain loop). Peak RSS is the whole process tree (Ray's "
-             "processes included). Every runner trains with `run.resources.num_cpus` (1) torch threads per client.")
+             "(or to fedsim-sequential where there is no plain loop). Peak RSS is the whole process tree (Ray's "
+             "processes included). Every runner trains with `run.resources.num_cpus` (1) torch threads per client "
+             "and evaluates the global model on the test set after every round. fedsim-sequential: inline, "
+             "`run.vectorize = false`; fedsim-vectorized: inline, `true`; fedsim-ray: 2 actors, `true`.")
     lines = ["# Benchmark results", "", f"Machine: {machine()}", "", about, ""]
     for name, (scenario, sets, runners) in WORKLOADS.items():
         if args.only and not any(name.startswith(o) for o in args.only):

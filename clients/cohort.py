@@ -43,6 +43,8 @@ def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Messa
         classification = ws.task == "classification"
         for m, r in zip(metrics, results):
             m.update(r.stats.metrics(accuracy=classification))
+    elif any(len(x) == 0 for _, x, _ in clients):
+        return None  # Opacus refuses an empty dataset: one by one, that client's error reply says so
     else:
         results = _train_private(ws, config, model, local, privacy, contexts, clients, metrics)
     replies = [train_reply(msg, config, r.state, m, len(x)) for msg, r, m, (_, x, _) in zip(messages, results,

@@ -8,6 +8,8 @@ norm C over all parameters (factor min(1, C / (norm + 1e-6)), Opacus's flat clip
 noise is divided by the expected batch size int(n q), and the optimizer steps as torch.optim's
 (`fedsim.cohort.Optimizer`). An empty batch still takes its noise-only step, as Opacus's does. So each client
 ends where its Opacus run ends, up to float rounding; its accountant is stepped by the caller, as Opacus does.
+The draws are made on the CPU: on a GPU, where Opacus draws its noise from CUDA's generator, the noise has the same
+distribution but not the same numbers. Every client needs at least one example (as Opacus does).
 """
 
 from __future__ import annotations
@@ -113,14 +115,16 @@ def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTrain
             scale = torch.tensor([float(c.expected_batch_size) for c in clients], device=device)
             grads = {}
             for j, k in enumerate(names):
-                summed = torch.einsum("cb,cb...->c...", factor, per_example[k])
+                # summed over the example axis in order, so the padding (zeros at the end) leaves it as it is:
+                # a client's step does not depend on the other clients of its chunk (inline = Ray, bit for bit)
+                weights = factor.view(*factor.shape, *([1] * (per_example[k].dim() - 2)))
+                summed = (per_example[k] * weights).sum(1)
                 noisy = summed + torch.stack([n[j] for n in noise]).to(device)
                 grads[k] = noisy / scale.view(-1, *([1] * (noisy.dim() - 1)))
             optimizer.step(params, grads, active.to(device))
-            batch_losses = ((losses * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
         for c, (s, on, b) in enumerate(zip(stats, active.tolist(), batches)):
             if on:
-                s.loss_sum += batch_losses[c] * len(b)
+                s.loss_sum += losses[c, : len(b)].sum().item()  # the batch's mean loss x its size
                 s.weight += len(b)
                 s.steps += 1
     per_client = {name: p.detach().unbind(0) for name, p in params.items()}

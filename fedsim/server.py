@@ -139,12 +139,12 @@ def vectorizes(prepared: Prepared) -> bool:
     """Whether a round's clients are trained together: `true` (checked by check_vectorizable), or `auto` where it
     applies and pays off (fedsim.cohort.pays_off, on the device the clients will train on)."""
     scenario, model = prepared.scenario, prepared.model
-    if scenario.run.vectorize is not True and (
-            scenario.run.vectorize is False or not_vectorizable(scenario, model) is not None):
+    if scenario.run.vectorize is True:
+        return True  # what cannot be vectorised was refused by check_vectorizable
+    if scenario.run.vectorize is False or not_vectorizable(scenario, model) is not None:
         return False
     sample = prepared.data.test[0]
-    return scenario.run.vectorize is True or len(sample) == 0 or \
-        pays_off(model, sample, scenario.client.batch_size, client_device_type(scenario))
+    return len(sample) == 0 or pays_off(model, sample, scenario.client.batch_size, client_device_type(scenario))
 
 
 def client_device_type(scenario: Scenario) -> str:

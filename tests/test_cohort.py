@@ -11,10 +11,19 @@ from golden import SHORT
 from torch import nn
 
 import fedsim
-from fedsim.cohort import bytes_per_client, chunk_size, train_cohort, unsupported_model
+from fedsim.cohort import (
+    CPU_STEP_ACTIVATIONS,
+    activations_per_example,
+    bytes_per_client,
+    chunk_size,
+    pays_off,
+    train_cohort,
+    unsupported_model,
+)
 from fedsim.errors import ScenarioError
-from fedsim.models import SmallCNN
+from fedsim.models import ConvNet, SmallCNN
 from fedsim.protocol import LocalTraining
+from fedsim.server import prepare, vectorizes
 from fedsim.training import train_locally
 
 SIZES = [0, 1, 7, 16, 17, 40, 33]  # empty, smaller than a batch, uneven last batches, different step counts
@@ -135,3 +144,17 @@ def test_vectorize_true_on_what_cannot_be_vectorised_is_a_one_line_error(tmp_pat
         fedsim.run(fedsim.Scenario.load("bench-w3", ["run.vectorize=true", "model.batch_norm=true"]), out=None)
     auto = fedsim.run(fedsim.Scenario.load("bench-w3", ["run.rounds=1", "model.batch_norm=true", "run.vectorize='auto'"]), out=None)
     assert auto.summary["runtime"]["vectorized_clients"] == 0  # auto: one by one, quietly
+
+
+def test_auto_vectorises_where_it_pays_off():
+    def decided(name: str, *overrides: str) -> bool:
+        return vectorizes(prepare(fedsim.Scenario.load(name, list(overrides))))
+
+    small_w4 = "data.generator.n_samples=1100"
+    assert decided("bench-w3")  # a small CNN step: faster together on a CPU
+    assert not decided("bench-w4", small_w4)  # compute-bound on a CPU (~2M activations a step): one by one
+    assert decided("bench-w4", small_w4, "run.vectorize=true")
+    assert not decided("bench-w3", "run.vectorize=false")
+    model, sample = ConvNet((3, 32, 32), [32, 64], [128], 10), torch.randn(1, 3, 32, 32)
+    assert activations_per_example(model, sample) * 10 > CPU_STEP_ACTIVATIONS
+    assert pays_off(model, sample, 10, "cuda") and not pays_off(model, sample, 10, "cpu")

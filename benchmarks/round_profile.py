@@ -22,8 +22,9 @@ import fedsim
 from fedsim import checkpoint, server
 from fedsim.runtime import inline
 
+TRAINING = "client side: local training (fedsim.cohort)"  # inside the client side's total
 PARTS = {  # label -> (object, attribute) whose calls are timed
-    "client side: local training (fedsim.cohort)": (client_cohort, "train_together"),
+    TRAINING: (client_cohort, "train_together"),
     "client side: total (partitions, received loss, training, reply Messages)": (inline, "run_clients"),
     "Flower FedAvg.aggregate_train": (FedAvg, "aggregate_train"),
     "central evaluation": (server, "evaluate"),
@@ -65,7 +66,7 @@ def measure(name: str = "bench-w1") -> dict[str, float]:
 
 def describe(parts: dict[str, float]) -> str:
     total = parts["round"]
-    named = sum(v for k, v in parts.items() if k not in ("round", next(iter(PARTS))))
+    named = sum(v for k, v in parts.items() if k not in ("round", TRAINING))
     rows = [f"{label} {ms:.1f} ms ({ms / total:.0%})" for label, ms in parts.items() if label != "round"]
     return f"round {total:.1f} ms: " + "; ".join(rows) + f"; the rest {total - named:.1f} ms ({(total - named) / total:.0%})"
 

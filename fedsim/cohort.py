@@ -98,6 +98,17 @@ def _objectives(model: nn.Module, cfg: LocalTraining, classification: bool, anch
     return vmap(one_client)
 
 
+def stacked(start: dict[str, torch.Tensor], clients: int) -> dict[str, torch.Tensor]:
+    """One copy of every parameter per client, along a new leading client axis."""
+    return {name: p.unsqueeze(0).repeat(clients, *([1] * p.dim())) for name, p in start.items()}
+
+
+def client_results(params: dict[str, torch.Tensor], stats: list[Stats]) -> list[ClientResult]:
+    """Each client's slice of the stacked parameters (its state) with its stats."""
+    per_client = {name: p.detach().unbind(0) for name, p in params.items()}
+    return [ClientResult({name: p[c] for name, p in per_client.items()}, s) for c, s in enumerate(stats)]
+
+
 class Optimizer:
     """torch.optim.SGD / Adam's update, in place on stacked parameters; clients not `active` are left as they are
     (parameters and state)."""
@@ -151,8 +162,9 @@ class Optimizer:
 
 
 # A client's batch step above this many activations (floats) is compute-bound on a CPU: stacking clients saves no
-# per-operation overhead there, and the stacked copies fall out of cache. Measured with one torch thread: bench-w3's
-# CNN on 8x8 digits (~230k a step) trains 1.5x faster vectorised, bench-w4's CNN on 32x32 images (~2.0M) 1.5x slower.
+# per-operation overhead there, and the stacked copies fall out of cache. Measured with one torch thread
+# (`DEVICE=cpu bash benchmarks/gpu_check.sh`, `make bench`): bench-w3's CNN on 8x8 digits (~230k a step) trains
+# 1.3x faster vectorised, bench-w4's CNN on 32x32 images (~2.0M) 1.3-1.4x slower.
 CPU_STEP_ACTIVATIONS = 2**20
 
 
@@ -221,7 +233,7 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
     x_all = torch.cat([x for x, _ in data])
     y_all = torch.cat([y for _, y in data])
     rows, mask = plan.rows.to(x_all.device), plan.mask.to(x_all.device)
-    params = {name: p.unsqueeze(0).repeat(len(data), *([1] * p.dim())) for name, p in start.items()}
+    params = stacked(start, len(data))
     objectives = _objectives(model, cfg, classification, start)
     optimizer = Optimizer(cfg)
     clients = len(data)
@@ -239,7 +251,5 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
         correct += hits.double()
     weights, steps = plan.counts.sum(0), (plan.counts > 0).sum(0)
     losses, hits = loss_sum.tolist(), correct.tolist()
-    per_client = {name: p.detach().unbind(0) for name, p in params.items()}
-    return [ClientResult({name: p[c] for name, p in per_client.items()},
-                         Stats(losses[c], int(weights[c]), round(hits[c]), int(steps[c])))
-            for c in range(clients)]
+    stats = [Stats(losses[c], int(weights[c]), round(hits[c]), int(steps[c])) for c in range(clients)]
+    return client_results(params, stats)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedsim.cohort import ClientResult, Optimizer, chunk_size
+from fedsim.cohort import ClientResult, Optimizer, chunk_size, client_results, stacked
 from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
 from fedsim.training import Stats
@@ -78,9 +78,8 @@ def _poisson_batch(client: PrivateClient, step: int) -> torch.Tensor:
     return keep.nonzero().view(-1)
 
 
-def _noise(client: PrivateClient, shapes: list[torch.Size], max_grad_norm: float) -> list[torch.Tensor]:
-    """Opacus's noise for one step: N(0, (sigma C)^2) per parameter tensor, in order (none drawn when sigma = 0)."""
-    std = client.noise_multiplier * max_grad_norm
+def _noise(client: PrivateClient, shapes: list[torch.Size], std: float) -> list[torch.Tensor]:
+    """Opacus's noise for one step: N(0, std^2) per parameter tensor, in order (none drawn when std = 0)."""
     if std == 0:
         return [torch.zeros(s) for s in shapes]
     return [torch.normal(mean=0, std=std, size=s, generator=client.generator) for s in shapes]
@@ -94,13 +93,13 @@ def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTrain
     x_all = torch.cat([c.x for c in clients])
     y_all = torch.cat([c.y for c in clients])
     offsets = torch.tensor([0, *[len(c.x) for c in clients]]).cumsum(0)
-    params = {name: p.unsqueeze(0).repeat(len(clients), *([1] * p.dim())) for name, p in start.items()}
+    params = stacked(start, len(clients))
     gradients = _per_example_gradients(model, task)
     optimizer = Optimizer(cfg)
     total_steps = [c.batches * cfg.local_epochs for c in clients]
     stats = [Stats() for _ in clients]
     for t in range(max(total_steps, default=0)):
-        active = torch.tensor([t < steps for steps in total_steps])
+        active = [t < steps for steps in total_steps]
         batches = [_poisson_batch(c, t) if on else torch.zeros(0, dtype=torch.long) for c, on in zip(clients, active)]
         width = max(1, max(len(b) for b in batches))
         rows = torch.stack([torch.cat([b, b.new_zeros(width - len(b))]) + offsets[i] for i, b in enumerate(batches)])
@@ -110,7 +109,7 @@ def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTrain
             per_example, losses = gradients(params, x_all[rows], y_all[rows])
             norms = torch.stack([per_example[k].flatten(2).norm(2, dim=-1) for k in names], dim=-1).norm(2, dim=-1)
             factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * mask
-            noise = [_noise(c, shapes, max_grad_norm) if on else [torch.zeros(s) for s in shapes]
+            noise = [_noise(c, shapes, c.noise_multiplier * max_grad_norm if on else 0.0)
                      for c, on in zip(clients, active)]
             scale = torch.tensor([float(c.expected_batch_size) for c in clients], device=device)
             grads = {}
@@ -121,11 +120,11 @@ def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTrain
                 summed = (per_example[k] * weights).sum(1)
                 noisy = summed + torch.stack([n[j] for n in noise]).to(device)
                 grads[k] = noisy / scale.view(-1, *([1] * (noisy.dim() - 1)))
-            optimizer.step(params, grads, active.to(device))
-        for c, (s, on, b) in enumerate(zip(stats, active.tolist(), batches)):
+            optimizer.step(params, grads, torch.tensor(active, device=device))
+        losses = losses.cpu()
+        for c, (s, on, b) in enumerate(zip(stats, active, batches)):
             if on:
                 s.loss_sum += losses[c, : len(b)].sum().item()  # the batch's mean loss x its size
                 s.weight += len(b)
                 s.steps += 1
-    per_client = {name: p.detach().unbind(0) for name, p in params.items()}
-    return [ClientResult({name: p[c] for name, p in per_client.items()}, stats[c]) for c in range(len(clients))]
+    return client_results(params, stats)

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from golden import SHORT
+from golden import SHORT, TIMING
 from torch import nn
 
 import fedsim
@@ -24,6 +24,7 @@ from fedsim.errors import ScenarioError
 from fedsim.models import ConvNet, SmallCNN
 from fedsim.protocol import LocalTraining
 from fedsim.server import prepare, vectorizes
+from fedsim.trackers import flatten
 from fedsim.training import train_locally
 
 SIZES = [0, 1, 7, 16, 17, 40, 33]  # empty, smaller than a batch, uneven last batches, different step counts
@@ -116,9 +117,18 @@ def assert_runs_match(sequential, vectorised):
     for name, tensor in sequential.state_dict.items():
         assert relative(vectorised.state_dict[name], tensor) <= 1e-5, name
     for seq_row, vec_row in zip(sequential.metrics, vectorised.metrics, strict=True):
-        for key, value in seq_row.items():
-            if isinstance(value, float) and key != "time_s":
-                assert vec_row[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (seq_row["round"], key)
+        seq, vec = untimed_leaves(seq_row), untimed_leaves(vec_row)
+        assert seq.keys() == vec.keys(), seq_row["round"]
+        for key, value in seq.items():
+            if isinstance(value, float):
+                assert vec[key] == pytest.approx(value, rel=1e-6, abs=1e-7), (seq_row["round"], key)
+            else:
+                assert vec[key] == value, (seq_row["round"], key)
+
+
+def untimed_leaves(row: dict) -> dict:
+    """Every leaf of a metrics row by its path (train/loss, eval/accuracy, privacy/epsilon, ...), timings left out."""
+    return {k: v for k, v in flatten(row, "/").items() if k.rsplit("/", 1)[-1] not in TIMING}
 
 
 @pytest.mark.parametrize("name", ["quickstart", "fedprox-leaf-synthetic", "fedld-noniid", "feature-skew-wine",

@@ -5,15 +5,13 @@ rounding; whole DP-SGD runs give the sequential engine's metrics and privacy led
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 from fedsim.clients.dp_sgd import round_plan, train_dp_sgd
-from test_cohort import relative
+from test_cohort import assert_runs_match, relative, run_both
 from torch import nn
 
-import fedsim
 from fedsim.cohort_dp import PrivateClient, train_dp_cohort
 from fedsim.models import SmallCNN
 from fedsim.protocol import DPSGDSettings, LocalTraining
@@ -63,17 +61,4 @@ def test_dp_cohort_cnn_and_memory_chunks():
 
 
 def test_a_dp_sgd_run_vectorised_equals_the_sequential_run():
-    results = {}
-    for engine in ("false", "true"):
-        scenario = fedsim.Scenario.load("dp-sgd", ["run.rounds=3", f"run.vectorize={engine}"])
-        results[engine] = fedsim.run(scenario, out=None)
-    sequential, vectorised = results["false"], results["true"]
-    assert vectorised.summary["runtime"]["vectorized_clients"] > 0
-    for name, tensor in sequential.state_dict.items():
-        assert relative(vectorised.state_dict[name], tensor) <= 1e-5, name
-    for a, b in zip(sequential.metrics, vectorised.metrics):
-        for key, value in a.items():
-            if key != "time_s" and isinstance(value, float) and math.isfinite(value):
-                assert b[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
-            elif key != "time_s":
-                assert b[key] == value, key
+    assert_runs_match(*run_both("dp-sgd"))  # weights, and every metric: loss, epsilon, steps, the privacy ledger

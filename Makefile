@@ -1,12 +1,13 @@
 # fedsim: `make run` (set-up + quickstart) · `make test` (set-up + pytest, without the slow end-to-end checks)
-#         `make test-all` (everything) · `make bench` · `make soak` · `make lint`
+#         `make test-all` (everything) · `make test-kernels` (goldens under every CPU kernel set and 1/2 threads)
+#         `make bench` · `make soak` · `make lint`
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-all bench soak lint clean
+.PHONY: install run test test-all test-kernels bench soak lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q
+
+test-kernels: install
+	bash tests/kernels.sh
 
 bench: install
 	$(BIN)/python benchmarks/bench.py

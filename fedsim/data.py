@@ -62,10 +62,10 @@ def skew_features(x: np.ndarray, skew: FeatureSkewSection, partition_id: int, nu
     rng = np.random.default_rng([seed, partition_id, 7])
     if skew.kind == "noise":
         std = skew.noise_std_max * partition_id / max(1, num_partitions - 1)
-        return (x + rng.normal(0, std, x.shape)).astype(np.float32)
+        return (x + rng.normal(0, std, x.shape)).astype(x.dtype)
     scale = rng.uniform(1 - skew.scale_max, 1 + skew.scale_max, x.shape[1])
     shift = rng.normal(0, skew.shift_std, x.shape[1])
-    return (x * scale + shift).astype(np.float32)
+    return (x * scale + shift).astype(x.dtype)
 
 
 def to_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:

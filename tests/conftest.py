@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the plain-PyTorch reference loop
 
 from fedsim.scenario import Scenario
+
+if os.environ.get("FEDSIM_TEST_THREADS"):  # make test-kernels: the suite under 1 and 2 torch threads
+    import torch
+
+    torch.set_num_threads(int(os.environ["FEDSIM_TEST_THREADS"]))
 
 
 def small_scenario(**overrides) -> Scenario:
@@ -39,3 +45,31 @@ def cli(monkeypatch, capsys):
         return code, out, err
 
     return invoke
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Models, data and whole runs in float64 for the length of a test: an algorithm test then holds two
+    computations to float64 rounding, where float32's near-ties (a ReLU or max-pool flipping) cannot blur it."""
+    import numpy as np
+    import torch
+
+    import fedsim.data
+    from fedsim.clients import workspace
+
+    def forget_built_data_and_models():  # the process caches what it built, in the dtype of the time
+        fedsim.data._cached.cache_clear()
+        workspace._workspace.cache_clear()
+
+    def float64_arrays(*args, **kwargs):
+        x, y = to_arrays(*args, **kwargs)
+        return x.astype(np.float64), y.astype(np.float64) if y.dtype.kind == "f" else y
+
+    to_arrays = fedsim.data.to_arrays
+    monkeypatch.setattr(fedsim.data, "to_arrays", float64_arrays)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    forget_built_data_and_models()
+    yield
+    torch.set_default_dtype(before)
+    forget_built_data_and_models()

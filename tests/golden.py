@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -52,10 +53,13 @@ SHORT = {
 # Goldens pin the sequential engine (one client after another); tests/test_cohort.py holds the vectorised engine
 # (run.vectorize, the default where it applies) to it within float rounding.
 SEQUENTIAL = ["run.vectorize=false"]
+# $FEDSIM_TEST_THREADS (make test-kernels): every run's clients use that many torch threads
+THREADS = [f"run.resources.num_cpus={os.environ['FEDSIM_TEST_THREADS']}"] if os.environ.get("FEDSIM_TEST_THREADS") else []
 TIMING = {"time_s", "wall_time_s", "startup_s", "speedup"}
 NOT_BEHAVIOUR = {"bytes"}  # the history store's file size: torch's zip layout, not what the run computed
 
 UNIT_ROUNDOFF = 2.0**-24  # float32
+FLOAT64_ROUNDOFF = 2.0**-53
 GROWTH = 2.0**4
 # Counted metrics: fractions in [0, 1] or percentages, and the fewest examples any golden measures them on
 # (unlearn-client's forgotten client holds 88 examples; the test sets hold 269-360).
@@ -92,38 +96,50 @@ def _step_counter():
     return register_optimizer_step_post_hook(count), RoundChain(), chain
 
 
-def fingerprint(name: str, overrides: list[str] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Run shipped scenario `name` (with its short overrides): (metrics, summary and step chain; final weights)."""
+def run_counting_steps(scenario, out: Path | None = None):
+    """fedsim.run(scenario): (its RunResult, the chain of optimizer steps its final model went through)."""
     import fedsim
-    from fedsim.scenario import Scenario
 
-    scenario = Scenario.load(name, SHORT.get(name, []) + SEQUENTIAL + list(overrides or []))
     hook, counter, chain = _step_counter()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            result = fedsim.run(scenario, out=Path(tmp) / name, callbacks=[counter])
+        result = fedsim.run(scenario, out=out, callbacks=[counter])
     finally:
         hook.remove()
+    return result, chain[0]
+
+
+def snapshot(result, steps: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """What a golden holds of a run: (metrics, summary and step chain, timings removed; final weights)."""
     summary = _untimed(result.summary)
     summary.pop("runtime", None)
     weights = {k: v.detach().cpu().numpy().copy() for k, v in sorted(result.state_dict.items())}
-    return {"metrics": _untimed(result.metrics), "summary": summary, "steps": chain[0]}, weights
+    return {"metrics": _untimed(result.metrics), "summary": summary, "steps": steps}, weights
 
 
-def tolerance(steps: int) -> float:
-    """Relative tolerance for a run whose model went through `steps` sequential float32 optimizer steps."""
-    return max(steps, 1) * UNIT_ROUNDOFF * GROWTH
+def fingerprint(name: str, overrides: list[str] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Run shipped scenario `name` (with its short overrides) on the sequential engine and snapshot it."""
+    from fedsim.scenario import Scenario
+
+    scenario = Scenario.load(name, SHORT.get(name, []) + SEQUENTIAL + THREADS + list(overrides or []))
+    with tempfile.TemporaryDirectory() as tmp:
+        return snapshot(*run_counting_steps(scenario, Path(tmp) / name))
+
+
+def tolerance(steps: int, unit_roundoff: float = UNIT_ROUNDOFF) -> float:
+    """Relative tolerance for a model that went through `steps` sequential optimizer steps (float32 by default)."""
+    return max(steps, 1) * unit_roundoff * GROWTH
 
 
 def _relative(expected: float, actual: float) -> float:
     return abs(actual - expected) / max(abs(expected), 1e-6)
 
 
-def measure(expected: tuple[dict, dict], actual: tuple[dict, dict]) -> tuple[list[str], dict[str, float]]:
+def measure(expected: tuple[dict, dict], actual: tuple[dict, dict],
+            unit_roundoff: float = UNIT_ROUNDOFF) -> tuple[list[str], dict[str, float]]:
     """(what differs beyond tolerance, each as one line; the largest differences seen: relative for weights and
     continuous numbers, in examples of FLIP_SET for counted metrics)."""
     (want, want_w), (got, got_w) = expected, actual
-    rel_tol = tolerance(want["steps"])
+    rel_tol = tolerance(want["steps"], unit_roundoff)
     problems: list[str] = []
     largest = {"weights": 0.0, "continuous": 0.0, "counted_flips": 0.0}
     if got["steps"] != want["steps"]:

@@ -6,17 +6,28 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 
-.PHONY: install run test test-all test-kernels bench soak lint clean
+.PHONY: install lock run test test-all test-kernels bench soak lint clean
 
-$(STAMP): pyproject.toml
+# The versions the suite last ran with ($(LOCK), a pip constraints file); pyproject.toml keeps the ranges a
+# library install resolves. `make lock` resolves the ranges afresh in a new venv and rewrites $(LOCK).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"   # the CPU build; an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/pip install -q -e ".[test,tracking]"
+	$(BIN)/pip install -q -c $(LOCK) "$(TORCH)"   # the CPU build; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install -q -c $(LOCK) -e ".[test,tracking]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q "$(TORCH)" && .lock-venv/bin/pip install -q -e ".[test,tracking]"
+	{ echo "# pip constraints: the versions make install / .ci/run install (make lock rewrites this file)"; \
+	  .lock-venv/bin/pip freeze --exclude-editable | sed -E 's/^([^=]+==[^+]+)\+.*/\1/'; } > $(LOCK)
+	rm -rf .lock-venv
 
 run: install
 	$(BIN)/fedsim run quickstart
@@ -40,4 +51,4 @@ lint: install
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv runs build *.egg-info .pytest_cache .ruff_cache

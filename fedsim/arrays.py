@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord
+
+if TYPE_CHECKING:  # torch loads with the first state dict (Flower imports it), not with a scenario's validation
+    import torch
 
 
 @functools.lru_cache(maxsize=1024)

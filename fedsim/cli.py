@@ -81,9 +81,9 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; print the run dir.")] = False,
 ) -> None:
     """Run a scenario and write its run directory (Ctrl-C / SIGTERM: finish the round, checkpoint, exit 130)."""
-    from fedsim import runner
-
     if resume is not None:
+        from fedsim import runner
+
         if scenario or set_ or out or ray_address or vectorize is not None:
             raise FedsimError("--resume", "continues a run exactly as it was set up",
                               "pass only the run dir (and optionally --runtime)")
@@ -101,7 +101,9 @@ def run(
         if ray_address:
             overrides["run.ray_address"] = ray_address
             overrides.setdefault("run.runtime", "ray")
-        sc = Scenario.load(scenario, overrides)
+        sc = Scenario.load(scenario, overrides)  # a typo or a bad field is answered before torch and Flower load
+        from fedsim import runner
+
         name, rounds, done = sc.run.name, sc.run.rounds, 0
         job = functools.partial(runner.run, sc, out)
     if sc.privacy is not None and getattr(sc.privacy, "accountant", None) == "gdp":

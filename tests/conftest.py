@@ -18,8 +18,13 @@ if os.environ.get("FEDSIM_TEST_THREADS"):  # make test-kernels: the suite under 
     torch.set_num_threads(int(os.environ["FEDSIM_TEST_THREADS"]))
 
 
-def small_scenario(**overrides) -> Scenario:
-    """digits, 5 IID clients, MLP, FedAvg, 3 rounds, plus dotted-key overrides (use __ for dots)."""
+@pytest.fixture(scope="session")
+def small_scenario():
+    """A factory: digits, 5 IID clients, MLP, FedAvg, 3 rounds, plus dotted-key overrides (use __ for dots)."""
+    return make_small_scenario
+
+
+def make_small_scenario(**overrides) -> Scenario:
     base = {
         "run.name": "small", "run.rounds": 3, "run.seed": 1,
         "data.dataset": "digits", "data.partitioner.name": "iid", "data.partitioner.num_partitions": 5,
@@ -53,9 +58,9 @@ def float64(monkeypatch):
     computations to float64 rounding, where float32's near-ties (a ReLU or max-pool flipping) cannot blur it."""
     import numpy as np
     import torch
+    from fedsim.clients import workspace
 
     import fedsim.data
-    from fedsim.clients import workspace
 
     def forget_built_data_and_models():  # the process caches what it built, in the dtype of the time
         fedsim.data._cached.cache_clear()

@@ -193,6 +193,34 @@ def differences(expected: tuple[dict, dict], actual: tuple[dict, dict]) -> list[
     return measure(expected, actual)[0]
 
 
+# ---- the vectorised engine against the sequential one (tests/test_cohort.py, tests/test_cohort_dp.py) ----
+def relative(a, b) -> float:
+    """|a - b| / |b| of two tensors."""
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+def run_both(name: str, overrides: list[str] = ()):
+    """The sequential and the vectorised run of a short shipped scenario, and the sequential run's step chain."""
+    from fedsim.scenario import Scenario
+
+    results = {}
+    for engine in ("false", "true"):
+        scenario = Scenario.load(name, [*SHORT.get(name, []), "run.rounds=3", *THREADS, *overrides,
+                                               f"run.vectorize={engine}"])
+        results[engine] = run_counting_steps(scenario)
+    (sequential, steps), (vectorised, _) = results["false"], results["true"]  # the vectorised engine has no optimizer
+    return sequential, vectorised, steps
+
+
+def assert_runs_match(sequential, vectorised, steps):
+    """Weights and every metric (train/, eval/, privacy/, unlearning) equal to float64 rounding."""
+    assert str(next(iter(sequential.state_dict.values())).dtype) == "torch.float64"  # under the float64 fixture
+    assert vectorised.summary["runtime"]["vectorized_clients"] > 0
+    assert sequential.summary["runtime"]["vectorized_clients"] == 0
+    problems, _ = measure(snapshot(sequential, steps), snapshot(vectorised, steps), FLOAT64_ROUNDOFF)
+    assert problems == []
+
+
 def save(folder: Path, name: str, golden: tuple[dict, dict[str, np.ndarray]]) -> None:
     record, weights = golden
     (folder / f"{name}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -158,8 +158,7 @@ def test_optimal_bag_size_tradeoff():
     assert best1 > 1  # at rho = 1 larger bags shrink the Laplace noise (until the bias takes over)
 
 
-def test_bag_client_with_k1_rho1_is_plain_fedavg(tmp_path):
-    from conftest import small_scenario
+def test_bag_client_with_k1_rho1_is_plain_fedavg(tmp_path, small_scenario):
 
     import fedsim
 

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from golden import FLOAT64_ROUNDOFF, SHORT, THREADS, measure, run_counting_steps, snapshot, tolerance
+from golden import FLOAT64_ROUNDOFF, assert_runs_match, relative, run_both, tolerance
 from torch import nn
 
 import fedsim
@@ -31,10 +31,6 @@ from fedsim.server import prepare, vectorizes
 from fedsim.training import train_locally
 
 SIZES = [0, 1, 7, 16, 17, 40, 33]  # empty, smaller than a batch, uneven last batches, different step counts
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
 
 def one_by_one(model, data, cfg, task, seeds):
@@ -105,26 +101,6 @@ def test_models_with_running_statistics_are_not_vectorised():
     reason = unsupported_model(SmallCNN((1, 4, 4), [4], 3, batch_norm=True))
     assert "BatchNorm2d" in reason
     assert "Dropout draws its masks" in unsupported_model(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)))
-
-
-def run_both(name: str, overrides: list[str] = ()):
-    """The sequential and the vectorised run of a short shipped scenario, and the sequential run's step chain."""
-    results = {}
-    for engine in ("false", "true"):
-        scenario = fedsim.Scenario.load(name, [*SHORT.get(name, []), "run.rounds=3", *THREADS, *overrides,
-                                               f"run.vectorize={engine}"])
-        results[engine] = run_counting_steps(scenario)
-    (sequential, steps), (vectorised, _) = results["false"], results["true"]  # the vectorised engine has no optimizer
-    return sequential, vectorised, steps
-
-
-def assert_runs_match(sequential, vectorised, steps):
-    """Weights and every metric (train/, eval/, privacy/, unlearning) equal to float64 rounding."""
-    assert next(iter(sequential.state_dict.values())).dtype == torch.float64  # run under the float64 fixture
-    assert vectorised.summary["runtime"]["vectorized_clients"] > 0
-    assert sequential.summary["runtime"]["vectorized_clients"] == 0
-    problems, _ = measure(snapshot(sequential, steps), snapshot(vectorised, steps), FLOAT64_ROUNDOFF)
-    assert problems == []
 
 
 @pytest.mark.parametrize("name", ["quickstart", "fedprox-leaf-synthetic", "fedld-noniid", "feature-skew-wine",

@@ -9,8 +9,7 @@ import copy
 import pytest
 import torch
 from fedsim.clients.dp_sgd import round_plan, train_dp_sgd
-from golden import FLOAT64_ROUNDOFF, tolerance
-from test_cohort import assert_runs_match, relative, run_both
+from golden import FLOAT64_ROUNDOFF, assert_runs_match, relative, run_both, tolerance
 from torch import nn
 
 from fedsim.cohort_dp import PrivateClient, train_dp_cohort

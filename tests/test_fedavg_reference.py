@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import torch
-from conftest import small_scenario
 from plain_fedavg import plain_fedavg
 
 import fedsim
@@ -12,7 +11,7 @@ from fedsim.data import federated_data
 from fedsim.models import initial_model
 
 
-def test_fedavg_matches_hand_written_loop(tmp_path):
+def test_fedavg_matches_hand_written_loop(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=3, client__local_epochs=2, client__momentum=0.9,
                               data__partitioner__name="dirichlet", data__partitioner__alpha=0.5,
                               data__partitioner__min_partition_size=5)
@@ -25,7 +24,7 @@ def test_fedavg_matches_hand_written_loop(tmp_path):
     assert all(torch.equal(saved[k], result.state_dict[k]) for k in saved)
 
 
-def test_fedprox_term_pulls_towards_the_global_model(tmp_path):
+def test_fedprox_term_pulls_towards_the_global_model(tmp_path, small_scenario):
     """With a large proximal mu (lr * mu = 0.5), local models barely move, so the global model barely changes."""
     base = small_scenario(run__rounds=1, client__local_epochs=3)
     free = fedsim.run(base, out=tmp_path / "free")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_scenario
 from fedsim.strategies.fedld import FedLD, principal_gradient_update
 
 import fedsim
@@ -111,7 +110,7 @@ def test_fedld_configures_clients_and_keeps_history(tmp_path):
     assert np.array_equal(restored.history["w"], np.ones(2))
 
 
-def test_fedld_runs_end_to_end_with_partial_participation(tmp_path):
+def test_fedld_runs_end_to_end_with_partial_participation(tmp_path, small_scenario):
     scenario = small_scenario(strategy__name="fedld", strategy__fraction_train=0.6, run__rounds=6,
                               data__partitioner__name="dirichlet", data__partitioner__min_partition_size=5,
                               client__local_epochs=2)
@@ -124,7 +123,7 @@ def test_fedld_runs_end_to_end_with_partial_participation(tmp_path):
     assert differs.metrics[-1]["eval"] != result.metrics[-1]["eval"]
 
 
-def test_fedld_single_client_rounds(tmp_path):
+def test_fedld_single_client_rounds(tmp_path, small_scenario):
     scenario = small_scenario(strategy__name="fedld", data__partitioner__num_partitions=3,
                               strategy__fraction_train=0.34, strategy__min_train_nodes=1, run__rounds=3)
     result = fedsim.run(scenario, out=tmp_path / "run")
@@ -132,7 +131,7 @@ def test_fedld_single_client_rounds(tmp_path):
     assert np.isfinite([r["eval"]["loss"] for r in result.metrics]).all()
 
 
-def test_fedld_in_a_users_own_server_loop():
+def test_fedld_in_a_users_own_server_loop(small_scenario):
     """The README's programmatic use: FedLD().start(grid=...) with any Grid (here fedsim's InlineGrid)."""
     from fedsim.clients.app import app as client_app
     from fedsim.clients.workspace import ClientSpec

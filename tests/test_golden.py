@@ -21,7 +21,7 @@ def test_scenario_reproduces_its_golden_run(name):
 
 def extra_local_step(monkeypatch):
     """The first client of round 1 takes one more step (its first batch again)."""
-    import fedsim.training as training
+    from fedsim import training
 
     original, calls = training.minibatches, itertools.count()
 
@@ -34,7 +34,7 @@ def extra_local_step(monkeypatch):
 
 def other_sampled_client(monkeypatch):
     """Round 1 trains client 1 in place of client 0."""
-    import flwr.serverapp.strategy.fedavg as fedavg
+    from flwr.serverapp.strategy import fedavg
 
     original, calls = fedavg.sample_nodes, itertools.count()
 
@@ -46,7 +46,7 @@ def other_sampled_client(monkeypatch):
 
 
 def learning_rate_up_1_percent(monkeypatch):
-    import fedsim.training as training
+    from fedsim import training
 
     original = training.make_optimizer
 

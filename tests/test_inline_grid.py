@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import small_scenario
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -51,7 +50,7 @@ def test_a_failing_client_is_an_error_reply():
     assert "client 1 broke" in replies[1].error.reason
 
 
-def test_run_continues_past_a_failing_client(tmp_path, monkeypatch):
+def test_run_continues_past_a_failing_client(tmp_path, monkeypatch, small_scenario):
     from fedsim.clients import app as client_module
 
     original = client_module.train_locally
@@ -70,7 +69,7 @@ def test_run_continues_past_a_failing_client(tmp_path, monkeypatch):
     assert "simulated crash" in next(r for r in result.metrics if r["failures"])["first_error"]
 
 
-def test_all_clients_failing_stops_the_run_cleanly(tmp_path, monkeypatch):
+def test_all_clients_failing_stops_the_run_cleanly(tmp_path, monkeypatch, small_scenario):
     from fedsim.clients import app as client_module
 
     monkeypatch.setattr(client_module, "train_locally", lambda *a, **k: 1 / 0)
@@ -79,7 +78,7 @@ def test_all_clients_failing_stops_the_run_cleanly(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_cohort_that_raises_is_rerun_one_by_one(tmp_path, monkeypatch):
+def test_a_cohort_that_raises_is_rerun_one_by_one(tmp_path, monkeypatch, small_scenario):
     from fedsim.clients import cohort as cohort_module
 
     sequential = fedsim.run(small_scenario(run__rounds=2, run__vectorize=False), out=tmp_path / "sequential")

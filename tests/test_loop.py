@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import small_scenario
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
@@ -61,7 +60,7 @@ class Trace(RoundCallback):
         return {"trace_calls": len(self.calls)}
 
 
-def test_hooks_are_called_in_order_and_add_to_rows_and_summary(tmp_path):
+def test_hooks_are_called_in_order_and_add_to_rows_and_summary(tmp_path, small_scenario):
     trace = Trace()
     result = fedsim.run(small_scenario(run__rounds=2), out=tmp_path / "run", callbacks=[trace])
     per_round = lambda r: [("before_round", r), ("configure", r, "train"), ("replies", r, 5),
@@ -71,7 +70,7 @@ def test_hooks_are_called_in_order_and_add_to_rows_and_summary(tmp_path):
     assert result.summary["trace_calls"] == len(trace.calls)
 
 
-def test_the_documented_callback_stops_the_run(tmp_path):
+def test_the_documented_callback_stops_the_run(tmp_path, small_scenario):
     result = fedsim.run(small_scenario(run__rounds=10), out=tmp_path / "run", callbacks=[StopAtAccuracy(0.6)])
     rows = result.metrics
     assert rows[-1]["best_accuracy"] >= 0.6 > max(r["eval"]["accuracy"] for r in rows[:-1])
@@ -79,7 +78,7 @@ def test_the_documented_callback_stops_the_run(tmp_path):
     assert result.summary["stopped"].startswith("accuracy") and (tmp_path / "run" / "summary.json").is_file()
 
 
-def test_a_stop_event_ends_the_run_after_the_round_with_a_checkpoint(tmp_path):
+def test_a_stop_event_ends_the_run_after_the_round_with_a_checkpoint(tmp_path, small_scenario):
     from fedsim.server import Interrupted
 
     stop = threading.Event()
@@ -89,7 +88,7 @@ def test_a_stop_event_ends_the_run_after_the_round_with_a_checkpoint(tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and not (tmp_path / "run" / "summary.json").exists()
 
 
-def test_a_users_own_flower_strategy_gets_every_feature_and_is_not_modified(tmp_path):
+def test_a_users_own_flower_strategy_gets_every_feature_and_is_not_modified(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=3, strategy__fraction_train=0.6,
                               faults__dropout_rate=0.2, faults__failure_rate=0.1)
     own = FedAvg(fraction_train=0.6, fraction_evaluate=0.0, min_train_nodes=2, min_evaluate_nodes=0,
@@ -102,7 +101,7 @@ def test_a_users_own_flower_strategy_gets_every_feature_and_is_not_modified(tmp_
     assert vars(own).keys() == before.keys() and not HOOKS & vars(own).keys()
 
 
-def test_no_strategy_method_is_replaced_during_a_run(tmp_path):
+def test_no_strategy_method_is_replaced_during_a_run(tmp_path, small_scenario):
     from fedsim.server import prepare
 
     scenario = small_scenario(run__rounds=3, privacy__mode="client-dp", privacy__q=0.6,
@@ -112,10 +111,8 @@ def test_no_strategy_method_is_replaced_during_a_run(tmp_path):
     assert not HOOKS & vars(strategy).keys()  # no instance attribute shadows a Strategy method
 
 
-def test_a_run_leaves_flowers_logger_as_it_found_it(tmp_path):
+def test_a_run_leaves_flowers_logger_as_it_found_it(tmp_path, small_scenario):
     import logging
-
-    from conftest import small_scenario
 
     import fedsim
 

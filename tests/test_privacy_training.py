@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import small_scenario
 from fedsim.clients.dp_sgd import train_dp_sgd
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
@@ -78,7 +77,7 @@ def _delivered(msg: Message) -> Message:
     return msg
 
 
-def test_dp_sgd_epsilon_composes_over_rounds(tmp_path):
+def test_dp_sgd_epsilon_composes_over_rounds(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=3, **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.1,
                                                 "privacy.max_grad_norm": 1.0})
     result = fedsim.run(scenario, out=tmp_path / "run")
@@ -90,7 +89,7 @@ def test_dp_sgd_epsilon_composes_over_rounds(tmp_path):
     assert result.summary["privacy"] == last and {"delta", "accountant", "noise_multiplier"} <= set(last)
 
 
-def test_dp_sgd_budget_retires_clients_and_never_exceeds(tmp_path):
+def test_dp_sgd_budget_retires_clients_and_never_exceeds(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=8, **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.0,
                                                 "privacy.target_epsilon": 6.0})
     result = fedsim.run(scenario, out=tmp_path / "run")
@@ -99,14 +98,14 @@ def test_dp_sgd_budget_retires_clients_and_never_exceeds(tmp_path):
     assert all(row["privacy"]["epsilon"] <= 6.0 for row in result.metrics)
 
 
-def test_dp_sgd_noise_from_target_epsilon(tmp_path):
+def test_dp_sgd_noise_from_target_epsilon(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=3, **{"privacy.mode": "dp-sgd", "privacy.target_epsilon": 3.0})
     result = fedsim.run(scenario, out=tmp_path / "run")
     assert len(result.metrics) == 3 and "stopped" not in result.summary
     assert result.summary["privacy"]["epsilon"] <= 3.0
 
 
-def test_client_dp_stops_before_the_budget(tmp_path):
+def test_client_dp_stops_before_the_budget(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=10, **{"privacy.mode": "client-dp", "privacy.noise_multiplier": 1.0,
                                                  "privacy.q": 0.6, "privacy.target_epsilon": 5.0})
     result = fedsim.run(scenario, out=tmp_path / "run")
@@ -117,14 +116,14 @@ def test_client_dp_stops_before_the_budget(tmp_path):
     assert math.isfinite(result.final["loss"])
 
 
-def test_fix_model_swaps_batch_norm_for_dp_sgd(tmp_path):
+def test_fix_model_swaps_batch_norm_for_dp_sgd(tmp_path, small_scenario):
     scenario = small_scenario(run__rounds=2, model__name="cnn", model__batch_norm=True,
                               **{"privacy.mode": "dp-sgd", "privacy.noise_multiplier": 1.0, "privacy.fix_model": True})
     result = fedsim.run(scenario, out=tmp_path / "run")
     assert len(result.metrics) == 2 and not any("running_mean" in k for k in result.state_dict)
 
 
-def test_a_private_run_releases_nothing_its_epsilon_does_not_cover(tmp_path):
+def test_a_private_run_releases_nothing_its_epsilon_does_not_cover(tmp_path, small_scenario):
     """Clients' training loss / accuracy and federated evaluation are not covered by epsilon: withheld by
     default; with privacy.report_uncovered they are released and the ledger lists them."""
     private = {"privacy__mode": "client-dp", "privacy__q": 0.8, "privacy__noise_multiplier": 0.5, "run__rounds": 2}
@@ -154,7 +153,7 @@ def test_dp_sgd_runs_exactly_the_planned_steps_the_epsilon_counts():
     assert metrics["epsilon"] == pytest.approx(epsilon_of([(1.0, 1 / 93, 186)], 1e-5))
 
 
-def test_clients_of_one_size_share_one_noise_search(tmp_path, monkeypatch):
+def test_clients_of_one_size_share_one_noise_search(tmp_path, monkeypatch, small_scenario):
     """DP-SGD with a target epsilon: the noise search runs once per distinct (q, steps), not once per client
     (10 equal IID clients: one search, where each took ~0.6 s)."""
     import opacus.accountants.utils as opacus_utils

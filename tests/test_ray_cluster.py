@@ -93,14 +93,12 @@ def _raylet_of(socket_name: str) -> int:
     raise AssertionError(f"no raylet for {socket_name} (pid {os.getpid()})")
 
 
-def test_a_run_survives_losing_a_worker_node(tmp_path):
+def test_a_run_survives_losing_a_worker_node(tmp_path, small_scenario):
     """A two-node cluster on this machine (head: 1 CPU, worker: 2 CPUs); the worker's raylet is killed after round
     2: the run finishes on the head with the metrics of an undisturbed run, and summary.json names the lost node."""
     import os
     import signal
     import time
-
-    from conftest import small_scenario
 
     import fedsim
     from fedsim.results import load_run, without_timings

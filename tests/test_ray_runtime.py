@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import small_scenario
 
 import fedsim
 from fedsim.errors import FedsimError
@@ -29,7 +28,7 @@ def local_ray(tmp_path_factory):
     ray.shutdown()
 
 
-def scenario_for_ray(**kw):
+def scenario_for_ray(small_scenario, **kw):
     settings = {"run__runtime": "ray", "strategy__fraction_train": 0.8, "strategy__fraction_evaluate": 0.4,
                 "data__partitioner__name": "dirichlet", "data__partitioner__min_partition_size": 5}
     return small_scenario(**(settings | kw))
@@ -48,8 +47,8 @@ def run_with_app(scenario, out: Path, client_app: str):
         grid.close()
 
 
-def test_ray_gives_bit_identical_metrics_to_inline(local_ray, tmp_path):
-    scenario = scenario_for_ray()
+def test_ray_gives_bit_identical_metrics_to_inline(local_ray, tmp_path, small_scenario):
+    scenario = scenario_for_ray(small_scenario)
     on_ray = fedsim.run(scenario, out=tmp_path / "ray")
     inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
     assert without_timings(on_ray.metrics) == without_timings(inline.metrics)
@@ -57,8 +56,9 @@ def test_ray_gives_bit_identical_metrics_to_inline(local_ray, tmp_path):
     assert all(r["replies"] == 4 and "clients_eval" in r for r in on_ray.metrics)
 
 
-def test_a_dead_actor_is_replaced_and_its_work_retried(local_ray, tmp_path):
-    scenario = scenario_for_ray()
+@pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
+def test_a_dead_actor_is_replaced_and_its_work_retried(local_ray, tmp_path, small_scenario):
+    scenario = scenario_for_ray(small_scenario)
     result = run_with_app(scenario, tmp_path / "run", "ray_helpers:dies_once")
     assert local_ray.exists()  # an actor really died
     assert result.summary["runtime"]["actor_retries"] == 1 and result.summary["failures"] == 0
@@ -68,16 +68,18 @@ def test_a_dead_actor_is_replaced_and_its_work_retried(local_ray, tmp_path):
     assert without_timings(result.metrics) == without_timings(inline.metrics)
 
 
-def test_a_raising_client_is_a_counted_failure(local_ray, tmp_path):
-    scenario = scenario_for_ray(strategy__fraction_train=1.0)
+@pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
+def test_a_raising_client_is_a_counted_failure(local_ray, tmp_path, small_scenario):
+    scenario = scenario_for_ray(small_scenario, strategy__fraction_train=1.0)
     result = run_with_app(scenario, tmp_path / "run", "ray_helpers:raises")
     assert [r["failures"] for r in result.metrics] == [1, 1, 1]
     assert all(r["replies"] == 4 for r in result.metrics)
     assert "client 1 always fails" in result.metrics[0]["first_error"]
 
 
-def test_a_stuck_client_is_bounded_by_the_round_timeout(local_ray, tmp_path):
-    scenario = scenario_for_ray(strategy__fraction_train=1.0, strategy__fraction_evaluate=0.0,
+@pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
+def test_a_stuck_client_is_bounded_by_the_round_timeout(local_ray, tmp_path, small_scenario):
+    scenario = scenario_for_ray(small_scenario, strategy__fraction_train=1.0, strategy__fraction_evaluate=0.0,
                                 run__round_timeout_s=8.0)
     result = run_with_app(scenario, tmp_path / "run", "ray_helpers:hangs")
     rows = result.metrics
@@ -95,15 +97,17 @@ def test_pool_size_from_resources():
         pool_size(ResourcesSection(num_gpus=0.5), {"CPU": 4.0})
 
 
-def test_simulated_faults_are_identical_on_ray(local_ray, tmp_path):
-    scenario = scenario_for_ray(**{"faults.dropout_rate": 0.3, "faults.failure_rate": 0.2,
+@pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
+def test_simulated_faults_are_identical_on_ray(local_ray, tmp_path, small_scenario):
+    scenario = scenario_for_ray(small_scenario, **{"faults.dropout_rate": 0.3, "faults.failure_rate": 0.2,
                                    "faults.straggler_rate": 0.3, "faults.straggler_delay_s": 0.01})
     on_ray = fedsim.run(scenario, out=tmp_path / "ray")
     inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
     assert without_timings(on_ray.metrics) == without_timings(inline.metrics)
 
 
-def test_unlearning_on_ray_matches_inline(local_ray, tmp_path):
+@pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
+def test_unlearning_on_ray_matches_inline(local_ray, tmp_path, small_scenario):
     """Client steps (train.unlearn), the partition query and retrain run on Ray actors with the same results."""
     raw = small_scenario(run__rounds=4, run__runtime="ray").to_dict()
     raw["unlearning"] = {"rounds": 1, "requests": [{"at_round": 2, "kind": "client", "target": 1,

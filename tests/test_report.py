@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_scenario
 
 import fedsim
 from fedsim.scenario import Scenario
@@ -19,7 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> list[Path]:
+def runs(tmp_path_factory, small_scenario) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
     small = small_scenario(run__rounds=2)
     dirs = [fedsim.run(small.with_overrides({"run.seed": s}), out=root / f"small-{s}").run_dir for s in (0, 1)]

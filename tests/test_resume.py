@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_scenario
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 import fedsim
@@ -71,16 +70,17 @@ CASES = {
 }
 
 
-def scenario_with(extra: dict, runtime: str = "inline") -> Scenario:
+def scenario_with(small_scenario, extra: dict, runtime: str = "inline") -> Scenario:
     raw = small_scenario(run__rounds=5, run__runtime=runtime, strategy__fraction_train=0.8).to_dict()
     for section, values in extra.items():
         raw[section] = {**raw.get(section, {}), **values}
     return Scenario.from_dict(raw)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case, tmp_path):
-    scenario = scenario_with(CASES[case][0])
+# make test keeps plain FedAvg; the other strategies and features are the slow tier's (make test-all)
+@pytest.mark.parametrize("case", [c if c == "fedavg" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
+def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case, tmp_path, small_scenario):
+    scenario = scenario_with(small_scenario, CASES[case][0])
     reference = fedsim.run(scenario, out=tmp_path / "reference")
     resumed = killed_and_resumed(scenario, tmp_path)
     assert_same_run(resumed, reference)
@@ -94,17 +94,17 @@ def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case,
         assert not list((resumed.run_dir / "history").glob("round-*/client-1.pt"))
 
 
-@pytest.mark.slow  # ~30 s each; make test keeps the six inline SIGKILL cases and Ray's dead-actor retry
+@pytest.mark.slow  # ~30 s each
 @pytest.mark.parametrize("case", ["fedld", "dp-sgd"])
-def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_on_ray(case, tmp_path):
-    scenario = scenario_with(CASES[case][0], runtime="ray")
+def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_on_ray(case, tmp_path, small_scenario):
+    scenario = scenario_with(small_scenario, CASES[case][0], runtime="ray")
     reference = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "reference")
     resumed = killed_and_resumed(scenario, tmp_path)
     assert resumed.summary["runtime"]["kind"] == "ray"
     assert_same_run(resumed, reference)
 
 
-def slow_run_in_child(tmp_path: Path, rounds: int, delay_s: float, runtime: str = "inline"):
+def slow_run_in_child(small_scenario, tmp_path: Path, rounds: int, delay_s: float, runtime: str = "inline"):
     """`fedsim run` of a 3-client scenario whose every client straggles `delay_s`, in a child process (its own
     process group); returns (child, scenario file, run dir) once the first round's row is written."""
     raw = small_scenario(run__rounds=rounds, run__runtime=runtime, data__partitioner__num_partitions=3).to_dict()
@@ -121,8 +121,9 @@ def slow_run_in_child(tmp_path: Path, rounds: int, delay_s: float, runtime: str 
     return child, path, out
 
 
-def test_sigterm_finishes_the_round_writes_a_checkpoint_and_exits_130(tmp_path):
-    child, path, out = slow_run_in_child(tmp_path, rounds=6, delay_s=0.15)  # every round takes ~0.5 s
+@pytest.mark.slow  # ~20 s: a real `fedsim run` process (make test keeps the in-process stop event, tests/test_loop.py)
+def test_sigterm_finishes_the_round_writes_a_checkpoint_and_exits_130(tmp_path, small_scenario):
+    child, path, out = slow_run_in_child(small_scenario, tmp_path, rounds=6, delay_s=0.15)  # every round takes ~0.5 s
     child.send_signal(signal.SIGTERM)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
@@ -145,7 +146,7 @@ def load_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def interrupted_run(tmp_path: Path) -> Path:
+def interrupted_run(small_scenario, tmp_path: Path) -> Path:
     from fedsim.server import Interrupted
 
     stop_requested = threading.Event()
@@ -160,8 +161,8 @@ def interrupted_run(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "foreign"])
-def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, tmp_path, cli):
-    run_dir = interrupted_run(tmp_path)
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, tmp_path, cli, small_scenario):
+    run_dir = interrupted_run(small_scenario, tmp_path)
     path = run_dir / checkpoint.FILE
     data = path.read_bytes()
     if damage == "truncate":
@@ -176,11 +177,11 @@ def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, tmp_pa
     assert code == 2 and str(path) in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_resume_refuses_finished_runs_edited_scenarios_and_extra_arguments(tmp_path, cli):
+def test_resume_refuses_finished_runs_edited_scenarios_and_extra_arguments(tmp_path, cli, small_scenario):
     finished = fedsim.run(small_scenario(run__rounds=1), out=tmp_path / "done").run_dir
     code, _, err = cli("run", "--resume", str(finished))
     assert code == 2 and "is a finished run" in err
-    run_dir = interrupted_run(tmp_path)
+    run_dir = interrupted_run(small_scenario, tmp_path)
     code, _, err = cli("run", "quickstart", "--resume", str(run_dir))
     assert code == 2 and "pass only the run dir" in err
     scenario_file = run_dir / "scenario.toml"
@@ -208,7 +209,7 @@ def test_checkpoint_holds_only_plain_data_and_round_trips():
         checkpoint.encode(lambda: 0)
 
 
-def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path):
+def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path, small_scenario):
     from fedsim.server import Interrupted
 
     rounds_written, stop_requested = [], threading.Event()
@@ -227,7 +228,7 @@ def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path):
     assert checkpoint.read(tmp_path / "run")["round"] == 5  # stopping writes one whatever the interval
 
 
-def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli):
+def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli, small_scenario):
     run_dir = fedsim.run(small_scenario(run__rounds=1), out=tmp_path / "run").run_dir
     (run_dir / "model.pt").write_bytes(b"\x80\x04not a model")
     code, _, err = cli("show", str(run_dir))
@@ -235,9 +236,9 @@ def test_a_damaged_model_file_is_a_one_line_error(tmp_path, cli):
 
 
 @pytest.mark.slow  # ~26 s; make test keeps the SIGTERM and SIGKILL resume checks
-def test_ctrl_c_to_the_whole_process_group_on_ray_stops_cleanly_and_resumes(tmp_path):
+def test_ctrl_c_to_the_whole_process_group_on_ray_stops_cleanly_and_resumes(tmp_path, small_scenario):
     """What a terminal's Ctrl-C does: SIGINT to the driver and every process of its group (Ray's included)."""
-    child, path, out = slow_run_in_child(tmp_path, rounds=5, delay_s=0.3, runtime="ray")
+    child, path, out = slow_run_in_child(small_scenario, tmp_path, rounds=5, delay_s=0.3, runtime="ray")
     os.killpg(child.pid, signal.SIGINT)
     _, stderr = child.communicate(timeout=180)
     kill_group(child.pid)

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from conftest import small_scenario
 from fedsim.strategies import STRATEGIES
 
 import fedsim
@@ -14,7 +13,7 @@ from fedsim.results import load_run, without_timings
 from fedsim.scenario import Scenario, shipped_scenarios
 
 
-def test_same_seed_same_metrics(tmp_path):
+def test_same_seed_same_metrics(tmp_path, small_scenario):
     scenario = small_scenario(strategy__fraction_train=0.6, data__partitioner__name="dirichlet",
                               data__partitioner__min_partition_size=5, strategy__fraction_evaluate=0.5)
     a = fedsim.run(scenario, out=tmp_path / "a")
@@ -26,7 +25,7 @@ def test_same_seed_same_metrics(tmp_path):
     assert without_timings(a.metrics) != without_timings(c.metrics)
 
 
-def test_run_dir_contents(tmp_path):
+def test_run_dir_contents(tmp_path, small_scenario):
     result = fedsim.run(small_scenario(strategy__fraction_evaluate=1.0), out=tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert files == {"scenario.toml", "metrics.jsonl", "summary.json", "model.pt"}
@@ -40,15 +39,16 @@ def test_run_dir_contents(tmp_path):
     assert again.metrics == rows and again.summary == summary and again.scenario == result.scenario
 
 
-def test_regression_metrics(tmp_path):
+def test_regression_metrics(tmp_path, small_scenario):
     result = fedsim.run(small_scenario(data__dataset="diabetes", model__name="linear", client__lr=0.05,
                                        run__rounds=10), out=tmp_path / "r")
     assert set(result.final) == {"loss", "mse", "mae"}
     assert result.final["mse"] < 0.7  # standardised target: variance 1
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_flower_strategy_runs(name, tmp_path):
+@pytest.mark.parametrize("name", [n if n != "qfedavg" else pytest.param(n, marks=pytest.mark.slow)  # ~13 s
+                                  for n in sorted(STRATEGIES)])
+def test_every_flower_strategy_runs(name, tmp_path, small_scenario):
     params = {"krum": {"num_malicious_nodes": 1}, "fedtrimmedavg": {"beta": 0.2}}.get(name, {})
     scenario = small_scenario(strategy__name=name, run__rounds=5,
                               **{f"strategy__{k}": v for k, v in params.items()})
@@ -81,12 +81,10 @@ def test_quickstart_reaches_093(cli, tmp_path):
     assert summary["rounds"] == 30 and summary["final"]["accuracy"] >= 0.93, summary
 
 
-def test_wall_time_counts_the_start_up(tmp_path):
+def test_wall_time_counts_the_start_up(tmp_path, small_scenario):
     """summary.json's wall time runs from fedsim.run's start (data, model, a Ray cluster's start-up), and
     startup_s says how much of it came before round 1."""
     import time
-
-    from conftest import small_scenario
 
     import fedsim
     from fedsim.runner import make_grid, run_on_grid

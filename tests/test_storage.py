@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import small_scenario
 
 import fedsim
 from fedsim import checkpoint
@@ -49,13 +48,13 @@ def assert_stopped_cleanly(run_dir: Path, exc: StorageError) -> None:
     assert [r["round"] for r in load_run(run_dir, unfinished=True).metrics] == [1, 2]  # whole rows only
 
 
-def resumed_equals_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
+def resumed_equals_uninterrupted(small_scenario, run_dir: Path, tmp_path: Path) -> None:
     finished = resume(run_dir)
     reference = fedsim.run(small_scenario(run__rounds=ROUNDS), out=tmp_path / "reference")
     assert without_timings(finished.metrics) == without_timings(reference.metrics)
 
 
-def test_a_full_disk_stops_the_run_and_it_resumes_once_space_is_freed(tmp_path):
+def test_a_full_disk_stops_the_run_and_it_resumes_once_space_is_freed(tmp_path, small_scenario):
     with small_disk(tmp_path / "disk") as disk:
         run_dir = disk / "run"
         with pytest.raises(StorageError) as caught:
@@ -64,10 +63,10 @@ def test_a_full_disk_stops_the_run_and_it_resumes_once_space_is_freed(tmp_path):
         assert "No space left on device" in str(caught.value)
         assert_stopped_cleanly(run_dir, caught.value)
         (disk / "filler").unlink()
-        resumed_equals_uninterrupted(run_dir, tmp_path)
+        resumed_equals_uninterrupted(small_scenario, run_dir, tmp_path)
 
 
-def test_a_file_system_turned_read_only_stops_the_run_cleanly(tmp_path):
+def test_a_file_system_turned_read_only_stops_the_run_cleanly(tmp_path, small_scenario):
     def read_only(row: dict) -> None:
         if row["round"] == 2:
             subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
@@ -79,10 +78,10 @@ def test_a_file_system_turned_read_only_stops_the_run_cleanly(tmp_path):
         assert "Read-only file system" in str(caught.value)
         assert_stopped_cleanly(run_dir, caught.value)
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
-        resumed_equals_uninterrupted(run_dir, tmp_path)
+        resumed_equals_uninterrupted(small_scenario, run_dir, tmp_path)
 
 
-def test_permission_denied_on_the_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+def test_permission_denied_on_the_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, small_scenario):
     """Root ignores file modes, so the refusal is simulated where the checkpoint is put in place."""
     import os
 
@@ -103,10 +102,10 @@ def test_permission_denied_on_the_checkpoint_keeps_the_previous_one(tmp_path, mo
     assert caught.value.where == str(run_dir / "checkpoint.pt") and "Permission denied" in str(caught.value)
     monkeypatch.setattr(os, "replace", real_replace)
     assert checkpoint.read(run_dir)["round"] == 2 and not list(run_dir.rglob("*.tmp"))
-    resumed_equals_uninterrupted(run_dir, tmp_path)
+    resumed_equals_uninterrupted(small_scenario, run_dir, tmp_path)
 
 
-def test_a_failed_history_write_stops_the_run_with_the_store_path(tmp_path, cli):
+def test_a_failed_history_write_stops_the_run_with_the_store_path(tmp_path, cli, small_scenario):
     with small_disk(tmp_path / "disk", "8m") as disk:
         run_dir = disk / "run"
         scenario = tmp_path / "u.toml"

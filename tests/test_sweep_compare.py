@@ -225,6 +225,7 @@ def test_compare_writes_its_plot_next_to_the_runs_not_into_the_working_directory
     assert code == 0 and (tmp_path / "runs" / "sweep-compare.png").is_file()
 
 
+@pytest.mark.slow  # spawned processes (~7 s); make test keeps sweeps one by one
 def test_a_parallel_sweep_gives_the_runs_one_by_one_gives(tmp_path):
     from fedsim.results import without_timings
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import small_scenario
 
 import fedsim
 from fedsim.scenario import Scenario
@@ -18,7 +17,7 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tensorboard_and_mlflow_get_every_round_the_scenario_and_the_artifacts(tmp_path):
+def test_tensorboard_and_mlflow_get_every_round_the_scenario_and_the_artifacts(tmp_path, small_scenario):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -73,7 +72,7 @@ def test_a_tracker_without_its_package_is_a_one_line_error(cli, tmp_path, monkey
     assert "output.trackers: 'mlflow' needs the mlflow package" in err and 'pip install "fedsim[tracking]"' in err
 
 
-def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_log(tmp_path):
+def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_log(tmp_path, small_scenario):
     import threading
 
     from mlflow.tracking import MlflowClient

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_scenario
 from torch import nn
 
 from fedsim.errors import FedsimError
@@ -68,7 +67,7 @@ def test_gradient_ascent_honours_adam():
     ({"strategy.name": "fedprox", "strategy.proximal_mu": 0.5}, "client.proximal_mu"),
     ({"client.loss": "fedld-margin"}, "client.loss"),
 ])
-def test_dp_sgd_refuses_loss_terms_opacus_would_drop(overrides, field):
+def test_dp_sgd_refuses_loss_terms_opacus_would_drop(overrides, field, small_scenario):
     from fedsim.server import prepare
 
     scenario = small_scenario(privacy__mode="dp-sgd", privacy__noise_multiplier=1.0).with_overrides(overrides)

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import small_scenario
 from fedsim.clients import app as client_module
 from fedsim.clients import cohort as cohort_module
 from fedsim.strategies.unlearning import Unlearning
@@ -38,7 +37,7 @@ from fedsim.unlearning.metrics import mia_efficacy
 AT = 3
 
 
-def unlearn_scenario(requests: list[dict], unlearning: dict | None = None, **overrides) -> Scenario:
+def unlearn_scenario(small_scenario, requests: list[dict], unlearning: dict | None = None, **overrides) -> Scenario:
     """The small test scenario (5 digits clients) for 5 rounds, with unlearning requests."""
     raw = small_scenario(run__rounds=5, **overrides).to_dict()
     raw["unlearning"] = {"requests": requests, "rounds": 1, **(unlearning or {})}
@@ -109,8 +108,8 @@ def test_forgotten_marks_clients_classes_and_samples_and_travels_in_a_config_rec
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedld"])
-def test_a_forgotten_client_is_never_sampled_again_nor_seen_by_retrain(strategy, tmp_path, monkeypatch):
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2,
+def test_a_forgotten_client_is_never_sampled_again_nor_seen_by_retrain(strategy, tmp_path, monkeypatch, small_scenario):
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 2,
                                   "method": ["retrain", "finetune", "salun", "federaser", "pga"]}],
                                 strategy__name=strategy, strategy__fraction_evaluate=1.0)
     result, grid, _ = run_spied(scenario, tmp_path, monkeypatch)
@@ -126,8 +125,8 @@ def test_a_forgotten_client_is_never_sampled_again_nor_seen_by_retrain(strategy,
     assert [r["method"] for r in result.summary["unlearning"]] == ["retrain", "finetune", "salun", "federaser", "pga"]
 
 
-def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, monkeypatch):
-    scenario = unlearn_scenario([{"at_round": 2, "kind": "class", "target": 7, "method": ["retrain", "finetune"]},
+def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, monkeypatch, small_scenario):
+    scenario = unlearn_scenario(small_scenario, [{"at_round": 2, "kind": "class", "target": 7, "method": ["retrain", "finetune"]},
                                  {"at_round": AT, "kind": "samples", "target": 1, "samples": [0, 5, 9],
                                   "method": "finetune"}])
     seen, original = [], client_module.partition_of
@@ -157,8 +156,8 @@ def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, mon
 
 
 # ---- the history store ---------------------------------------------------------------------------------------
-def test_history_store_keeps_rounds_and_deletes_a_forgotten_clients_updates(tmp_path):
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 3, "method": "finetune"}],
+def test_history_store_keeps_rounds_and_deletes_a_forgotten_clients_updates(tmp_path, small_scenario):
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 3, "method": "finetune"}],
                                 {"history_interval": 2})
     result = fedsim.run(scenario, out=tmp_path / "run")
     store = HistoryStore(tmp_path / "run" / "history", 2)
@@ -221,7 +220,7 @@ def test_salun_client_step_never_moves_unmasked_weights_or_buffers():
         assert torch.equal(after[key], start[key])
 
 
-def test_salun_end_to_end_unmasked_global_weights_are_bit_identical(tmp_path, monkeypatch):
+def test_salun_end_to_end_unmasked_global_weights_are_bit_identical(tmp_path, monkeypatch, small_scenario):
     masks, outcomes = [], []
     original_mask, salun = saliency_mask, methods()["salun"]
 
@@ -236,7 +235,7 @@ def test_salun_end_to_end_unmasked_global_weights_are_bit_identical(tmp_path, mo
 
     monkeypatch.setattr("fedsim.unlearning.methods.salun.saliency_mask", record_mask)
     monkeypatch.setitem(methods(), "salun", dataclasses.replace(salun, serve=record_salun))
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "class", "target": 1, "method": "salun"}],
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "class", "target": 1, "method": "salun"}],
                                 {"rounds": 2}, client__momentum=0.9, client__weight_decay=5e-4)
     fedsim.run(scenario, out=tmp_path / "run")
     (before, after), mask = outcomes[0], masks[0]
@@ -317,7 +316,7 @@ def test_pga_early_stop_ends_the_ascent_once_far_from_the_clients_own_model():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_pga_sends_its_early_stop_only_when_set(tmp_path, monkeypatch):
+def test_pga_sends_its_early_stop_only_when_set(tmp_path, monkeypatch, small_scenario):
     seen = []
     original = Unlearning.client_step
 
@@ -328,8 +327,8 @@ def test_pga_sends_its_early_stop_only_when_set(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Unlearning, "client_step", spy)
     request = [{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}]
-    fedsim.run(unlearn_scenario(request), out=tmp_path / "off")
-    fedsim.run(unlearn_scenario(request, {"pga_stop_distance": 0.5}), out=tmp_path / "on")
+    fedsim.run(unlearn_scenario(small_scenario, request), out=tmp_path / "off")
+    fedsim.run(unlearn_scenario(small_scenario, request, {"pga_stop_distance": 0.5}), out=tmp_path / "on")
     (off_extra, off_records), (on_extra, on_records) = seen
     assert "stop-distance" not in off_extra and not off_records
     assert on_extra["stop-distance"] == 0.5 and set(on_records) == {"target-model"}
@@ -341,9 +340,9 @@ def test_random_labels_are_never_the_true_label():
     assert not (r == y).any() and set(r.tolist()) == {0, 1, 2, 3}
 
 
-def test_retrain_is_the_same_run_without_the_forgotten_client(tmp_path):
+def test_retrain_is_the_same_run_without_the_forgotten_client(tmp_path, small_scenario):
     """retrain == a plain FedAvg run whose grid never offers the client, from the same initial model and seeds."""
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 4, "method": "retrain"}])
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 4, "method": "retrain"}])
     prepared = prepare(scenario)
     grid = make_grid(prepared)
     run_on_grid(prepared, grid, tmp_path / "run")
@@ -391,8 +390,8 @@ def test_retrain_mia_on_the_forgotten_client_is_close_to_its_mia_on_test_data(tm
     assert on_members < on_test
 
 
-def test_summary_has_one_row_per_method_and_training_continues_from_the_first(tmp_path, monkeypatch):
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 0,
+def test_summary_has_one_row_per_method_and_training_continues_from_the_first(tmp_path, monkeypatch, small_scenario):
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 0,
                                   "method": ["gradient-ascent", "retrain", "random-label"]}])
     result, grid, _strategy = run_spied(scenario, tmp_path, monkeypatch)
     rows = result.summary["unlearning"]
@@ -423,7 +422,7 @@ def test_regression_methods_report_l1_mia_and_anamnesis_index(tmp_path):
     assert rows["retrain"]["avg_gap"] == 0
 
 
-def test_programmatic_request_on_a_plain_flower_strategy():
+def test_programmatic_request_on_a_plain_flower_strategy(small_scenario):
     scenario = small_scenario(run__rounds=4)
     prepared = prepare(scenario)
     from fedsim.clients.app import app as client_app
@@ -476,7 +475,7 @@ def test_bad_requests_are_one_line_errors_with_exit_code_2(dataset, request_toml
     assert not (tmp_path / "out").exists()
 
 
-def test_federaser_reproduces_the_original_model_when_the_client_never_took_part(tmp_path, monkeypatch):
+def test_federaser_reproduces_the_original_model_when_the_client_never_took_part(tmp_path, monkeypatch, small_scenario):
     """With a client that was never sampled before its request and full-length calibration (ratio 1), every
     recalibration round repeats the original round (same model, clients and seeds), so each calibrated update
     equals the stored one and FedEraser must land on the pre-request model: a check of the bookkeeping (stored
@@ -498,7 +497,7 @@ def test_federaser_reproduces_the_original_model_when_the_client_never_took_part
         return result
 
     monkeypatch.setitem(methods(), "federaser", dataclasses.replace(federaser, serve=record))
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": never[0], "method": "federaser"}],
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": never[0], "method": "federaser"}],
                                 {"federaser_ratio": 1.0}, run__seed=seed, strategy__fraction_train=0.6)
     fedsim.run(scenario, out=tmp_path / "run")
     before, after, rounds = outcomes[0]
@@ -507,7 +506,7 @@ def test_federaser_reproduces_the_original_model_when_the_client_never_took_part
         assert torch.allclose(after[key], value, atol=1e-5), key
 
 
-def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path, monkeypatch):
+def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path, monkeypatch, small_scenario):
     """w_ref is the other clients' aggregate under FedAvg's example weighting (computed directly from the store:
     the target stored in round AT, so w is that round's aggregate); radius sqrt(mean ||w_ref - w_rand||^2 / 3) over
     10 random models; the target ascends with lr 0.01, momentum 0.9, 5 epochs, clip 5. Uneven partitions, so the
@@ -526,7 +525,7 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
         return original(self, job, method, step, arrays, local, nodes, extra, records)
 
     monkeypatch.setattr(Unlearning, "client_step", spy)
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}],
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}],
                                 data__partitioner__name="dirichlet", data__partitioner__alpha=1.0,
                                 data__partitioner__min_partition_size=5)
     fedsim.run(scenario, out=tmp_path / "run")
@@ -588,10 +587,10 @@ def test_blindspot_attention_follows_the_authors_by_default():
     assert not torch.equal(trained(50.0, "units"), trained(0.0, "units"))
 
 
-def test_compare_prints_the_method_table_over_seeds_and_plots_gap_against_speed_up(tmp_path, cli):
+def test_compare_prints_the_method_table_over_seeds_and_plots_gap_against_speed_up(tmp_path, cli, small_scenario):
     dirs = []
     for seed in (1, 2):
-        scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 0,
+        scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 0,
                                       "method": ["retrain", "finetune", "salun"]}], run__seed=seed)
         dirs.append(str(fedsim.run(scenario, out=tmp_path / f"seed{seed}").run_dir))
     code, out, _ = cli("compare", *dirs, "--markdown", "--png", str(tmp_path / "cmp.png"))
@@ -628,11 +627,11 @@ def test_a_new_method_is_one_module_in_the_registry():
     assert "blindspot" in fitting("regression") and "blindspot" not in fitting("classification")
 
 
-def test_the_history_store_cannot_rebuild_a_forgotten_clients_update(tmp_path):
+def test_the_history_store_cannot_rebuild_a_forgotten_clients_update(tmp_path, small_scenario):
     """FedAvg's aggregate is an example-weighted mean, so an update is one equation away from two consecutive
     stored global models and the other clients' stored updates. The attack works on a client that was not
     forgotten (control); for the forgotten client the store no longer holds what it needs, in any round."""
-    scenario = unlearn_scenario([{"at_round": AT, "kind": "client", "target": 2, "method": "finetune"}],
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 2, "method": "finetune"}],
                                 data__partitioner__name="dirichlet", data__partitioner__alpha=1.0,
                                 data__partitioner__min_partition_size=5)
     fedsim.run(scenario, out=tmp_path / "run")

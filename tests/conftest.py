@@ -78,3 +78,23 @@ def float64(monkeypatch):
     yield
     torch.set_default_dtype(before)
     forget_built_data_and_models()
+
+
+@pytest.fixture
+def reply():
+    """A factory for a client's train reply to a sent message, built by hand as Flower's own strategy tests do:
+    reply(sent, {"w": array}, num_examples=..., error=None) -> Message (an error reply when `error` is a reason)."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+    from fedsim.runtime.base import assign_message_id
+
+    def make(sent, arrays: dict | None = None, num_examples: int = 1, error: str | None = None, **metrics):
+        assign_message_id(sent, f"m{sent.metadata.dst_node_id}")
+        if error is not None:
+            return Message(Error(code=0, reason=error), reply_to=sent)
+        record = ArrayRecord({k: Array(np.asarray(v)) for k, v in (arrays or {}).items()})
+        return Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": num_examples, **metrics})}),
+                       reply_to=sent)
+
+    return make

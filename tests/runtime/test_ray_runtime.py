@@ -15,7 +15,7 @@ from fedsim.runtime.ray_grid import RayGrid, pool_size
 from fedsim.scenario import ResourcesSection
 from fedsim.server import prepare
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/, where ray_helpers.py is
 
 
 @pytest.fixture(scope="module")

@@ -609,7 +609,7 @@ def test_the_readme_method_table_is_the_registrys():
 
     from fedsim.unlearning.methods import markdown_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert markdown_table() in readme, "regenerate it: python -c 'from fedsim.unlearning.methods import " \
                                        "markdown_table; print(markdown_table())'"
 

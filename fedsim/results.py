@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from fedsim import checkpoint
 from fedsim.errors import RunDirError, StorageError
 from fedsim.files import atomic_write, load_tensors, save_tensors, storage
 from fedsim.loop import RoundCallback
@@ -72,7 +73,7 @@ class RunRecorder(RoundCallback):
         self.rows: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
         if resume is not None:
-            self.initial = resume["initial"]
+            self.initial = checkpoint.decode(resume["initial"])  # written encoded (fedsim.callbacks.Checkpointer)
             self.rows = [r for r in _read_rows(run_dir, torn_tail=True) if r["round"] <= resume["round"]]
             atomic_write(run_dir / "metrics.jsonl",
                           lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))

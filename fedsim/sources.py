@@ -180,6 +180,13 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
             raise DataError(f"data.dataset: {cfg.dataset}", f"column '{name}' row {empty[0] + 1} is empty "
                             f"({empty.size} row{'s' if empty.size > 1 else ''} in all)", "fill or drop the rows with missing values")
     y = raw_y.astype(np.float32 if regression else np.int64)
+    for name, values in ((label, y), *zip(feature_cols, parts, strict=True)):
+        infinite = np.flatnonzero(np.isinf(values.reshape(len(values), -1)).any(axis=1)) \
+            if values.dtype.kind == "f" else np.array([], dtype=int)
+        if infinite.size:  # inf itself, or a number beyond float32's range (1e400, 1e39)
+            raise DataError(f"data.dataset: {cfg.dataset}", f"column '{name}' row {infinite[0] + 1} is not a finite "
+                            f"float32 number ({infinite.size} row{'s' if infinite.size > 1 else ''} in all)",
+                            "replace infinities and values beyond +-3.4e38, or drop those rows")
     return {"x": x, "label": y}, tuple(shape or (x.shape[1],)), regression
 
 

@@ -8,6 +8,7 @@ asks this module), so the registry sits below it (docs/design.md, Layers).
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from fedsim.strategies.fedld import FedLD
@@ -50,8 +51,8 @@ _BELOW_ONE = {"beta_1", "beta_2", "history_decay"}
 
 def check_strategy(name: str, params: dict[str, Any]) -> None:
     """Raise ValueError('what; fix') for an unknown strategy or parameter, a value of the wrong type (checked
-    against the constructor's annotation), or a number out of range: step sizes > 0, moment decays in [0, 1),
-    and no negative value where the default is a non-negative number."""
+    against the constructor's annotation), or a number out of range: never inf or nan, step sizes > 0, moment
+    decays in [0, 1), and no negative value where the default is a non-negative number."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy '{name}'; {suggest(name, STRATEGIES)}")
     allowed = strategy_params(name)
@@ -79,6 +80,9 @@ def _check_value(name: str, key: str, value: Any, param: inspect.Parameter) -> N
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
     default = param.default if isinstance(param.default, int | float) else None
+    if not math.isfinite(value):
+        raise ValueError(f"{where} = {value}: must be a finite number; use e.g. {default}" if default is not None
+                         else f"{where} = {value}: must be a finite number; write a finite number")
     if key in _POSITIVE and value <= 0:
         raise ValueError(f"{where} = {value}: must be greater than 0; use a positive value"
                          + (f", e.g. {default}" if default else ""))

@@ -176,6 +176,8 @@ def test_reachable_accepts_a_listening_address_and_leaves_auto_to_ray():
     ("a,b,label\n1,2,0\n5,x,1\n", r"column 'b' row 2 holds 'x', not a number; make every feature column numeric"),
     ("a,b,label\n1,foo,0\n3,bar,1\n", r"column 'b' row 1 holds 'foo', not a number"),
     ("a,b,label\n1,2,0\n3,4\n5,6,1\n", r"column 'label' row 2 is empty \(1 row in all\); fill or drop"),
+    ("a,b,label\n1,2,0\n3,inf,1\n", r"column 'b' row 2 is not a finite float32 number \(1 row in all\); replace"),
+    ("a,b,label\n1e400,2,0\n3,4,1\n1e39,1,0\n", r"column 'a' row 1 is not a finite float32 number \(2 rows in all\)"),
 ])
 def test_bad_csv_names_the_file_column_row_and_value(cli, tmp_path, text, pattern):
     import re
@@ -225,3 +227,16 @@ def test_validate_catches_what_round_one_would(cli, tmp_path):
 def test_bag_size_with_no_finite_risk_is_refused(cli):
     code, _, err = cli("privacy", "bag-size", "--n", "50", "--d", "100", "--rho", "1")
     assert code == 2 and err.count("\n") == 1 and "no bag size gives a finite risk" in err
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("client.lr=inf", "client.lr: input should be a finite number (got inf)"),
+    ("client.lr=-inf", "client.lr: input should be a finite number (got -inf)"),
+    ("client.momentum=nan", "client.momentum: input should be a finite number (got nan)"),
+    ("client.lr=1e400", "client.lr: input should be a finite number (got inf)"),
+    ("strategy.eta=inf", "strategy: eta = inf: must be a finite number; use e.g. 0.1"),
+])
+def test_a_setting_that_is_not_a_finite_number_is_refused(setting, expected, cli):
+    extra = ["--set", "strategy.name=fedadam"] if setting.startswith("strategy.") else []
+    code, _, err = cli("validate", "quickstart", *extra, "--set", setting)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

@@ -33,7 +33,8 @@ def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)  # 1 -> 1.0 for floats
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,  # 1 -> 1.0 for floats
+                              allow_inf_nan=False)  # inf, -inf and nan are never a setting
 
 
 class ResourcesSection(Section):
@@ -205,7 +206,7 @@ class ClientSection(Section):
 class StrategySection(BaseModel):
     """Flower strategy by name; keys other than the ones below are passed to its constructor."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     name: str = "fedavg"
     fraction_train: float = Field(1.0, gt=0, le=1)
     fraction_evaluate: float = Field(0.0, ge=0, le=1)

@@ -4,6 +4,7 @@ the privacy monitor (fedsim.budget.PrivacyMonitor) are callbacks too, in their o
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,22 @@ class UnlearningRecords(RoundCallback):
         store = self.strategy.store
         return {"unlearning": self.strategy.results,
                 "history": {"interval": store.interval, "rounds": len(store.rounds()), "bytes": store.size_bytes()}}
+
+
+class StopOnDivergence(RoundCallback):
+    """run.stop_on_nan: ends the run after the first round whose training or central-evaluation numbers are not
+    finite (a diverged model only spreads nan from there on); `found` says where."""
+
+    def __init__(self) -> None:
+        self.found: tuple[int, str, float] | None = None  # (round, "train/loss", value)
+
+    def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> str | None:
+        for part in ("train", "eval"):
+            for key, value in sorted(row.get(part, {}).items()):
+                if isinstance(value, float) and not math.isfinite(value):
+                    self.found = (server_round, f"{part}/{key}", value)
+                    return f"training diverged: {part}/{key} is {value}"
+        return None
 
 
 class ConstantLedger(RoundCallback):

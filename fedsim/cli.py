@@ -34,8 +34,11 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 SHORT = {"accuracy": "acc"}
 
 
+NOT_FINITE = "inf/nan"  # how the run dir's null (an inf or nan the run produced) is shown
+
+
 def _fmt(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else NOT_FINITE if value is None else str(value)
 
 
 def _metric_table(rows: list[dict], title: str, max_rows: int | None = None) -> Table:
@@ -214,7 +217,7 @@ def _print_table(header: list[str], rows: list[list[str]], title: str, markdown:
 
 
 def _metrics_text(values: dict[str, float] | None) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in (values or {}).items()) or "n/a"
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in (values or {}).items()) or "n/a"
 
 
 def _print_unlearning(result) -> None:

@@ -58,6 +58,13 @@ class ClientFailure(FedsimError):
     """Every client of a round failed, so the run cannot make progress."""
 
 
+class Diverged(FedsimError):
+    """A round's loss or metrics were not finite (run.stop_on_nan): the run dir holds the rounds up to it, and
+    `result` the RunResult of the run so far."""
+
+    result = None
+
+
 def moved(module: str, names: dict[str, str]):
     """A module `__getattr__` for names that moved: importing an old name raises ImportError saying what to use
     instead (other missing names stay AttributeErrors)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -50,12 +51,26 @@ def new_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
     return path
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every float that is not finite as None: strict JSON (null), which every parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def progress(rows: list[dict[str, Any]], task: str, initial: dict[str, float] | None = None) -> dict[str, Any]:
-    """Rounds done, the initial / final central metrics and the best round so far."""
+    """Rounds done, the initial / final central metrics and the best round so far (a round without a finite
+    value, written as null, is never the best)."""
     key = "mse" if task == "regression" else "accuracy"
     out: dict[str, Any] = {"rounds": len(rows), "initial": initial, "final": rows[-1]["eval"] if rows else initial}
+    worst = math.inf if task == "regression" else -math.inf
     if rows:
-        best_row = (min if task == "regression" else max)(rows, key=lambda r: r["eval"][key])
+        best_row = (min if task == "regression" else max)(
+            rows, key=lambda r: worst if r["eval"].get(key) is None else r["eval"][key])
         out["best"] = {"round": best_row["round"], key: best_row["eval"][key]}
     return out
 
@@ -93,6 +108,7 @@ class RunRecorder(RoundCallback):
         self.startup_s: float | None = None  # from `started` to the first round (data, model, Ray's start-up)
         self.summary_extras: dict[str, Any] = {}  # e.g. the unlearning table
         self.stopped: str | None = None  # why the run ended before run.rounds, if it did
+        self.diverged: tuple[int, str, float] | None = None  # run.stop_on_nan: (round, metric, value)
         self.on_finish: list[Callable[[RunResult], None]] = []  # called with the result once it is written
 
     def on_run_start(self, first_round: int, initial: dict[str, float] | None) -> None:
@@ -105,12 +121,13 @@ class RunRecorder(RoundCallback):
         now = time.perf_counter()
         row["time_s"] = round(now - self._last, 6)
         self._last = now
+        row = finite_json(row)  # what the run dir holds: inf / nan as null
         self.rows.append(row)
         path = self.run_dir / "metrics.jsonl"
         size = path.stat().st_size if path.exists() else 0
         try:
             with storage(path), open(path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(json.dumps(row, allow_nan=False) + "\n")
         except StorageError:
             with contextlib.suppress(OSError):  # no half-written row left behind
                 os.truncate(path, size)
@@ -134,7 +151,7 @@ class RunRecorder(RoundCallback):
         summary.update(self.summary_extras)
         if self.stopped:
             summary["stopped"] = self.stopped
-        atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+        atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(finite_json(summary), indent=2, allow_nan=False)))
         state = {k: v.detach().clone() for k, v in state_dict.items()}
         if self.scenario.output.save_model:
             save_tensors(state, self.run_dir / "model.pt")

@@ -16,7 +16,7 @@ from fedsim.arrays import record_to_state
 from fedsim.clients.app import app as client_app
 from fedsim.clients.cohort import train_cohort
 from fedsim.clients.workspace import ClientSpec
-from fedsim.errors import FedsimError, RunDirError, ScenarioError, StorageError
+from fedsim.errors import Diverged, FedsimError, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
@@ -75,7 +75,14 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         elif resume is None:
             recorder.discard()
         raise
-    return recorder.finish(record_to_state(arrays), prepared.data.info.task, describe() if describe else None)
+    result = recorder.finish(record_to_state(arrays), prepared.data.info.task, describe() if describe else None)
+    if recorder.diverged is not None:
+        server_round, metric, value = recorder.diverged
+        error = Diverged(f"round {server_round}", f"training diverged ({metric} is {value}); the run stopped, "
+                         f"{run_dir} holds its rounds", "lower client.lr (or set run.stop_on_nan = false to run on)")
+        error.result = result
+        raise error
+    return result
 
 
 def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:

@@ -20,7 +20,14 @@ from torch import nn
 from fedsim import checkpoint, protocol
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.budget import PrivacyMonitor
-from fedsim.callbacks import Checkpointer, ConstantLedger, FaultCounts, SeededSampling, UnlearningRecords
+from fedsim.callbacks import (
+    Checkpointer,
+    ConstantLedger,
+    FaultCounts,
+    SeededSampling,
+    StopOnDivergence,
+    UnlearningRecords,
+)
 from fedsim.clients.dp_sgd import check_local_training, private_model, round_plan
 from fedsim.clients.workspace import select_device
 from fedsim.cohort import pays_off, unsupported_model
@@ -256,6 +263,8 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     if scenario.faults is not None and hasattr(grid, "take_fault_counts"):
         callbacks.append(FaultCounts(grid))
     callbacks += [*extra, recorder]
+    if scenario.run.stop_on_nan:
+        callbacks.append(StopOnDivergence())
     checkpointer = Checkpointer(recorder.run_dir, scenario.run.checkpoint_every, scenario_text or scenario.to_toml(),
                                 grid, {"strategy": strategy, "monitor": monitor}, lambda: recorder.initial)
     if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
@@ -297,6 +306,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
             raise FedsimError("privacy.target_epsilon", f"{outcome.stopped}, so no round can run",
                               "raise privacy.noise_multiplier or privacy.target_epsilon")
         recorder.stopped = outcome.stopped
+    recorder.diverged = next((cb.found for cb in callbacks if isinstance(cb, StopOnDivergence)), None)
     for cb in callbacks:
         recorder.summary_extras.update(cb.on_run_end())
     return outcome.arrays

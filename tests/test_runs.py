@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from fedsim.strategies import STRATEGIES
 
 import fedsim
+from fedsim.errors import Diverged
 from fedsim.results import load_run, without_timings
 from fedsim.scenario import Scenario, shipped_scenarios
 
@@ -98,3 +100,37 @@ def test_wall_time_counts_the_start_up(tmp_path, small_scenario):
     prepared = prepare(scenario)
     late = run_on_grid(prepared, make_grid(prepared), tmp_path / "b", started=time.perf_counter() - 100)
     assert late.summary["startup_s"] >= 100 and late.summary["wall_time_s"] >= 100
+
+
+def strict_json(path: Path):
+    """A .json file (or a .jsonl file's rows) read as strict parsers (JavaScript, jq, Go) do: NaN / Infinity refused."""
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}")
+
+    if path.suffix == ".json":
+        return json.loads(path.read_text(), parse_constant=refuse)
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_diverged_run_stops_after_that_round_with_one_line_and_strict_json(cli, tmp_path, small_scenario):
+    path = tmp_path / "diverging.toml"
+    path.write_text(small_scenario(client__lr=1e20, run__rounds=4).to_toml())
+    code, _, err = cli("run", str(path), "--out", str(tmp_path / "run"), "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: round 1: training diverged (train/loss is nan)") and "lower client.lr" in err
+    rows, summary = strict_json(tmp_path / "run" / "metrics.jsonl"), strict_json(tmp_path / "run" / "summary.json")
+    assert [r["round"] for r in rows] == [1] and rows[0]["train"]["loss"] is None
+    assert summary["stopped"] == "training diverged: train/loss is nan" and summary["final"]["loss"] is None
+    with pytest.raises(Diverged, match="round 1: training diverged") as raised:
+        fedsim.run(small_scenario(client__lr=1e20, run__rounds=4), out=tmp_path / "api")
+    assert raised.value.result.summary["rounds"] == 1  # the Python API still gets the run so far
+
+
+def test_stop_on_nan_false_runs_on_and_writes_null_for_what_is_not_finite(cli, tmp_path, small_scenario):
+    result = fedsim.run(small_scenario(client__lr=1e20, run__rounds=3, run__stop_on_nan=False), out=tmp_path / "run")
+    assert result.summary["rounds"] == 3 and "stopped" not in result.summary
+    summary = strict_json(tmp_path / "run" / "summary.json")
+    assert summary["final"]["loss"] is None and all(r["eval"]["loss"] is None
+                                                    for r in strict_json(tmp_path / "run" / "metrics.jsonl"))
+    code, out, _ = cli("show", str(tmp_path / "run"))
+    assert code == 0 and "final: loss inf/nan" in out

@@ -53,31 +53,12 @@ def cli(monkeypatch, capsys):
 
 
 @pytest.fixture
-def float64(monkeypatch):
-    """Models, data and whole runs in float64 for the length of a test: an algorithm test then holds two
-    computations to float64 rounding, where float32's near-ties (a ReLU or max-pool flipping) cannot blur it."""
-    import numpy as np
-    import torch
-    from fedsim.clients import workspace
+def float64():
+    """Models, data and whole runs in float64 for the length of a test (tests/golden.py's float64_runs)."""
+    from golden import float64_runs
 
-    import fedsim.data
-
-    def forget_built_data_and_models():  # the process caches what it built, in the dtype of the time
-        fedsim.data._cached.cache_clear()
-        workspace._workspace.cache_clear()
-
-    def float64_arrays(*args, **kwargs):
-        x, y = to_arrays(*args, **kwargs)
-        return x.astype(np.float64), y.astype(np.float64) if y.dtype.kind == "f" else y
-
-    to_arrays = fedsim.data.to_arrays
-    monkeypatch.setattr(fedsim.data, "to_arrays", float64_arrays)
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    forget_built_data_and_models()
-    yield
-    torch.set_default_dtype(before)
-    forget_built_data_and_models()
+    with float64_runs():
+        yield
 
 
 @pytest.fixture

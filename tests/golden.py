@@ -3,7 +3,11 @@ float32 tolerances so that the same behaviour on another CPU, kernel set or thre
 behaviour does not.
 
     python tests/golden.py record DIR [SCENARIO...]    # every shipped scenario by default (short rounds)
-    python tests/golden.py compare DIR [SCENARIO...]   # exit 1 and name what differs; prints the largest differences
+    python tests/golden.py compare DIR [SCENARIO...]   # DIR's goldens by default; exit 1 and name what differs,
+                                                       # print the largest differences
+    python tests/golden.py mutations DIR               # how far each deliberate change (MUTATIONS) moves quickstart
+    python tests/golden.py engines                     # vectorised vs sequential runs, largest differences in
+                                                       # float32 and in float64 (the `float64` test fixture)
 
 A golden is DIR/NAME.json (metrics rows, summary, the run's chain of optimizer steps) and DIR/NAME.npz (the final
 weights as float32 arrays). `tests/test_golden.py` keeps the comparison for a few short scenarios.
@@ -13,14 +17,16 @@ the same computation (another CPU's BLAS, other SIMD widths, another split over 
 another order, so one optimizer step's results differ by a few such roundings, and each of the S sequential steps
 the final model went through carries the difference on. The final weights and every continuous metric may differ by
 a relative S * u * GROWTH: the worst case of S steps each a few roundings apart (2^2), times 2^2 for amplification
-by the training map. (Measured across three kernel sets, one and two threads, Intel and AMD: at most 0.13 * S * u, 3.6e-7;
-a real change moves them by 1e-3 or more.) Counted metrics (accuracy and the unlearning
-percentages) move in whole examples when a near-tie prediction flips: they may differ by at most one example of the
-smallest set they are measured on (FLIP_SET).
+by the training map. (Measured by `make test-kernels` across three kernel sets and one and two threads, and
+against an Intel recording: at most 0.13 * S * u, 3.6e-7; `mutations` moves them by 7e-3 or more.) Counted metrics
+(accuracy and the unlearning percentages) move in whole examples when a near-tie prediction flips: they may differ
+by at most one example of the smallest set they are measured on (FLIP_SET).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -200,16 +206,45 @@ def relative(a, b) -> float:
 
 
 def run_both(name: str, overrides: list[str] = ()):
-    """The sequential and the vectorised run of a short shipped scenario, and the sequential run's step chain."""
+    """The sequential and the vectorised run of a short shipped scenario, and the sequential run's step chain
+    (the vectorised engine takes its steps without torch.optim, so only the sequential run counts them)."""
     from fedsim.scenario import Scenario
 
-    results = {}
-    for engine in ("false", "true"):
-        scenario = Scenario.load(name, [*SHORT.get(name, []), "run.rounds=3", *THREADS, *overrides,
-                                               f"run.vectorize={engine}"])
-        results[engine] = run_counting_steps(scenario)
-    (sequential, steps), (vectorised, _) = results["false"], results["true"]  # the vectorised engine has no optimizer
+    def run(engine: str):
+        return run_counting_steps(Scenario.load(name, [*SHORT.get(name, []), "run.rounds=3", *THREADS, *overrides,
+                                                       f"run.vectorize={engine}"]))
+
+    (sequential, steps), (vectorised, _) = run("false"), run("true")
     return sequential, vectorised, steps
+
+
+@contextlib.contextmanager
+def float64_runs():
+    """Models, data and whole runs in float64 while inside: two computations of one algorithm then agree to
+    float64 rounding, where float32's near-ties (a ReLU or max-pool flipping) cannot blur them."""
+    import torch
+    from fedsim.clients import workspace
+
+    import fedsim.data
+
+    def forget_built_data_and_models():  # the process caches what it built, in the dtype of the time
+        fedsim.data._cached.cache_clear()
+        workspace._workspace.cache_clear()
+
+    def float64_arrays(*args, **kwargs):
+        x, y = to_arrays(*args, **kwargs)
+        return x.astype(np.float64), y.astype(np.float64) if y.dtype.kind == "f" else y
+
+    to_arrays, before = fedsim.data.to_arrays, torch.get_default_dtype()
+    fedsim.data.to_arrays = float64_arrays
+    torch.set_default_dtype(torch.float64)
+    forget_built_data_and_models()
+    try:
+        yield
+    finally:
+        fedsim.data.to_arrays = to_arrays
+        torch.set_default_dtype(before)
+        forget_built_data_and_models()
 
 
 def assert_runs_match(sequential, vectorised, steps):
@@ -219,6 +254,51 @@ def assert_runs_match(sequential, vectorised, steps):
     assert sequential.summary["runtime"]["vectorized_clients"] == 0
     problems, _ = measure(snapshot(sequential, steps), snapshot(vectorised, steps), FLOAT64_ROUNDOFF)
     assert problems == []
+
+
+# ---- deliberate changes of behaviour the goldens must catch (tests/test_golden.py) ----
+def extra_local_step(monkeypatch):
+    """The first client of round 1 takes one more step (its first batch again)."""
+    from fedsim import training
+
+    original, calls = training.minibatches, itertools.count()
+
+    def batches(*args):
+        out = list(original(*args))
+        return out + out[:1] if next(calls) == 0 else out
+
+    monkeypatch.setattr(training, "minibatches", batches)
+
+
+def other_sampled_client(monkeypatch):
+    """Round 1 trains client 1 in place of client 0."""
+    from flwr.serverapp.strategy import fedavg
+
+    original, calls = fedavg.sample_nodes, itertools.count()
+
+    def sample(*args):
+        nodes, everyone = original(*args)
+        return ([nodes[1], *nodes[1:]] if next(calls) == 0 else nodes), everyone
+
+    monkeypatch.setattr(fedavg, "sample_nodes", sample)
+
+
+def learning_rate_up_1_percent(monkeypatch):
+    from fedsim import training
+
+    original = training.make_optimizer
+
+    def make(model, cfg):
+        optimizer = original(model, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] *= 1.01
+        return optimizer
+
+    monkeypatch.setattr(training, "make_optimizer", make)
+
+
+MUTATIONS = [extra_local_step, other_sampled_client, learning_rate_up_1_percent]
+ENGINE_SCENARIOS = ["quickstart", "fedprox-leaf-synthetic", "fedld-noniid", "feature-skew-wine", "bench-w3"]
 
 
 def save(folder: Path, name: str, golden: tuple[dict, dict[str, np.ndarray]]) -> None:
@@ -233,8 +313,31 @@ def load(folder: Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     return json.loads((folder / f"{name}.json").read_text()), weights
 
 
+def _largest(largest: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2g}" for k, v in largest.items())
+
+
 def main(argv: list[str]) -> int:
-    command, folder, names = argv[0], Path(argv[1]), argv[2:] or sorted(SHORT)
+    import pytest
+
+    command, folder = argv[0], Path(argv[1]) if len(argv) > 1 else None
+    if command == "mutations":
+        for mutate in MUTATIONS:
+            with pytest.MonkeyPatch.context() as patch:
+                mutate(patch)
+                problems, largest = measure(load(folder, "quickstart"), fingerprint("quickstart"))
+            print(f"{mutate.__name__}: {len(problems)} differences beyond tolerance (largest: {_largest(largest)})")
+        return 0
+    if command == "engines":
+        for name in ENGINE_SCENARIOS:
+            for dtype, unit, runs in (("float32", UNIT_ROUNDOFF, contextlib.nullcontext),
+                                      ("float64", FLOAT64_ROUNDOFF, float64_runs)):
+                with runs():
+                    sequential, vectorised, steps = run_both(name)
+                    _, largest = measure(snapshot(sequential, steps), snapshot(vectorised, steps), unit)
+                print(f"{name} {dtype}: tolerance {tolerance(steps, unit):.1e}; largest: {_largest(largest)}")
+        return 0
+    names = argv[2:] or (sorted(SHORT) if command == "record" else sorted(p.stem for p in folder.glob("*.json")))
     folder.mkdir(parents=True, exist_ok=True)
     failed = []
     for name in names:
@@ -244,9 +347,8 @@ def main(argv: list[str]) -> int:
             print(f"recorded {name} ({got[0]['steps']} steps)", flush=True)
             continue
         problems, largest = measure(load(folder, name), got)
-        sizes = ", ".join(f"{k} {v:.2g}" for k, v in largest.items())
         print(f"{name}: {'same' if not problems else 'DIFFERENT'} (tolerance {tolerance(got[0]['steps']):.1e}; "
-              f"largest: {sizes})", flush=True)
+              f"largest: {_largest(largest)})", flush=True)
         for line in problems:
             print(f"  {line}", flush=True)
         failed += [name] if problems else []

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from golden import FLOAT64_ROUNDOFF, assert_runs_match, relative, run_both, tolerance
+from golden import ENGINE_SCENARIOS, FLOAT64_ROUNDOFF, assert_runs_match, relative, run_both, tolerance
 from torch import nn
 
 import fedsim
@@ -103,8 +103,7 @@ def test_models_with_running_statistics_are_not_vectorised():
     assert "Dropout draws its masks" in unsupported_model(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)))
 
 
-@pytest.mark.parametrize("name", ["quickstart", "fedprox-leaf-synthetic", "fedld-noniid", "feature-skew-wine",
-                                  "bench-w3"])
+@pytest.mark.parametrize("name", ENGINE_SCENARIOS)
 def test_vectorised_runs_equal_sequential_runs(name, tmp_path, monkeypatch, float64):
     monkeypatch.chdir(tmp_path)
     assert_runs_match(*run_both(name))

@@ -34,11 +34,12 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override 
 SHORT = {"accuracy": "acc"}
 
 
-NOT_FINITE = "inf/nan"  # how the run dir's null (an inf or nan the run produced) is shown
-
-
 def _fmt(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else NOT_FINITE if value is None else str(value)
+    if value is None:  # a run dir's null: a number the run produced that was not finite
+        from fedsim.results import NOT_FINITE
+
+        return NOT_FINITE
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _metric_table(rows: list[dict], title: str, max_rows: int | None = None) -> Table:

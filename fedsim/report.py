@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.compare import Group, groups_figure, load_groups, summary_rows, unlearning_rows
-from fedsim.results import RunResult, load_run
+from fedsim.results import NOT_FINITE, RunResult, load_run
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -52,7 +52,7 @@ def run_section(result: RunResult, partitions: bool = True) -> str:
     parts = [f"<h2>{html.escape(result.scenario.run.name)} <span class='note'>({where})</span></h2>"]
     if s.get("unfinished"):
         parts.append(f"<p class='note'>unfinished: {s['rounds']} of {result.scenario.run.rounds} rounds so far</p>")
-    final = {f"final {k}": f"{v:.4f}" if v is not None else "inf/nan" for k, v in (s.get("final") or {}).items()}
+    final = {f"final {k}": f"{v:.4f}" if v is not None else NOT_FINITE for k, v in (s.get("final") or {}).items()}
     best = s.get("best") or {}
     final.update({f"best {k}": (f"{v:.4f}" if k != "round" else v) for k, v in best.items()})
     final.update({"rounds": s.get("rounds"), "wall time s": s.get("wall_time_s"), "failed replies": s.get("failures")})

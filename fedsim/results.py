@@ -51,6 +51,9 @@ def new_run_dir(scenario: Scenario, out: str | Path | None) -> Path:
     return path
 
 
+NOT_FINITE = "inf/nan"  # how a null of the run dir (a number the run produced that was not finite) is shown
+
+
 def finite_json(value: Any) -> Any:
     """`value` with every float that is not finite as None: strict JSON (null), which every parser reads."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -151,7 +154,8 @@ class RunRecorder(RoundCallback):
         summary.update(self.summary_extras)
         if self.stopped:
             summary["stopped"] = self.stopped
-        atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(json.dumps(finite_json(summary), indent=2, allow_nan=False)))
+        text = json.dumps(finite_json(summary), indent=2, allow_nan=False)
+        atomic_write(self.run_dir / "summary.json", lambda p: p.write_text(text))
         state = {k: v.detach().clone() for k, v in state_dict.items()}
         if self.scenario.output.save_model:
             save_tensors(state, self.run_dir / "model.pt")

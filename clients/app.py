@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim import protocol as p
 from fedsim.arrays import state_to_record
-from fedsim.errors import FedsimError, moved
+from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.models import build_model
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
@@ -143,8 +143,3 @@ def partition_id(msg: Message, context: Context) -> Message:
     """Which client (partition) this node is: the server maps unlearning requests to nodes with it."""
     pid = int(context.node_config[p.NODE_PARTITION])
     return Message(content=RecordDict({p.METRICS: MetricRecord({p.PARTITION_ID: pid})}), reply_to=msg)
-
-
-__getattr__ = moved("fedsim.clients.app", {
-    "SCENARIO_KEY": "fedsim.clients.workspace.ClientSpec.of(scenario).run_config() for a Grid's run config",
-    "select_device": "fedsim.clients.workspace.select_device"})

@@ -11,7 +11,6 @@ import torch
 from torch.nn import functional as F
 
 from fedsim.bag_theory import make_bags, release
-from fedsim.errors import moved
 from fedsim.training import Step, minibatches, train_loop
 
 STATE_KEY = "bags"
@@ -67,7 +66,3 @@ def train_on_bags(model: torch.nn.Module, x: torch.Tensor, bags: torch.Tensor, t
 
     batches = minibatches(m, max(1, local.batch_size // k), local.local_epochs, generator)
     return train_loop(model, batches, local, loss_fn).metrics()
-
-
-__getattr__ = moved("fedsim.clients.bags", {name: f"fedsim.bag_theory.{name}" for name in (
-    "clip_bound", "bag_targets", "interpolating_linear_estimator", "predicted_risk", "optimal_bag_size")})

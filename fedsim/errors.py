@@ -63,15 +63,3 @@ class Diverged(FedsimError):
     `result` the RunResult of the run so far."""
 
     result = None
-
-
-def moved(module: str, names: dict[str, str]):
-    """A module `__getattr__` for names that moved: importing an old name raises ImportError saying what to use
-    instead (other missing names stay AttributeErrors)."""
-
-    def __getattr__(name: str):
-        if name in names:
-            raise ImportError(f"{module}.{name} has moved: use {names[name]}")
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-
-    return __getattr__

@@ -32,7 +32,7 @@ from fedsim.clients.dp_sgd import check_local_training, private_model, round_pla
 from fedsim.clients.workspace import select_device
 from fedsim.cohort import pays_off, unsupported_model
 from fedsim.data import FederatedData, federated_data
-from fedsim.errors import FedsimError, ScenarioError, moved
+from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
 from fedsim.loop import INTERRUPTED, RoundCallback, run_rounds
 from fedsim.models import initial_model
@@ -310,9 +310,3 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     for cb in callbacks:
         recorder.summary_extras.update(cb.on_run_end())
     return outcome.arrays
-
-
-__getattr__ = moved("fedsim.server", {
-    "stop_requested": "the stop= argument of fedsim.run / fedsim.resume (a threading.Event you set)",
-    "BudgetExhausted": "a fedsim.loop.RoundCallback whose before_round returns the reason to stop",
-    "seed_sampling": "fedsim.callbacks.SeededSampling (a round callback)"})

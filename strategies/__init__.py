@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fedsim.errors import moved
-
 _EXPORTS = {
     "FedLD": "fedsim.strategies.fedld",
     "PoissonDPFedAvg": "fedsim.strategies.dp_fedavg",
@@ -21,10 +19,7 @@ _EXPORTS = {
 __all__ = ["STRATEGIES", "FedLD", "PoissonDPFedAvg", "Unlearning", "build_strategy", "check_strategy", "strategy_params"]
 
 
-_MOVED = moved("fedsim.strategies", {"TRAIN_LOSS_KEY": "fedsim.protocol.TRAIN_LOSS"})
-
-
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    return _MOVED(name)
+    raise AttributeError(f"module 'fedsim.strategies' has no attribute {name!r}")

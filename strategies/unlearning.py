@@ -29,7 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim import protocol as p
 from fedsim.arrays import record_to_state
 from fedsim.checkpoint import decode, encode, object_state, restore_object
-from fedsim.errors import FedsimError, moved
+from fedsim.errors import FedsimError
 from fedsim.protocol import LocalTraining
 from fedsim.scenario import UnlearningRequest, UnlearningSection
 from fedsim.seeding import derive_seed
@@ -329,10 +329,3 @@ class Unlearning(Strategy):
             if after is not None:
                 arrays = after(arrays)
         return arrays, rounds
-
-
-__getattr__ = moved("fedsim.strategies.unlearning", {
-    "saliency_mask": "fedsim.unlearning.methods.salun.saliency_mask",
-    "apply_mask": "fedsim.unlearning.methods.salun.apply_mask",
-    "calibrate": "fedsim.unlearning.methods.federaser.calibrate",
-    "RANDOM_MODELS": "fedsim.unlearning.methods.pga.RANDOM_MODELS"})

@@ -3,7 +3,6 @@ of shipped scenarios (`loading`), readable errors (`errors`). Everything a calle
 
 from __future__ import annotations
 
-from fedsim.errors import moved
 from fedsim.scenario.loading import Scenario, describe, shipped_scenarios
 from fedsim.scenario.overrides import apply_overrides, parse_overrides
 from fedsim.scenario.schema import (
@@ -37,7 +36,3 @@ __all__ = [
     "StrategySection", "UnlearningRequest", "UnlearningSection", "apply_overrides", "describe", "parse_overrides",
     "shipped_scenarios",
 ]
-
-__getattr__ = moved("fedsim.scenario", {name: "fedsim.unlearning.methods.methods() (each Method has its kinds and tasks)"
-                                        for name in ("UNLEARNING_METHODS", "CLIENT_ONLY_METHODS", "REGRESSION_METHODS",
-                                                     "CLASSIFICATION_METHODS")})

@@ -1,5 +1,5 @@
 """DP-SGD overhead: one round of local training on every quickstart client, with and without DP-SGD (Opacus one
-client at a time, and every client together with fedsim.cohort_dp).
+client at a time, and every client together with fedsim.stacked_dp_sgd).
 
 All use the quickstart's client settings (MLP 64, 2 local epochs, batch 32) and 1 torch thread; the DP runs
 include what a DP client does each round (Opacus wrapping, Poisson batches, per-example clipping, noise, accounting).
@@ -13,10 +13,10 @@ import torch
 from fedsim.clients.dp_sgd import accountant_history, round_plan, train_dp_sgd
 
 import fedsim
-from fedsim.cohort_dp import PrivateClient, train_dp_cohort
 from fedsim.data import federated_data
 from fedsim.models import initial_model
 from fedsim.protocol import LocalTraining
+from fedsim.stacked_dp_sgd import PrivateClient, train_stacked_dp_sgd
 from fedsim.training import train_locally
 
 
@@ -43,7 +43,7 @@ def measure(repeats: int = 3) -> dict[str, float]:
         plans = [round_plan(len(x), cfg) for x, _ in parts]
         clients = [PrivateClient(x, y, torch.Generator().manual_seed(i), steps // cfg.local_epochs, 1.0)
                    for i, ((x, y), (_, steps)) in enumerate(zip(parts, plans))]
-        train_dp_cohort(model, clients, cfg, "classification", scenario.privacy.max_grad_norm, 1024)
+        train_stacked_dp_sgd(model, clients, cfg, "classification", scenario.privacy.max_grad_norm, 1024)
         for q, steps in plans:
             accountant_history(history, 1.0, q, steps, scenario.privacy.accountant)
         best["dp_vectorized"] = min(best["dp_vectorized"], time.perf_counter() - start)

@@ -1,7 +1,7 @@
 """Where a vectorised round's time goes: `python round_profile.py [SCENARIO]` (default bench-w1), inline.
 
 Times the parts of every round by wrapping the functions that do them (wall clock, inclusive), after a warm-up
-run: local training (fedsim.cohort), the rest of the client side (partitions, received loss, reply Messages),
+run: local training (fedsim.stacked), the rest of the client side (partitions, received loss, reply Messages),
 Flower's FedAvg.aggregate_train (reply checks, array and metric aggregation), central evaluation, the
 checkpoint, and the remainder (sampling, configure, callbacks, metrics.jsonl). Means per round over all rounds.
 """
@@ -15,16 +15,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from fedsim.clients import cohort as client_cohort
+from fedsim.clients import train_together as handler
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim import checkpoint, server
 from fedsim.runtime import inline
 
-TRAINING = "client side: local training (fedsim.cohort)"  # inside the client side's total
+TRAINING = "client side: local training (fedsim.stacked)"  # inside the client side's total
 PARTS = {  # label -> (object, attribute) whose calls are timed
-    TRAINING: (client_cohort, "train_together"),
+    TRAINING: (handler, "train_stacked"),
     "client side: total (partitions, received loss, training, reply Messages)": (inline, "run_clients"),
     "Flower FedAvg.aggregate_train": (FedAvg, "aggregate_train"),
     "central evaluation": (server, "evaluate"),

@@ -32,7 +32,7 @@ class ClientSpec(BaseModel):
     threads: int = 1
     dp_sgd: bool = False  # the model is trained with Opacus (checked, and fixed when fix_model)
     fix_model: bool = False
-    vectorize_memory_mb: float = 1024  # bound on one vectorised chunk (fedsim.clients.cohort)
+    vectorize_memory_mb: float = 1024  # bound on one vectorised chunk (fedsim.clients.train_together)
 
     @classmethod
     def of(cls, scenario: Scenario) -> ClientSpec:

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim import checkpoint
 from fedsim.arrays import record_to_state
 from fedsim.clients.app import app as client_app
-from fedsim.clients.cohort import train_cohort
+from fedsim.clients.train_together import train_together
 from fedsim.clients.workspace import ClientSpec
 from fedsim.errors import Diverged, FedsimError, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
@@ -27,7 +27,7 @@ from fedsim.server import Interrupted, Prepared, prepare, server_main, vectorize
 def make_grid(prepared: Prepared) -> VirtualNodesGrid:
     """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Where the
     scenario's clients are trained together (fedsim.server.vectorizes), it offers each round's clients to the
-    cohort handler (fedsim.clients.cohort)."""
+    cohort handler (fedsim.clients.train_together)."""
     scenario = prepared.scenario
     run_config = ClientSpec.of(scenario).run_config()
     n = scenario.data.partitioner.num_partitions
@@ -37,13 +37,13 @@ def make_grid(prepared: Prepared) -> VirtualNodesGrid:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
         return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
-                          cohort=train_cohort if vectorize else None)
+                          cohort=train_together if vectorize else None)
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
         return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
-                       cohort="fedsim.clients.cohort:train_cohort" if vectorize else None,
+                       cohort="fedsim.clients.train_together:train_together" if vectorize else None,
                        seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         f"run from the project root: flwr run . --stream --federation-config \"num-supernodes={n}\" "

@@ -30,7 +30,6 @@ from fedsim.callbacks import (
 )
 from fedsim.clients.dp_sgd import check_local_training, private_model, round_plan
 from fedsim.clients.workspace import select_device
-from fedsim.cohort import pays_off, unsupported_model
 from fedsim.data import FederatedData, federated_data
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
@@ -41,6 +40,7 @@ from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
 from fedsim.quiet import quiet
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
+from fedsim.stacked import pays_off, unsupported_model
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.unlearning import Unlearning
@@ -144,7 +144,7 @@ def not_vectorizable(scenario: Scenario, model: nn.Module) -> str | None:
 
 def vectorizes(prepared: Prepared) -> bool:
     """Whether a round's clients are trained together: `true` (checked by check_vectorizable), or `auto` where it
-    applies and pays off (fedsim.cohort.pays_off, on the device the clients will train on)."""
+    applies and pays off (fedsim.stacked.pays_off, on the device the clients will train on)."""
     scenario, model = prepared.scenario, prepared.model
     if scenario.run.vectorize is True:
         return True  # what cannot be vectorised was refused by check_vectorizable

@@ -56,7 +56,7 @@ SHORT = {
     "unlearn-client": ["run.rounds=4", "unlearning.requests.0.at_round=2"],
     "unlearn-regression": ["run.rounds=4", "unlearning.requests.0.at_round=2"],
 }
-# Goldens pin the sequential engine (one client after another); tests/test_cohort.py holds the vectorised engine
+# Goldens pin the sequential engine (one client after another); tests/test_stacked.py holds the vectorised engine
 # (run.vectorize, the default where it applies) to it within float rounding.
 SEQUENTIAL = ["run.vectorize=false"]
 # $FEDSIM_TEST_THREADS (make test-kernels): every run's clients use that many torch threads
@@ -199,7 +199,7 @@ def differences(expected: tuple[dict, dict], actual: tuple[dict, dict]) -> list[
     return measure(expected, actual)[0]
 
 
-# ---- the vectorised engine against the sequential one (tests/test_cohort.py, tests/test_cohort_dp.py) ----
+# ---- the vectorised engine against the sequential one (tests/test_stacked.py, tests/test_stacked_dp_sgd.py) ----
 def relative(a, b) -> float:
     """|a - b| / |b| of two tensors."""
     return float((a - b).norm() / b.norm().clamp(min=1e-12))

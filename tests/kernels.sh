@@ -16,6 +16,6 @@ for cap in $capabilities; do
     echo "== ATEN_CPU_CAPABILITY=$cap, $threads torch thread(s)"
     export ATEN_CPU_CAPABILITY=$cap FEDSIM_TEST_THREADS=$threads
     (cd tests && "../$PY" golden.py compare golden)
-    $PY -m pytest -q -p no:cacheprovider tests/test_cohort.py tests/test_cohort_dp.py
+    $PY -m pytest -q -p no:cacheprovider tests/test_stacked.py tests/test_stacked_dp_sgd.py
   done
 done

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fedsim.clients import cohort  # the vectorised path builds each reply with cohort.train_reply
+from fedsim.clients import train_together  # the vectorised path builds each reply with train_together.train_reply
 
 from fedsim.runner import run
 from fedsim.runtime import base  # run_clients calls base.run_client per message
@@ -41,7 +41,7 @@ def main() -> None:
         return run_client(app, msg, context)
 
     base.run_client = dying_client
-    train_reply = cohort.train_reply
+    train_reply = train_together.train_reply
 
     def dying_reply(msg, config, *args):
         if int(config["server-round"]) == kill_round:
@@ -50,7 +50,7 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         return train_reply(msg, config, *args)
 
-    cohort.train_reply = dying_reply
+    train_together.train_reply = dying_reply
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 

@@ -54,13 +54,13 @@ def test_flower_runtime_points_to_flwr_run(cli, tmp_path):
 
 def test_ctrl_c_exits_130_without_a_run_dir(cli, tmp_path, monkeypatch):
     from fedsim.clients import app as client_module
-    from fedsim.clients import cohort as cohort_module
+    from fedsim.clients import train_together as handler
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(client_module, "train_locally", interrupt)
-    monkeypatch.setattr(cohort_module, "train_together", interrupt)  # not turned into a one-by-one rerun
+    monkeypatch.setattr(handler, "train_stacked", interrupt)  # not turned into a one-by-one rerun
     code, _, err = cli("run", "quickstart", "--out", str(tmp_path / "run"))
     assert code == 130 and "interrupted" in err and not (tmp_path / "run").exists()
 

@@ -48,7 +48,7 @@ Cohort = Callable[[list[Message], list[Context]], "list[Message] | None"]
 def run_clients(app: ClientApp, cohort: Cohort | None, messages: list[Message], contexts: list[Context],
                 delays: list[float]) -> tuple[list[Message], int]:
     """Execute `messages` (each with its node's context); returns the replies in order and how many were trained
-    vectorised. Messages sharing one content object go to `cohort` together (fedsim.clients.cohort: it trains
+    vectorised. Messages sharing one content object go to `cohort` together (fedsim.clients.train_together: it trains
     them at once, or declines); the rest, and any whose `delay` (a straggler on the real clock) is set, run one
     by one after sleeping their delay. A cohort that raises is rerun one by one, so a failing client is still
     its own error reply."""
@@ -91,7 +91,7 @@ class VirtualNodesGrid(Grid):
         self.sim_time_s = 0.0  # the simulated clock: each push adds its slowest answer (capped at the deadline)
         self._sim_taken = 0.0  # the clock's reading at the last take_fault_counts
         self._pushes = 0  # message batches pushed so far: faults are drawn per (seed, push, node)
-        self.vectorized = 0  # client tasks trained vectorised (fedsim.clients.cohort) so far
+        self.vectorized = 0  # client tasks trained vectorised (fedsim.clients.train_together) so far
         self._run = Run.create_empty(run_id)
         # Messages created in this process are the server's (as in Flower's own ServerApp runner).
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID

@@ -11,7 +11,7 @@ from fedsim.runtime.base import Cohort, VirtualNodesGrid, run_clients
 class InlineGrid(VirtualNodesGrid):
     """Virtual clients executed inline by `client_app` (no copies beyond what the Message API makes).
 
-    With `cohort` (fedsim.clients.cohort.train_cohort), messages sharing one content are offered to it to train
+    With `cohort` (fedsim.clients.train_together.train_together), messages sharing one content are offered to it to train
     together. An in-process client cannot be interrupted, so a per-round timeout needs the Ray runtime.
     """
 

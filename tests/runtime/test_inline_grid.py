@@ -79,10 +79,10 @@ def test_all_clients_failing_stops_the_run_cleanly(tmp_path, monkeypatch, small_
 
 
 def test_a_cohort_that_raises_is_rerun_one_by_one(tmp_path, monkeypatch, small_scenario):
-    from fedsim.clients import cohort as cohort_module
+    from fedsim.clients import train_together as handler
 
     sequential = fedsim.run(small_scenario(run__rounds=2, run__vectorize=False), out=tmp_path / "sequential")
-    monkeypatch.setattr(cohort_module, "train_together", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(handler, "train_stacked", lambda *a, **k: 1 / 0)
     rerun = fedsim.run(small_scenario(run__rounds=2, run__vectorize="auto"), out=tmp_path / "rerun")
     assert rerun.summary["runtime"]["vectorized_clients"] == 0 and rerun.summary["failures"] == 0
     assert rerun.final == sequential.final

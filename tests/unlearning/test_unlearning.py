@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from fedsim.clients import app as client_module
-from fedsim.clients import cohort as cohort_module
+from fedsim.clients import train_together as handler
 from fedsim.strategies.unlearning import Unlearning
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
@@ -144,7 +144,7 @@ def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, mon
         return serve(self, request, *args)
 
     monkeypatch.setattr(client_module, "partition_of", spy)
-    monkeypatch.setattr(cohort_module, "partition_of", spy)  # the vectorised path's copy of the name
+    monkeypatch.setattr(handler, "partition_of", spy)  # the vectorised path's copy of the name
     monkeypatch.setattr(Unlearning, "_serve", serving)
     fedsim.run(scenario, out=tmp_path / "run")
     assert any((y == 7).any() for p, _, y, _ in seen if p == "training")

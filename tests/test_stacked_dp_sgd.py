@@ -1,4 +1,4 @@
-"""Vectorised DP-SGD (fedsim.cohort_dp) against Opacus one client at a time (fedsim.clients.dp_sgd): the same
+"""Vectorised DP-SGD (fedsim.stacked_dp_sgd) against Opacus one client at a time (fedsim.clients.dp_sgd): the same
 seeds give the same Poisson batches and noise, so each client ends where its Opacus run ends, up to float
 rounding; whole DP-SGD runs give the sequential engine's metrics and privacy ledger."""
 
@@ -12,9 +12,9 @@ from fedsim.clients.dp_sgd import round_plan, train_dp_sgd
 from golden import FLOAT64_ROUNDOFF, assert_runs_match, relative, run_both, tolerance
 from torch import nn
 
-from fedsim.cohort_dp import PrivateClient, train_dp_cohort
 from fedsim.models import SmallCNN
 from fedsim.protocol import DPSGDSettings, LocalTraining
+from fedsim.stacked_dp_sgd import PrivateClient, train_stacked_dp_sgd
 
 SIZES = [1, 7, 16, 17, 40, 33]  # smaller than a batch, uneven Poisson batch counts (1 / q = ceil(n / batch))
 
@@ -30,7 +30,7 @@ def assert_dp_cohort_matches(model, cfg, noises, features=12, classes=4, memory_
     seeds = [200 + i for i in range(len(SIZES))]
     clients = [PrivateClient(x, y, torch.Generator().manual_seed(seed), round_plan(len(x), cfg)[1] // cfg.local_epochs,
                              noise) for (x, y), seed, noise in zip(data, seeds, noises)]
-    got = train_dp_cohort(model, clients, cfg, "classification", 0.7, memory_mb)
+    got = train_stacked_dp_sgd(model, clients, cfg, "classification", 0.7, memory_mb)
     for (x, y), seed, noise, result in zip(data, seeds, noises, got):
         local = copy.deepcopy(model)
         metrics, history = train_dp_sgd(local, x, y, cfg, "classification", seed, noise, privacy(noise), [])

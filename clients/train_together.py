@@ -2,9 +2,9 @@
 global model and its config) trained together, one reply per message as `train` makes it.
 
 Plain local training (task loss, FedLD's margin loss, FedProx's proximal term; SGD or Adam) goes to
-`fedsim.cohort`, DP-SGD to `fedsim.cohort_dp` (each client's accountant stepped as Opacus steps it, its history
+`fedsim.stacked`, DP-SGD to `fedsim.stacked_dp_sgd` (each client's accountant stepped as Opacus steps it, its history
 kept in its context as one by one). Bag-level training and models with running statistics go one by one
-(`train_cohort` returns None).
+(`train_together` returns None).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from fedsim.clients.workspace import Workspace, workspace
 from flwr.app import ConfigRecord, Context, Message
 
 from fedsim import protocol as p
-from fedsim.cohort import ClientResult, unsupported_model
-from fedsim.cohort import train_cohort as train_together
-from fedsim.cohort_dp import PrivateClient, train_dp_cohort
 from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
+from fedsim.stacked import TrainedClient, train_stacked, unsupported_model
+from fedsim.stacked_dp_sgd import PrivateClient, train_stacked_dp_sgd
 
 
-def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Message] | None:
+def train_together(messages: list[Message], contexts: list[Context]) -> list[Message] | None:
     """Replies to `messages` (train messages sharing one content object, each with its node's context), in
     order; None when they cannot be trained together (the caller runs them one by one)."""
     if not messages or any(m.metadata.message_type != p.TRAIN for m in messages):
@@ -38,7 +37,7 @@ def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Messa
     metrics = [received_loss(config, model, x, y, ws.task) for _, x, y in clients]
     if privacy is None:
         generators = [torch.Generator().manual_seed(train_seed(ws, config, pid)) for pid, _, _ in clients]
-        results = train_together(model, [(x, y) for _, x, y in clients], local, ws.task, generators,
+        results = train_stacked(model, [(x, y) for _, x, y in clients], local, ws.task, generators,
                                  ws.spec.vectorize_memory_mb)
         classification = ws.task == "classification"
         for m, r in zip(metrics, results):
@@ -55,7 +54,7 @@ def train_cohort(messages: list[Message], contexts: list[Context]) -> list[Messa
 
 def _train_private(ws: Workspace, config: ConfigRecord, model: torch.nn.Module, local: LocalTraining,
                    privacy: DPSGDSettings, contexts: list[Context], clients: list[tuple[int, torch.Tensor, torch.Tensor]],
-                   metrics: list[dict[str, float]]) -> list[ClientResult]:
+                   metrics: list[dict[str, float]]) -> list[TrainedClient]:
     """DP-SGD for the cohort: noise, budget check and accountant as `train` has them per client; each context's
     history is written only once every client has trained (a cohort that raises is rerun one by one)."""
     dp_sgd.check_local_training(local)
@@ -68,7 +67,7 @@ def _train_private(ws: Workspace, config: ConfigRecord, model: torch.nn.Module, 
     private = [PrivateClient(x, y, torch.Generator().manual_seed(train_seed(ws, config, pid)),
                              steps // local.local_epochs, sigma)
                for (pid, x, y), (sigma, _, _, steps, _) in zip(clients, plans)]
-    results = train_dp_cohort(model, private, local, ws.task, privacy.max_grad_norm, ws.spec.vectorize_memory_mb)
+    results = train_stacked_dp_sgd(model, private, local, ws.task, privacy.max_grad_norm, ws.spec.vectorize_memory_mb)
     for context, m, r, (sigma, history, q, steps, spent) in zip(contexts, metrics, results, plans):
         after = dp_sgd.accountant_history(history, sigma, q, steps, privacy.accountant)
         dp_sgd.save_history(context.state, after, sigma)

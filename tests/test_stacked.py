@@ -1,4 +1,4 @@
-"""The vectorised cohort engine (fedsim.cohort) against the sequential one: the same clients trained one by one
+"""The vectorised cohort engine (fedsim.stacked) against the sequential one: the same clients trained one by one
 with `train_locally` (the goldens pin that path) end where the vectorised run ends, up to float rounding.
 
 Both are the same algorithm, so the tests run in float64 (the `float64` fixture: models, data, whole runs), where
@@ -15,19 +15,19 @@ from golden import ENGINE_SCENARIOS, FLOAT64_ROUNDOFF, assert_runs_match, relati
 from torch import nn
 
 import fedsim
-from fedsim.cohort import (
+from fedsim.errors import ScenarioError
+from fedsim.models import ConvNet, SmallCNN
+from fedsim.protocol import LocalTraining
+from fedsim.server import prepare, vectorizes
+from fedsim.stacked import (
     CPU_STEP_ACTIVATIONS,
     activations_per_example,
     bytes_per_client,
     chunk_size,
     pays_off,
-    train_cohort,
+    train_stacked,
     unsupported_model,
 )
-from fedsim.errors import ScenarioError
-from fedsim.models import ConvNet, SmallCNN
-from fedsim.protocol import LocalTraining
-from fedsim.server import prepare, vectorizes
 from fedsim.training import train_locally
 
 SIZES = [0, 1, 7, 16, 17, 40, 33]  # empty, smaller than a batch, uneven last batches, different step counts
@@ -50,7 +50,7 @@ def assert_cohort_matches(model, cfg, task, features=12, classes=4, memory_mb=10
     seeds = [100 + i for i in range(len(SIZES))]
     expected = one_by_one(model, data, cfg, task, seeds)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    got = train_cohort(model, data, cfg, task, [torch.Generator().manual_seed(s) for s in seeds], memory_mb)
+    got = train_stacked(model, data, cfg, task, [torch.Generator().manual_seed(s) for s in seeds], memory_mb)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the received model is untouched
     rel_tol = tolerance(max(r.stats.steps for r in got), FLOAT64_ROUNDOFF)
     for (state, metrics), result in zip(expected, got):

@@ -40,7 +40,7 @@ def unsupported_model(model: nn.Module) -> str | None:
 
 
 @dataclass
-class ClientResult:
+class TrainedClient:
     state: dict[str, torch.Tensor]
     stats: Stats
 
@@ -103,10 +103,10 @@ def stacked(start: dict[str, torch.Tensor], clients: int) -> dict[str, torch.Ten
     return {name: p.unsqueeze(0).repeat(clients, *([1] * p.dim())) for name, p in start.items()}
 
 
-def client_results(params: dict[str, torch.Tensor], stats: list[Stats]) -> list[ClientResult]:
+def client_results(params: dict[str, torch.Tensor], stats: list[Stats]) -> list[TrainedClient]:
     """Each client's slice of the stacked parameters (its state) with its stats."""
     per_client = {name: p.detach().unbind(0) for name, p in params.items()}
-    return [ClientResult({name: p[c] for name, p in per_client.items()}, s) for c, s in enumerate(stats)]
+    return [TrainedClient({name: p[c] for name, p in per_client.items()}, s) for c, s in enumerate(stats)]
 
 
 class Optimizer:
@@ -211,11 +211,11 @@ def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memor
     return max(1, int(memory_mb * 2**20 // bytes_per_client(model, sample, cfg, per_example)))
 
 
-def train_cohort(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
-                 generators: list[torch.Generator], memory_mb: float) -> list[ClientResult]:
+def train_stacked(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
+                 generators: list[torch.Generator], memory_mb: float) -> list[TrainedClient]:
     """Train one copy of `model` (its current weights) per client on that client's (x, y), all at once; returns
     each client's final state and training stats, as `train_locally` would have left them one by one."""
-    results: list[ClientResult] = []
+    results: list[TrainedClient] = []
     if not data:
         return results
     sample = next((x for x, _ in data if len(x)), data[0][0])
@@ -226,7 +226,7 @@ def train_cohort(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
-                 generators: list[torch.Generator]) -> list[ClientResult]:
+                 generators: list[torch.Generator]) -> list[TrainedClient]:
     classification = task == "classification"
     start = {name: p.detach() for name, p in model.named_parameters()}
     plan = schedule([len(x) for x, _ in data], cfg, generators)

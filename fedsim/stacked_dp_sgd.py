@@ -6,7 +6,7 @@ its uniform is below the sample rate q), then N(0, (sigma C)^2) noise per parame
 Per-example gradients come from a nested vmap (clients, then examples) of `torch.func.grad`; each is clipped to
 norm C over all parameters (factor min(1, C / (norm + 1e-6)), Opacus's flat clipping), the clipped sum plus the
 noise is divided by the expected batch size int(n q), and the optimizer steps as torch.optim's
-(`fedsim.cohort.Optimizer`). An empty batch still takes its noise-only step, as Opacus's does. So each client
+(`fedsim.stacked.Optimizer`). An empty batch still takes its noise-only step, as Opacus's does. So each client
 ends where its Opacus run ends, up to float rounding; its accountant is stepped by the caller, as Opacus does.
 The draws are made on the CPU: on a GPU, where Opacus draws its noise from CUDA's generator, the noise has the same
 distribution but not the same numbers. Every client needs at least one example (as Opacus does).
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedsim.cohort import ClientResult, Optimizer, chunk_size, client_results, stacked
 from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
+from fedsim.stacked import Optimizer, TrainedClient, chunk_size, client_results, stacked
 from fedsim.training import Stats
 
 
@@ -45,11 +45,11 @@ class PrivateClient:
         return int(len(self.x) * self.sample_rate)  # Opacus's, for loss_reduction = "mean"
 
 
-def train_dp_cohort(model: nn.Module, clients: list[PrivateClient], cfg: LocalTraining, task: str,
-                    max_grad_norm: float, memory_mb: float) -> list[ClientResult]:
+def train_stacked_dp_sgd(model: nn.Module, clients: list[PrivateClient], cfg: LocalTraining, task: str,
+                    max_grad_norm: float, memory_mb: float) -> list[TrainedClient]:
     """Train one copy of `model` per client with DP-SGD, all at once; returns each client's final state and stats
     (task loss over its Poisson batches, steps taken), as its Opacus run would leave them."""
-    results: list[ClientResult] = []
+    results: list[TrainedClient] = []
     sample = next((c.x for c in clients if len(c.x)), None)
     if sample is None:
         size = len(clients)
@@ -86,7 +86,7 @@ def _noise(client: PrivateClient, shapes: list[torch.Size], std: float) -> list[
 
 
 def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTraining, task: str,
-                 max_grad_norm: float) -> list[ClientResult]:
+                 max_grad_norm: float) -> list[TrainedClient]:
     start = {name: p.detach() for name, p in model.named_parameters()}
     names, shapes = list(start), [p.shape for p in start.values()]
     device = next(iter(start.values())).device

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 import torch
-from fedsim.clients.dp_sgd import accountant_history, round_plan, train_dp_sgd
 
 import fedsim
 from fedsim.data import federated_data
+from fedsim.features.dp_sgd import accountant_history, round_plan, train_dp_sgd
 from fedsim.models import initial_model
 from fedsim.protocol import LocalTraining
 from fedsim.stacked_dp_sgd import PrivateClient, train_stacked_dp_sgd

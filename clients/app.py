@@ -8,17 +8,18 @@ run config (fedsim.clients.workspace.ClientSpec).
 from __future__ import annotations
 
 import torch
-from fedsim.clients import bags, dp_sgd
 from fedsim.clients.workspace import Workspace, workspace
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim import features
 from fedsim import protocol as p
 from fedsim.arrays import state_to_record
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
+from fedsim.features import ClientJob, RoundSetup
 from fedsim.models import build_model
-from fedsim.protocol import BagSettings, DPSGDSettings, LocalTraining
+from fedsim.protocol import LocalTraining
 from fedsim.seeding import derive_seed
 from fedsim.training import train_locally
 from fedsim.unlearning.forget import Forgotten
@@ -41,30 +42,28 @@ def partition_of(context: Context, ws: Workspace, config: ConfigRecord | None = 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Local training on the partition: plain (fedsim.training), or the trainer of the feature whose settings the
+    config carries (fedsim.features)."""
     ws = workspace(context)
     config: ConfigRecord = msg.content[p.CONFIG]
     pid, x, y = partition_of(context, ws, config)
-    model = ws.load_global(msg.content[p.ARRAYS])
-    metrics = received_loss(config, model, x, y, ws.task)
-    seed = train_seed(ws, config, pid)
-    local = LocalTraining.from_config(config)
-    privacy, bag_settings = DPSGDSettings.from_config(config), BagSettings.from_config(config)
-    if privacy is not None:
-        sigma = dp_sgd.client_noise(context.state, len(x), local, privacy)
-        dp_metrics, history = dp_sgd.train_dp_sgd(model, x, y, local, ws.task, seed, sigma, privacy,
-                                                  dp_sgd.load_history(context.state))
-        dp_sgd.save_history(context.state, history, sigma)
-        metrics.update(dp_metrics)
-    elif bag_settings is not None:  # the client sees only its bags' released targets, never y itself
-        bag_index, targets = bags.released_bags(context.state, pid, y, ws.data.info.num_classes, bag_settings,
-                                                ws.spec.seed)
-        metrics.update(bags.train_on_bags(model, x, bag_index, targets.to(x.device), local, bag_settings.rho,
-                                          ws.task, torch.Generator().manual_seed(seed)))
+    setup = round_setup(ws, config, ws.load_global(msg.content[p.ARRAYS]))
+    metrics = received_loss(config, setup.model, x, y, ws.task)
+    job = ClientJob(pid, x, y, train_seed(ws, config, pid), context.state)
+    feature, settings = features.client_trainer(config)
+    if feature is not None:
+        metrics.update(feature.train(settings, setup, job))
     else:
-        metrics.update(train_locally(model, x, y, local, ws.task, torch.Generator().manual_seed(seed)))
-    reply = train_reply(msg, config, model.state_dict(), metrics, len(x))
+        metrics.update(train_locally(setup.model, x, y, setup.local, ws.task, torch.Generator().manual_seed(job.seed)))
+    reply = train_reply(msg, config, setup.model.state_dict(), metrics, len(x))
     ws.release()
     return reply
+
+
+def round_setup(ws: Workspace, config: ConfigRecord, model: torch.nn.Module) -> RoundSetup:
+    """What every client of a train message shares."""
+    return RoundSetup(model, LocalTraining.from_config(config), ws.task, ws.data.info.num_classes, ws.spec.seed,
+                      ws.spec.vectorize_memory_mb)
 
 
 def received_loss(config: ConfigRecord, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task: str

@@ -1,8 +1,9 @@
 """What every virtual client of a run shares in one process: its data, one model instance, the device.
 
 The run config names them with a `ClientSpec` (the scenario's data and model sections, the run seed, the
-device, threads per client and whether DP-SGD's model fix applies): the server-side sections of a scenario
-(strategy, rounds, privacy budget, unlearning) never reach a client; its instructions come in each Message.
+device, and what the enabled features need of the model, e.g. DP-SGD's layer fix): the server-side sections of a
+scenario (strategy, rounds, privacy budget, unlearning) never reach a client; its instructions come in each Message.
+The runtime, not the client, sets the threads a client trains with (fedsim.runtime).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import torch
 from flwr.app import ArrayRecord, Context
 from pydantic import BaseModel, ConfigDict
 
-from fedsim import protocol
+from fedsim import features, protocol
 from fedsim.arrays import record_to_state
 from fedsim.data import FederatedData, federated_data
-from fedsim.errors import FedsimError
+from fedsim.devices import select_device
 from fedsim.models import build_model
 from fedsim.scenario import DataSection, ModelSection, Scenario
 
@@ -29,39 +30,25 @@ class ClientSpec(BaseModel):
     model: ModelSection
     seed: int
     device: str = "auto"
-    threads: int = 1
-    dp_sgd: bool = False  # the model is trained with Opacus (checked, and fixed when fix_model)
-    fix_model: bool = False
+    features: dict[str, dict] = {}  # feature name -> what its client_model needs (fedsim.features)
     vectorize_memory_mb: float = 1024  # bound on one vectorised chunk (fedsim.clients.train_together)
 
     @classmethod
     def of(cls, scenario: Scenario) -> ClientSpec:
-        private = scenario.privacy is not None and scenario.privacy.mode == "dp-sgd"
+        needs = {f.name: f.client_spec(scenario) for f in features.enabled(scenario)}
         return cls(data=scenario.data, model=scenario.model, seed=scenario.run.seed, device=scenario.client.device,
-                   threads=max(1, int(scenario.run.resources.num_cpus)), dp_sgd=private,
-                   fix_model=private and scenario.privacy.fix_model,
+                   features={name: spec for name, spec in needs.items() if spec is not None},
                    vectorize_memory_mb=scenario.run.resources.vectorize_memory_mb)
 
     def run_config(self) -> dict[str, str]:
         return {protocol.CLIENT_SPEC: self.model_dump_json()}
 
 
-def select_device(preference: str, cuda_available: bool | None = None) -> torch.device:
-    """'auto': CUDA when this process sees a GPU (a Ray actor given num_gpus > 0), else CPU."""
-    available = torch.cuda.is_available() if cuda_available is None else cuda_available
-    if preference == "cuda" and not available:
-        raise FedsimError("client.device", "'cuda' but no GPU is visible to this client",
-                          "use device = 'auto', or give clients GPUs with run.resources.num_gpus")
-    return torch.device("cuda" if preference != "cpu" and available else "cpu")
-
-
 def client_model(spec: ClientSpec, info) -> torch.nn.Module:
-    """The model clients train (DP-SGD's checked / fixed one when the run uses DP-SGD)."""
+    """The model clients train, as the enabled features change it (e.g. DP-SGD's checked / fixed layers)."""
     model = build_model(spec.model, info)
-    if spec.dp_sgd:
-        from fedsim.clients.dp_sgd import private_model
-
-        model = private_model(model, spec.fix_model)
+    for name, needs in spec.features.items():
+        model = features.named(name).client_model(model, needs)
     return model
 
 
@@ -70,7 +57,6 @@ class Workspace:
 
     def __init__(self, spec: ClientSpec) -> None:
         self.spec = spec
-        torch.set_num_threads(spec.threads)
         self.device = select_device(spec.device)
         self.data: FederatedData = federated_data(spec.data, spec.seed)
         self.model = client_model(spec, self.data.info).to(self.device)

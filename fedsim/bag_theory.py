@@ -1,6 +1,6 @@
 """Learning from aggregate responses (ICLR 2024), the mechanism and the theory: random bags, the Laplace label-DP
 release, the interpolating linear estimator in closed form and its predicted risk (docs/algorithms.md, Learning
-from aggregate responses). The client's training on bags is fedsim.clients.bags.
+from aggregate responses). The client's training on bags is fedsim.features.bags.
 
 A client's n examples are split at random into m = n // k disjoint bags of size k; the n - m k left over are
 dropped (they would make a smaller, differently-noised bag). The learner sees every feature but only each bag's

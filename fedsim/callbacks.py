@@ -1,6 +1,6 @@
 """Round callbacks every fedsim run uses (fedsim.loop.RoundCallback): seeded sampling, checkpoints, the
 unlearning bookkeeping, and the small per-round ledgers. The metrics recorder (fedsim.results.RunRecorder) and
-the privacy monitor (fedsim.budget.PrivacyMonitor) are callbacks too, in their own modules."""
+each feature's callbacks (privacy ledgers and budgets: fedsim.features) are callbacks too, in their own modules."""
 
 from __future__ import annotations
 
@@ -94,16 +94,6 @@ class StopOnDivergence(RoundCallback):
                     self.found = (server_round, f"{part}/{key}", value)
                     return f"training diverged: {part}/{key} is {value}"
         return None
-
-
-class ConstantLedger(RoundCallback):
-    """Adds the same entry to every round's row (e.g. the label-DP ledger: one release, epsilon never grows)."""
-
-    def __init__(self, key: str, entry: dict) -> None:
-        self.key, self.entry = key, entry
-
-    def round_metrics(self, server_round: int) -> dict:
-        return {self.key: self.entry}
 
 
 class FaultCounts(RoundCallback):

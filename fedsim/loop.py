@@ -70,6 +70,12 @@ class RoundCallback:
         return {}
 
 
+def clients_needed(strategy: Strategy) -> int:
+    """The fewest clients a round of `strategy` runs with (its min_available_nodes and min_train_nodes; 1 for a
+    strategy with neither). The scenario's defaults for them: StrategySection.node_minimums."""
+    return max(1, getattr(strategy, "min_available_nodes", 1), getattr(strategy, "min_train_nodes", 1))
+
+
 @dataclass
 class LoopOutcome:
     arrays: ArrayRecord  # the global model after the last completed round

@@ -8,9 +8,12 @@ run config names the data and model every client shares (`CLIENT_SPEC`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from flwr.app import ConfigRecord
+from annotated_types import Ge, Gt, Lt  # constraints the scenario schema (pydantic) enforces on ClientSection
+
+if TYPE_CHECKING:  # flwr loads with the first message, not with a scenario's validation (the schema imports this)
+    from flwr.app import ConfigRecord
 
 # ---- message types (Flower's "train"; its "evaluate" is only ever built by Flower's strategies; fedsim's own) ------
 TRAIN = "train"
@@ -63,15 +66,17 @@ SALIENCY = "saliency"  # SalUn's first step: reply with the forgetting loss's gr
 GRADIENT_ASCENT, PGA, RANDOM_LABEL, SALUN = "gradient-ascent", "pga", "random-label", "salun"
 GAUSSIAN, BLINDSPOT_STEP = "gaussian", "blindspot"
 
-Settings = TypeVar("Settings")
+S = TypeVar("S")
 
 
 def _to_config(settings: Any, prefix: str = "") -> ConfigRecord:
+    from flwr.app import ConfigRecord
+
     return ConfigRecord({prefix + f.name.replace("_", "-"): getattr(settings, f.name) for f in fields(settings)
                          if getattr(settings, f.name) is not None})
 
 
-def _from_config(cls: type[Settings], config: ConfigRecord, prefix: str = "") -> Settings:
+def _from_config(cls: type[S], config: ConfigRecord, prefix: str = "") -> S:
     values = {}
     for f in fields(cls):
         key = prefix + f.name.replace("_", "-")
@@ -80,7 +85,7 @@ def _from_config(cls: type[Settings], config: ConfigRecord, prefix: str = "") ->
     return cls(**values)
 
 
-class _Settings:
+class SentSettings:
     """Settings sent in a ConfigRecord, each field under `PREFIX` + its name with dashes."""
 
     PREFIX = ""
@@ -96,48 +101,22 @@ class _Settings:
 
 
 @dataclass(frozen=True)
-class LocalTraining(_Settings):
-    """How a client trains locally, as sent in every train ConfigRecord (keys: the field names with dashes)."""
+class LocalTraining(SentSettings):
+    """How a client trains locally, as sent in every train ConfigRecord (keys: the field names with dashes). The
+    scenario's [client] section is these fields (with their ranges and defaults) plus `device`."""
 
-    local_epochs: int = 1
-    batch_size: int = 32
-    optimizer: str = "sgd"  # "sgd" | "adam"
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    proximal_mu: float = 0.0
-    loss: str = "ce"  # "ce" | "fedld-margin"
-    margin_lambda: float = 0.1
-    margin_reduction: str = "batch"  # "batch" (reference: Frobenius norm over the batch) | "mean"
+    local_epochs: Annotated[int, Ge(1)] = 1
+    batch_size: Annotated[int, Ge(1)] = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[float, Gt(0)] = 0.1
+    momentum: Annotated[float, Ge(0), Lt(1)] = 0.0
+    weight_decay: Annotated[float, Ge(0)] = 0.0
+    proximal_mu: Annotated[float, Ge(0)] = 0.0
+    loss: Literal["ce", "fedld-margin"] = "ce"
+    margin_lambda: Annotated[float, Ge(0)] = 0.1
+    margin_reduction: Literal["batch", "mean"] = "batch"  # "batch" (reference: Frobenius norm over the batch)
 
     @classmethod
     def from_config(cls, config: ConfigRecord) -> LocalTraining:
         """The settings in `config`; absent keys keep their defaults."""
         return _from_config(cls, config)
-
-
-@dataclass(frozen=True)
-class DPSGDSettings(_Settings):
-    """DP-SGD inside the client (keys prefixed `dp-`): noise given, or derived once from target_epsilon for
-    `planned_rounds` rounds of the client; a client whose next round would exceed target_epsilon refuses it."""
-
-    delta: float
-    accountant: str
-    max_grad_norm: float
-    planned_rounds: int
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-
-    PREFIX = "dp-"
-
-
-@dataclass(frozen=True)
-class BagSettings(_Settings):
-    """Learning from aggregate responses (keys prefixed `bags-`): bag size, loss interpolation, label-DP."""
-
-    k: int
-    rho: float
-    clip: float
-    epsilon: float | None = None
-
-    PREFIX = "bags-"

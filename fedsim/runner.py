@@ -21,23 +21,24 @@ from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
-from fedsim.server import Interrupted, Prepared, prepare, server_main, vectorizes
+from fedsim.server import Interrupted, Prepared, prepare, server_main
 
 
 def make_grid(prepared: Prepared) -> VirtualNodesGrid:
-    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Where the
-    scenario's clients are trained together (fedsim.server.vectorizes), it offers each round's clients to the
-    cohort handler (fedsim.clients.train_together)."""
+    """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Where `prepare`
+    decided the scenario's clients train together (Prepared.vectorize), it hands each round's clients to the
+    handler that trains them at once (fedsim.clients.train_together)."""
     scenario = prepared.scenario
     run_config = ClientSpec.of(scenario).run_config()
     n = scenario.data.partitioner.num_partitions
-    vectorize = vectorizes(prepared)
+    vectorize = prepared.vectorize
     if scenario.run.runtime == "inline":
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
         return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
-                          cohort=train_together if vectorize else None)
+                          cohort=train_together if vectorize else None,
+                          threads=max(1, int(scenario.run.resources.num_cpus)))
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 

@@ -1,4 +1,4 @@
-"""Vectorised DP-SGD: the step Opacus takes in `fedsim.clients.dp_sgd.train_dp_sgd`, for a stack of clients.
+"""Vectorised DP-SGD: the step Opacus takes in `fedsim.features.dp_sgd.train_dp_sgd`, for a stack of clients.
 
 Each client draws from its own generator exactly what Opacus draws from torch's seeded generator one by one: an
 int64 when an epoch's data loader starts, one uniform per example for its Poisson batch (an example is in when

@@ -30,6 +30,7 @@ from fedsim import protocol as p
 from fedsim.arrays import record_to_state
 from fedsim.checkpoint import decode, encode, object_state, restore_object
 from fedsim.errors import FedsimError
+from fedsim.loop import clients_needed
 from fedsim.protocol import LocalTraining
 from fedsim.scenario import UnlearningRequest, UnlearningSection
 from fedsim.seeding import derive_seed
@@ -223,7 +224,7 @@ class Unlearning(Strategy):
         target = Forgotten.of(request.kind, request.target, request.samples)
         job = Job(request, self.forgotten, target, arrays, grid)
         remaining = len(self.nodes) - len(job.now.clients)
-        needed = max(self.min_available_nodes, self.min_train_nodes)
+        needed = clients_needed(self)
         if remaining < needed:
             raise FedsimError(f"unlearning request (client {request.target})",
                               f"only {remaining} clients would remain but the strategy needs {needed}",

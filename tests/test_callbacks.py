@@ -6,7 +6,8 @@ import random
 
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from fedsim.callbacks import ConstantLedger, SeededSampling
+from fedsim.callbacks import SeededSampling
+from fedsim.features.bags import LabelPrivacyLedger
 from fedsim.runtime import InlineGrid
 
 
@@ -25,6 +26,7 @@ def test_seeded_sampling_depends_only_on_the_seed_round_and_phase():
     assert all(o != first for o in others)
 
 
-def test_a_constant_ledger_adds_its_entry_to_every_row():
-    ledger = ConstantLedger("privacy", {"epsilon": 1.5, "mode": "label-dp"})
-    assert ledger.round_metrics(1) == ledger.round_metrics(9) == {"privacy": {"epsilon": 1.5, "mode": "label-dp"}}
+def test_the_label_privacy_ledger_adds_its_entry_to_every_row():
+    ledger = LabelPrivacyLedger({"epsilon": 1.5, "mechanism": "laplace"})
+    assert ledger.round_metrics(1) == ledger.round_metrics(9) == {"label_privacy": {"epsilon": 1.5,
+                                                                                    "mechanism": "laplace"}}

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from fedsim.clients.dp_sgd import train_dp_sgd
 from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
@@ -15,6 +14,7 @@ from torch import nn
 import fedsim
 from fedsim.arrays import state_to_record
 from fedsim.errors import FedsimError
+from fedsim.features.dp_sgd import train_dp_sgd
 from fedsim.privacy import epsilon_of
 from fedsim.protocol import LocalTraining
 from fedsim.runtime import InlineGrid

@@ -18,7 +18,7 @@ import fedsim
 from fedsim.errors import ScenarioError
 from fedsim.models import ConvNet, SmallCNN
 from fedsim.protocol import LocalTraining
-from fedsim.server import prepare, vectorizes
+from fedsim.server import prepare
 from fedsim.stacked import (
     CPU_STEP_ACTIVATIONS,
     activations_per_example,
@@ -129,7 +129,7 @@ def test_vectorize_true_on_what_cannot_be_vectorised_is_a_one_line_error(tmp_pat
 
 def test_auto_vectorises_where_it_pays_off():
     def decided(name: str, *overrides: str) -> bool:
-        return vectorizes(prepare(fedsim.Scenario.load(name, list(overrides))))
+        return prepare(fedsim.Scenario.load(name, list(overrides))).vectorize
 
     small_w4 = "data.generator.n_samples=1100"
     assert decided("bench-w3")  # a small CNN step: faster together on a CPU

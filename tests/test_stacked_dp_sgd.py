@@ -1,4 +1,4 @@
-"""Vectorised DP-SGD (fedsim.stacked_dp_sgd) against Opacus one client at a time (fedsim.clients.dp_sgd): the same
+"""Vectorised DP-SGD (fedsim.stacked_dp_sgd) against Opacus one client at a time (fedsim.features.dp_sgd): the same
 seeds give the same Poisson batches and noise, so each client ends where its Opacus run ends, up to float
 rounding; whole DP-SGD runs give the sequential engine's metrics and privacy ledger."""
 
@@ -8,12 +8,12 @@ import copy
 
 import pytest
 import torch
-from fedsim.clients.dp_sgd import round_plan, train_dp_sgd
 from golden import FLOAT64_ROUNDOFF, assert_runs_match, relative, run_both, tolerance
 from torch import nn
 
+from fedsim.features.dp_sgd import DPSGDSettings, round_plan, train_dp_sgd
 from fedsim.models import SmallCNN
-from fedsim.protocol import DPSGDSettings, LocalTraining
+from fedsim.protocol import LocalTraining
 from fedsim.stacked_dp_sgd import PrivateClient, train_stacked_dp_sgd
 
 SIZES = [1, 7, 16, 17, 40, 33]  # smaller than a batch, uneven Poisson batch counts (1 / q = ceil(n / batch))

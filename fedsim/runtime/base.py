@@ -20,6 +20,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.checkpoint import decode, encode
+from fedsim.protocol import TRAIN
 
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: stable, and clear of Flower's server node id (1)
 
@@ -42,31 +43,30 @@ def run_client(app: ClientApp, msg: Message, context: Context) -> Message:
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
 
-Cohort = Callable[[list[Message], list[Context]], "list[Message] | None"]
+Cohort = Callable[[list[Message], list[Context]], list[Message]]
 
 
 def run_clients(app: ClientApp, cohort: Cohort | None, messages: list[Message], contexts: list[Context],
                 delays: list[float]) -> tuple[list[Message], int]:
     """Execute `messages` (each with its node's context); returns the replies in order and how many were trained
-    vectorised. Messages sharing one content object go to `cohort` together (fedsim.clients.train_together: it trains
-    them at once, or declines); the rest, and any whose `delay` (a straggler on the real clock) is set, run one
-    by one after sleeping their delay. A cohort that raises is rerun one by one, so a failing client is still
-    its own error reply."""
+    vectorised. Train messages sharing one content object go to `cohort` together (given where the run
+    vectorises: fedsim.clients.train_together); the rest, and any whose `delay` (a straggler on the real clock) is
+    set, run one by one after sleeping their delay. A cohort that raises is rerun one by one, so a failing client
+    is still its own error reply."""
     replies: list[Message | None] = [None] * len(messages)
     groups: dict[int, list[int]] = {}
     for i, (msg, delay) in enumerate(zip(messages, delays)):
-        if cohort is not None and not delay:
+        if cohort is not None and not delay and msg.metadata.message_type == TRAIN:
             groups.setdefault(id(msg.content), []).append(i)
     vectorized = 0
     for members in groups.values():
         try:
             together = cohort([messages[i] for i in members], [contexts[i] for i in members])
-        except Exception:  # noqa: BLE001 - one by one, each failure becomes that client's error reply
-            together = None
-        if together is not None:
-            vectorized += len(members)
-            for i, reply in zip(members, together):
-                replies[i] = reply
+        except Exception:  # noqa: BLE001, S112 - one by one, each failure becomes that client's error reply
+            continue
+        vectorized += len(members)
+        for i, reply in zip(members, together, strict=True):
+            replies[i] = reply
     for i, (msg, context, delay) in enumerate(zip(messages, contexts, delays)):
         if replies[i] is None:
             time.sleep(delay)

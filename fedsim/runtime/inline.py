@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from flwr.app import Message
 from flwr.clientapp import ClientApp
 
@@ -11,19 +12,26 @@ from fedsim.runtime.base import Cohort, VirtualNodesGrid, run_clients
 class InlineGrid(VirtualNodesGrid):
     """Virtual clients executed inline by `client_app` (no copies beyond what the Message API makes).
 
-    With `cohort` (fedsim.clients.train_together.train_together), messages sharing one content are offered to it to train
-    together. An in-process client cannot be interrupted, so a per-round timeout needs the Ray runtime.
+    With `cohort` (fedsim.clients.train_together.train_together), messages sharing one content are trained together.
+    Clients run with `threads` torch threads (run.resources.num_cpus); the process's own setting is restored after
+    each batch of messages, so the server's is never changed by a client. An in-process client cannot be
+    interrupted, so a per-round timeout needs the Ray runtime.
     """
 
     def __init__(self, client_app: ClientApp, num_nodes: int, run_config: dict, run_id: int = 1, faults=None,
-                 seed: int = 0, cohort: Cohort | None = None) -> None:
+                 seed: int = 0, cohort: Cohort | None = None, threads: int = 1) -> None:
         super().__init__(num_nodes, run_config, run_id, faults, seed)
-        self.client_app, self.cohort = client_app, cohort
+        self.client_app, self.cohort, self.threads = client_app, cohort, threads
 
     def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
         contexts = [self.contexts[m.metadata.dst_node_id] for m in messages]
         delays = [self.delays.get(m.metadata.message_id, 0.0) for m in messages]  # stragglers on the real clock
-        replies, vectorized = run_clients(self.client_app, self.cohort, messages, contexts, delays)
+        server_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            replies, vectorized = run_clients(self.client_app, self.cohort, messages, contexts, delays)
+        finally:
+            torch.set_num_threads(server_threads)
         self.vectorized += vectorized
         return {m.metadata.message_id: r for m, r in zip(messages, replies)}
 

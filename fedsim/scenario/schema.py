@@ -7,12 +7,14 @@ Loading files, overrides and error messages are fedsim.scenario.loading, .overri
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+import dataclasses
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from fedsim.errors import suggest
+from fedsim.protocol import LocalTraining
 
 EMBEDDED_DATASETS = {
     "digits": "8x8 handwritten digits, 10 classes (scikit-learn)",
@@ -190,18 +192,21 @@ class ModelSection(Section):
     _known = field_validator("name")(lambda v: _one_of(v, MODELS, "model"))
 
 
-class ClientSection(Section):
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    proximal_mu: float = Field(0.0, ge=0)
+class _ClientDevice(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    loss: Literal["ce", "fedld-margin"] = "ce"
-    margin_lambda: float = Field(0.1, ge=0)
-    margin_reduction: Literal["batch", "mean"] = "batch"
+
+    def local(self) -> LocalTraining:
+        """The local-training settings every train message carries."""
+        return LocalTraining(**self.model_dump(exclude={"device"}))
+
+
+def _local_training_fields() -> dict[str, tuple[Any, Any]]:
+    hints = get_type_hints(LocalTraining, include_extras=True)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(LocalTraining)}
+
+
+# [client]: fedsim.protocol.LocalTraining's fields (one list of names, ranges and defaults) plus where to train
+ClientSection = create_model("ClientSection", __base__=_ClientDevice, __module__=__name__, **_local_training_fields())
 
 
 class StrategySection(BaseModel):
@@ -225,6 +230,15 @@ class StrategySection(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    def node_minimums(self, num_clients: int) -> dict[str, int]:
+        """How many clients a round waits for (the strategy's min_*_nodes), given or fedsim's defaults: two (or
+        every client, when fewer) for training and availability; for federated evaluation two when it runs."""
+        two = min(2, num_clients)
+        evaluate = self.min_evaluate_nodes if self.min_evaluate_nodes is not None else \
+            (two if self.fraction_evaluate > 0 else 0)
+        return {"min_train_nodes": self.min_train_nodes or two, "min_evaluate_nodes": evaluate,
+                "min_available_nodes": self.min_available_nodes or two}
 
 
 class _Privacy(Section):

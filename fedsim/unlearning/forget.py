@@ -120,8 +120,8 @@ def check_requests(scenario: Scenario, data: FederatedData) -> None:
                                     f"({size} examples)", f"use indices 0..{size - 1}")
         if r.kind == "client":
             forgotten_clients.add(r.target)
-    s, n = scenario.strategy, data.num_partitions
-    needed = max(s.min_available_nodes or min(2, n), s.min_train_nodes or min(2, n))
+    n, minimums = data.num_partitions, scenario.strategy.node_minimums(data.num_partitions)
+    needed = max(minimums["min_available_nodes"], minimums["min_train_nodes"])
     if n - len(forgotten_clients) < needed:
         raise ScenarioError("unlearning.requests", f"forgetting {len(forgotten_clients)} clients leaves "
                             f"{n - len(forgotten_clients)}, fewer than the {needed} the strategy waits for",

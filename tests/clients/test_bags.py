@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fedsim.clients.bags import bag_loss
 
 from fedsim.bag_theory import (
     bag_targets,
@@ -17,6 +16,7 @@ from fedsim.bag_theory import (
     release,
     risk_terms,
 )
+from fedsim.features.bags import bag_loss
 
 
 def test_make_bags_partitions_at_random():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fedsim.clients.workspace import select_device
 
+from fedsim.devices import select_device
 from fedsim.errors import FedsimError
 
 

@@ -35,9 +35,17 @@ class PoissonDPFedAvg(FedAvg):
         self._global: ArrayRecord | None = None
         self._expected_cohort = 1.0
 
+    def update_noise_multiplier(self) -> float:
+        """The multiplier of the noise on the summed updates (a variant that also releases another statistic, as
+        adaptive clipping's count, spends part of `noise_multiplier` there)."""
+        return self.noise_multiplier
+
+    def observe_norms(self, server_round: int, norms: list[float]) -> None:
+        """After aggregation: the norms of the round's updates before clipping (for a variant's own use)."""
+
     def noise_std(self) -> float:
         """Standard deviation of the noise in the averaged update: sigma C / (q N)."""
-        return self.noise_multiplier * self.clipping_norm / self._expected_cohort
+        return self.update_noise_multiplier() * self.clipping_norm / self._expected_cohort
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -58,20 +66,22 @@ class PoissonDPFedAvg(FedAvg):
         keys = list(self._global.keys())
         state = record_to_state(self._global)
         global_arrays = [state[k].numpy().astype(np.float64) for k in keys]
-        total = [np.zeros_like(a) for a in global_arrays]
+        total, norms = [np.zeros_like(a) for a in global_arrays], []
         for msg in valid:
             client = next(iter(msg.content.array_records.values()))
             clipped = [client[k].numpy().astype(np.float64) for k in keys]
             norm = np.sqrt(sum(np.sum((c - g) ** 2) for c, g in zip(clipped, global_arrays)))
+            norms.append(float(norm))
             if norm > self.clipping_norm:  # (Flower's helper divides by the norm: a zero update would fail)
                 compute_clip_model_update(clipped, global_arrays, self.clipping_norm)  # = global + clip(update)
             for acc, c, g in zip(total, clipped, global_arrays):
                 acc += c - g
         rng = np.random.default_rng(derive_seed(self.seed, server_round, 8))
-        sigma = self.noise_multiplier * self.clipping_norm
+        sigma = self.update_noise_multiplier() * self.clipping_norm
         new = ArrayRecord()
         for key, g, acc in zip(keys, global_arrays, total):
             noisy = (acc + rng.normal(0.0, sigma, acc.shape)) / self._expected_cohort
             new[key] = NpyArray.from_numpy_ndarray((g + noisy).astype(self._global[key].dtype))
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
+        self.observe_norms(server_round, norms)
         return new, metrics

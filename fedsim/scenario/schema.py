@@ -280,11 +280,21 @@ class ClientDPPrivacy(_Privacy):
     @model_validator(mode="after")
     def _sampled(self) -> ClientDPPrivacy:
         if self.q is None:
-            raise ValueError("client-dp needs q, the client sampling rate; set privacy.q (e.g. 0.2)")
+            raise ValueError(f"{self.mode} needs q, the client sampling rate; set privacy.q (e.g. 0.2)")
         return self
 
 
-PrivacySection = Annotated[DPSGDPrivacy | ClientDPPrivacy, Field(discriminator="mode")]
+class ClientDPAdaptivePrivacy(ClientDPPrivacy):
+    """Client-level DP-FedAvg whose clipping norm adapts to a quantile of the update norms (Andrew et al., 2021)."""
+
+    mode: Literal["client-dp-adaptive"]
+    clipping_norm: float = Field(0.1, gt=0)  # the initial clipping norm
+    target_unclipped_quantile: float = Field(0.5, ge=0, le=1)  # share of updates the norm should leave unclipped
+    clip_learning_rate: float = Field(0.2, gt=0)  # eta of the geometric update C <- C exp(-eta (b - gamma))
+    clipped_count_stddev: float | None = Field(None, gt=0)  # noise on the unclipped count; default q N / 20
+
+
+PrivacySection = Annotated[DPSGDPrivacy | ClientDPPrivacy | ClientDPAdaptivePrivacy, Field(discriminator="mode")]
 
 
 class BagsSection(Section):

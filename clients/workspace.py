@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context
 from pydantic import BaseModel, ConfigDict
 
 from fedsim import features, protocol
-from fedsim.arrays import record_to_state
+from fedsim.arrays import StateReader
 from fedsim.data import FederatedData, federated_data
 from fedsim.devices import select_device
 from fedsim.models import build_model
@@ -61,6 +61,7 @@ class Workspace:
         self.data: FederatedData = federated_data(spec.data, spec.seed)
         self.model = client_model(spec, self.data.info).to(self.device)
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._read = StateReader()  # this process's clients share one read of each round's global model
 
     def partition(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Partition `pid` on this workspace's device (cached there too when that is a GPU)."""
@@ -81,7 +82,7 @@ class Workspace:
 
     def load_global(self, arrays: ArrayRecord) -> torch.nn.Module:
         """Load the received global model; the same ArrayRecord object is deserialised only once."""
-        self.model.load_state_dict(record_to_state(arrays))
+        self.model.load_state_dict(self._read(arrays))
         return self.model
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from fedsim._flower import array_from_parts, fill_record, passes_as_array
+
 if TYPE_CHECKING:  # torch loads with the first state dict (Flower imports it), not with a scenario's validation
     import torch
 
@@ -33,6 +35,7 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)  # numpy builds this string anew on every call
 
 
+@passes_as_array  # in Flower's wire format an NpyArray is an Array: receivers inflate a plain Array from the same bytes
 class NpyArray(Array):
     """A Flower `Array` (stype numpy.ndarray) that serialises and deserialises without parsing headers."""
 
@@ -52,41 +55,33 @@ class NpyArray(Array):
         return np.frombuffer(self.data, dtype=self.dtype, offset=offset).reshape(self.shape).copy()
 
 
-# In Flower's wire format (object heads, content-addressed ids) an NpyArray is an Array: receivers inflate a plain
-# Array from the same bytes, and object ids match Flower's own.
-NpyArray.__qualname__ = "Array"
-
-
 def _npy_array(dtype: str, shape: tuple[int, ...], data: bytes) -> NpyArray:
-    array = NpyArray.__new__(NpyArray)
-    array.__dict__.update(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data, _is_dirty=True)
-    return array
-
-
-_last_read: tuple[ArrayRecord | None, dict[str, torch.Tensor]] = (None, {})
+    return array_from_parts(NpyArray, dtype, shape, data)
 
 
 def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """`record.to_torch_state_dict()`, deserialised once per record object in this process.
+    """`record.to_torch_state_dict()` (through NpyArray's header-free read when the record holds them)."""
+    return record.to_torch_state_dict()
 
-    Every round the same global ArrayRecord is read by central evaluation, the aggregating strategy and, inline,
-    by every client: they share one read. The tensors are shared too, so callers must not modify them in place
-    (`load_state_dict` copies).
-    """
-    global _last_read
-    if _last_read[0] is not record:
-        _last_read = (record, record.to_torch_state_dict())
-    return _last_read[1]
+
+class StateReader:
+    """Reads ArrayRecords into state dicts, keeping the last one: the many readers of one round's global model
+    (every inline client of a process, or central evaluation and the final result) share one read. The tensors
+    are shared too, so callers must not modify them in place (`load_state_dict` copies)."""
+
+    def __init__(self) -> None:
+        self._record: ArrayRecord | None = None
+        self._state: dict[str, torch.Tensor] = {}
+
+    def __call__(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
+        if self._record is not record:
+            self._record, self._state = record, record.to_torch_state_dict()
+        return self._state
 
 
 def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """A model's state dict as an ArrayRecord (same bytes as `ArrayRecord(state_dict)`)."""
     arrays = {key: NpyArray.from_numpy_ndarray(t.detach().cpu().numpy()) for key, t in state.items()}
     record = ArrayRecord()
-    storage = record.__dict__.get("_data")
-    if isinstance(storage, dict) and all(isinstance(k, str) for k in arrays):
-        storage.update(arrays)  # keys and values are known-good: skip TypedDict's per-item checks (hot path)
-    else:
-        for key, array in arrays.items():
-            record[key] = array
+    fill_record(record, arrays)  # keys and values are known-good: skip the per-item checks (hot path)
     return record

@@ -5,7 +5,6 @@ each feature's callbacks (privacy ledgers and budgets: fedsim.features) are call
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from flwr.app import ArrayRecord
 
 from fedsim import checkpoint
+from fedsim._flower import seed_sampling
 from fedsim.loop import Phase, RoundCallback
 from fedsim.seeding import derive_seed
 from fedsim.strategies.unlearning import Unlearning
@@ -29,7 +29,7 @@ class SeededSampling(RoundCallback):
         self.seed = seed
 
     def before_configure(self, server_round: int, phase: Phase) -> None:
-        random.seed(derive_seed(self.seed, server_round, _PHASES[phase]))
+        seed_sampling(derive_seed(self.seed, server_round, _PHASES[phase]))
 
 
 class Checkpointer(RoundCallback):

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import checkpoint, features, protocol
-from fedsim.arrays import record_to_state, state_to_record
+from fedsim.arrays import StateReader, state_to_record
 from fedsim.callbacks import Checkpointer, FaultCounts, SeededSampling, StopOnDivergence, UnlearningRecords
 from fedsim.data import FederatedData, federated_data
 from fedsim.devices import select_device
@@ -185,8 +185,10 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     done = resume["round"] if resume else 0
     initial = checkpoint.decode(resume["arrays"]) if resume else state_to_record(model.state_dict())
 
+    read = StateReader()
+
     def central_evaluation(arrays: ArrayRecord) -> dict[str, float]:
-        model.load_state_dict(record_to_state(arrays))
+        model.load_state_dict(read(arrays))
         return evaluate(model, x_test, y_test, data.info.task)
 
     callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)

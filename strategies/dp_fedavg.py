@@ -17,9 +17,9 @@ from fedsim.strategies.replies import valid_replies
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.differential_privacy import compute_clip_model_update
 
 from fedsim import protocol
+from fedsim._flower import compute_clip_model_update
 from fedsim.arrays import NpyArray, record_to_state
 from fedsim.seeding import derive_seed
 

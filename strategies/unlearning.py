@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import protocol as p
+from fedsim._flower import sampling_kept, seed_sampling
 from fedsim.arrays import record_to_state
 from fedsim.checkpoint import decode, encode, object_state, restore_object
 from fedsim.errors import FedsimError
@@ -171,10 +171,9 @@ class Unlearning(Strategy):
         if (due or self.store is not None) and not self.nodes:
             self._discover(grid)
         if due:
-            sampling = random.getstate()
-            for request in due:
-                arrays = self._serve(request, arrays, grid)
-            random.setstate(sampling)
+            with sampling_kept():
+                for request in due:
+                    arrays = self._serve(request, arrays, grid)
         self._sent = arrays
         return self.inner.configure_train(server_round, arrays, self._with_forgotten(config, self.forgotten),
                                           _Without(grid, self._excluded(self.forgotten)))
@@ -299,7 +298,7 @@ class Unlearning(Strategy):
         """One ordinary round of `strategy` without the forgotten data; the model is unchanged if all fail."""
         config = self.config_without(forgotten)
         config.update(overrides or {})
-        random.seed(derive_seed(self.seed, server_round, 0))
+        seed_sampling(derive_seed(self.seed, server_round, 0))
         messages = strategy.configure_train(server_round, arrays, config, _Without(grid, self._excluded(forgotten)))
         new, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=self.timeout))
         return new if new is not None else arrays

@@ -68,7 +68,7 @@ def reply():
     import numpy as np
     from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 
-    from fedsim.runtime.base import assign_message_id
+    from fedsim._flower import assign_message_id
 
     def make(sent, arrays: dict | None = None, num_examples: int = 1, error: str | None = None, **metrics):
         assign_message_id(sent, f"m{sent.metadata.dst_node_id}")

@@ -13,7 +13,7 @@ FOLDERS = {"fedsim": "fedsim", "clients": "fedsim.clients", "strategies": "fedsi
 # itself ("fedsim", its __init__) is matched exactly, never as a prefix, so it cannot place every module in layer 0.
 PACKAGE = "fedsim"
 LAYERS = {
-    PACKAGE: 0, "fedsim.errors": 0, "fedsim.seeding": 0, "fedsim.files": 0, "fedsim.arrays": 0,
+    PACKAGE: 0, "fedsim.errors": 0, "fedsim._flower": 0, "fedsim.seeding": 0, "fedsim.files": 0, "fedsim.arrays": 0,
     "fedsim.protocol": 0, "fedsim.privacy": 0, "fedsim.bag_theory": 0, "fedsim.checkpoint": 0,
     "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.stacked": 0, "fedsim.stacked_dp_sgd": 0, "fedsim.quiet": 0,
     "fedsim.strategies.registry": 1, "fedsim.strategies.fedld": 1, "fedsim.strategies.dp_fedavg": 1,

@@ -12,13 +12,13 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
 import fedsim
+from fedsim._flower import assign_message_id
 from fedsim.arrays import state_to_record
 from fedsim.errors import FedsimError
 from fedsim.features.dp_sgd import train_dp_sgd
 from fedsim.privacy import epsilon_of
 from fedsim.protocol import LocalTraining
 from fedsim.runtime import InlineGrid
-from fedsim.runtime.base import assign_message_id
 from fedsim.scenario import DPSGDPrivacy
 
 ONE_STEP = LocalTraining(local_epochs=1, batch_size=1000, lr=1.0, momentum=0.0)  # q = 1: one full-batch step

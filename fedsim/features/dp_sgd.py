@@ -10,6 +10,7 @@ noise) is drawn from torch's generator seeded per (seed, round, client), so runs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -252,7 +253,7 @@ class DPSGD(PrivacyFeature):
         s = scenario.strategy
         mu = s.params.get("proximal_mu", scenario.client.proximal_mu) if s.name == "fedprox" else \
             scenario.client.proximal_mu
-        check_local_training(LocalTraining(**{**scenario.client.local().__dict__, "proximal_mu": mu}))
+        check_local_training(dataclasses.replace(scenario.client.local(), proximal_mu=mu))
         model = private_model(model, scenario.privacy.fix_model)
         if scenario.privacy.noise_multiplier is None:
             self._check_target(scenario, data)

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim._flower import Run, act_as_server, assign_message_id, shared_content_groups
 from fedsim.checkpoint import decode, encode
 from fedsim.protocol import TRAIN
 
@@ -27,12 +26,6 @@ NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: stable, and clear of Flower's
 
 def node_id_of(partition_id: int) -> int:
     return NODE_ID_OFFSET + partition_id
-
-
-def assign_message_id(msg: Message, message_id: str) -> None:
-    """Give a pushed message its id. Flower's Metadata has no public setter; its own Grids assign the attribute
-    behind `message_id` the same way, so this is the one place fedsim does."""
-    msg.metadata.__dict__["_message_id"] = message_id
 
 
 def run_client(app: ClientApp, msg: Message, context: Context) -> Message:
@@ -54,12 +47,11 @@ def run_clients(app: ClientApp, cohort: Cohort | None, messages: list[Message], 
     set, run one by one after sleeping their delay. A cohort that raises is rerun one by one, so a failing client
     is still its own error reply."""
     replies: list[Message | None] = [None] * len(messages)
-    groups: dict[int, list[int]] = {}
-    for i, (msg, delay) in enumerate(zip(messages, delays)):
-        if cohort is not None and not delay and msg.metadata.message_type == TRAIN:
-            groups.setdefault(id(msg.content), []).append(i)
+    eligible = [i for i, (msg, delay) in enumerate(zip(messages, delays))
+                if cohort is not None and not delay and msg.metadata.message_type == TRAIN]
     vectorized = 0
-    for members in groups.values():
+    for group in shared_content_groups(messages[i] for i in eligible).values():
+        members = [eligible[j] for j in group]
         try:
             together = cohort([messages[i] for i in members], [contexts[i] for i in members])
         except Exception:  # noqa: BLE001, S112 - one by one, each failure becomes that client's error reply
@@ -93,8 +85,7 @@ class VirtualNodesGrid(Grid):
         self._pushes = 0  # message batches pushed so far: faults are drawn per (seed, push, node)
         self.vectorized = 0  # client tasks trained vectorised (fedsim.clients.train_together) so far
         self._run = Run.create_empty(run_id)
-        # Messages created in this process are the server's (as in Flower's own ServerApp runner).
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+        act_as_server(run_id)  # messages created in this process are the server's (as in Flower's ServerApp runner)
         self.contexts = {
             node_id_of(pid): Context(
                 run_id=run_id,

@@ -1,0 +1,72 @@
+"""Each assumption fedsim makes about Flower beyond its public API (fedsim._flower, numbered as there), checked
+against the installed Flower: a newer Flower that breaks one fails here, naming it, not somewhere in a run."""
+
+from __future__ import annotations
+
+import random
+
+import flwr
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedsim import _flower
+from fedsim.arrays import NpyArray, state_to_record
+from fedsim.runtime import InlineGrid
+
+
+def test_the_assumptions_were_checked_against_this_flower():
+    assert flwr.__version__.startswith(_flower.FLOWER_VERSION + "."), (
+        f"Flower {flwr.__version__}: re-check every assumption in fedsim/_flower.py, then update FLOWER_VERSION")
+
+
+def test_1_a_pushed_message_gets_its_id():
+    _flower.act_as_server(1)
+    msg = Message(RecordDict(), 1001, "train")
+    _flower.assign_message_id(msg, "msg-7")
+    assert msg.metadata.message_id == "msg-7"
+
+
+def test_2_messages_created_after_act_as_server_are_the_servers():
+    _flower.act_as_server(5)
+    msg = Message(RecordDict(), 1001, "train")
+    assert msg.metadata.src_node_id == SUPERLINK_NODE_ID and msg.metadata.run_id == 5
+
+
+@pytest.mark.parametrize("array", [np.arange(6, dtype=np.float32).reshape(2, 3), np.float64(2.5), np.zeros(0)])
+def test_3_an_npy_array_is_an_array_on_the_wire(array):
+    ours, flowers = NpyArray.from_numpy_ndarray(np.asarray(array)), Array(np.asarray(array))
+    assert type(ours).__qualname__ == "Array" and isinstance(ours, Array)
+    assert ours.object_id == flowers.object_id and ours.data == flowers.data
+    assert np.array_equal(ours.numpy(), flowers.numpy())
+
+
+def test_3_a_filled_record_equals_one_built_item_by_item():
+    import torch
+
+    state = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
+    fast, slow = state_to_record(state), ArrayRecord()
+    for key, tensor in state.items():
+        slow[key] = Array(tensor.numpy())
+    assert list(fast.keys()) == list(slow.keys()) and fast.object_id == slow.object_id
+
+
+def test_4_flowers_strategies_send_one_content_to_every_train_message():
+    messages = list(FedAvg().configure_train(1, ArrayRecord(), ConfigRecord(), InlineGrid(None, 4, {})))
+    assert len(messages) == 4
+    assert list(_flower.shared_content_groups(messages).values()) == [[0, 1, 2, 3]]
+
+
+def test_6_flowers_sampling_draws_from_the_module_random():
+    grid = InlineGrid(None, 20, {})
+    _flower.seed_sampling(11)
+    first = sample_nodes(grid, 1, 5)[0]
+    with _flower.sampling_kept():
+        _flower.seed_sampling(99)
+        random.random()
+    second = sample_nodes(grid, 1, 5)[0]
+    _flower.seed_sampling(11)
+    assert sample_nodes(grid, 1, 5)[0] == first and sample_nodes(grid, 1, 5)[0] == second

@@ -127,7 +127,8 @@ def machine() -> str:
     import torch
 
     return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, flwr {flwr.__version__}, ray {ray.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}, flwr {flwr.__version__}, "
+            f"ray {ray.__version__}")
 
 
 def main() -> None:
@@ -136,7 +137,8 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     about = (f"Command: `make bench` ({time.strftime('%Y-%m-%d')}). Wall time includes imports and Ray start-up; "
-             "steady-state is the mean seconds per round over rounds 2..R (round 2 alone: its sampled clients are nearly all new, so no partition is cached yet); ratios are to the plain PyTorch loop "
+             "steady-state is the mean seconds per round over rounds 2..R (round 2 alone: its sampled clients are "
+             "nearly all new, so no partition is cached yet); ratios are to the plain PyTorch loop "
              "(or to fedsim-sequential where there is no plain loop). Peak RSS is the whole process tree (Ray's "
              "processes included). Every runner trains with `run.resources.num_cpus` (1) torch threads per client "
              "and evaluates the global model on the test set after every round. fedsim-sequential: inline, "
@@ -150,7 +152,8 @@ def main() -> None:
         accuracies = {r: res["final"].get("accuracy") for r, res in results.items()}
         same = max(accuracies.values()) - min(accuracies.values()) <= 0.01
         table = Table(title=f"{name}: {scenario} {' '.join(sets)}")
-        header = ["runner", "wall s", "x base", "steady s/round", "x base", "round 2 s", "peak RSS MB", "final accuracy"]
+        header = ["runner", "wall s", "x base", "steady s/round", "x base", "round 2 s", "peak RSS MB",
+                  "final accuracy"]
         for col in header:
             table.add_column(col, justify="left" if col == "runner" else "right")
         lines += [f"## {name}: `{scenario}` {' '.join(sets)}", "", "| " + " | ".join(header) + " |",

@@ -10,6 +10,7 @@ import statistics
 import time
 
 import numpy as np
+
 from fedsim.strategies.fedld import principal_gradient_update
 
 SHAPES = {"fc1.weight": (1000, 1000), "fc1.bias": (1000,), "fc2.weight": (10, 1000), "fc2.bias": (10,)}

@@ -46,10 +46,12 @@ def plain_fedavg(scenario: Scenario, on_round: Callable[[int], None] | None = No
     k = max(1, int(n * scenario.strategy.fraction_train))
     for rnd in range(1, scenario.run.rounds + 1):
         states, sizes = [], []
-        for pid in range(n) if k == n else sorted(random.Random(derive_seed(scenario.run.seed, rnd)).sample(range(n), k)):
+        for pid in range(n) if k == n else sorted(random.Random(derive_seed(scenario.run.seed, rnd)).sample(range(n),
+                                                                                                            k)):
             x, y = data.partition(pid)
             local.load_state_dict(global_model.state_dict())
-            local_sgd(local, x, y, scenario.client, torch.Generator().manual_seed(derive_seed(scenario.run.seed, rnd, pid)))
+            local_sgd(local, x, y, scenario.client, torch.Generator().manual_seed(derive_seed(scenario.run.seed, rnd,
+                                                                                              pid)))
             states.append({k: v.clone() for k, v in local.state_dict().items()})
             sizes.append(len(x))
         total = sum(sizes)

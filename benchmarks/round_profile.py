@@ -15,11 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from fedsim.clients import train_together as handler
 from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim import checkpoint, server
+from fedsim.clients import train_together as handler
 from fedsim.runtime import inline
 
 TRAINING = "client side: local training (fedsim.stacked)"  # inside the client side's total
@@ -68,7 +68,8 @@ def describe(parts: dict[str, float]) -> str:
     total = parts["round"]
     named = sum(v for k, v in parts.items() if k not in ("round", TRAINING))
     rows = [f"{label} {ms:.1f} ms ({ms / total:.0%})" for label, ms in parts.items() if label != "round"]
-    return f"round {total:.1f} ms: " + "; ".join(rows) + f"; the rest {total - named:.1f} ms ({(total - named) / total:.0%})"
+    rest = total - named
+    return f"round {total:.1f} ms: " + "; ".join(rows) + f"; the rest {rest:.1f} ms ({rest / total:.0%})"
 
 
 if __name__ == "__main__":

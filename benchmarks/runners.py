@@ -68,7 +68,8 @@ def run_fedsim(scenario: fedsim.Scenario) -> tuple[list[float], dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("runner", choices=["plain", "stock-flower", "fedsim-sequential", "fedsim-vectorized", "fedsim-ray"])
+    parser.add_argument("runner", choices=["plain", "stock-flower", "fedsim-sequential", "fedsim-vectorized",
+                                           "fedsim-ray"])
     parser.add_argument("scenario")
     parser.add_argument("--set", dest="sets", action="append", default=[])
     args = parser.parse_args()
@@ -90,7 +91,8 @@ def main() -> None:
             rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "inline", "run.vectorize": vectorize}))
         else:
             actors = scenario.run.resources.max_actors or 2
-            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "ray", "run.resources.max_actors": actors,
+            rounds, final = run_fedsim(scenario.with_overrides({"run.runtime": "ray",
+                                                                "run.resources.max_actors": actors,
                                                                "run.vectorize": True}))
     print(json.dumps({"round_s": rounds, "final": final, "peak_rss_mb": round(rss.peak, 1)}))
 

@@ -25,7 +25,8 @@ from fedsim.seeding import derive_seed
 
 
 def stock_flower(scenario: Scenario) -> tuple[list[float], dict[str, float]]:
-    """Run the scenario (FedAvg, `strategy.fraction_train` of the clients) on stock Flower; returns seconds per round and final metrics."""
+    """Run the scenario (FedAvg, `strategy.fraction_train` of the clients) on stock Flower; returns seconds per round
+    and final metrics."""
     n = scenario.data.partitioner.num_partitions
     client_app, server_app = ClientApp(), ServerApp()
 

@@ -8,13 +8,13 @@ run config (fedsim.clients.workspace.ClientSpec).
 from __future__ import annotations
 
 import torch
-from fedsim.clients.workspace import Workspace, workspace
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim import features
 from fedsim import protocol as p
 from fedsim.arrays import state_to_record
+from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.features import ClientJob, RoundSetup

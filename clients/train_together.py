@@ -10,12 +10,12 @@ rather than declines: the runtime then reruns the messages one by one, so each f
 from __future__ import annotations
 
 import torch
-from fedsim.clients.app import partition_of, received_loss, round_setup, train_reply, train_seed
-from fedsim.clients.workspace import workspace
 from flwr.app import ConfigRecord, Context, Message
 
 from fedsim import features
 from fedsim import protocol as p
+from fedsim.clients.app import partition_of, received_loss, round_setup, train_reply, train_seed
+from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
 from fedsim.stacked import train_stacked
 

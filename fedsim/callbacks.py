@@ -16,7 +16,6 @@ from fedsim._flower import seed_sampling
 from fedsim.loop import Phase, RoundCallback
 from fedsim.seeding import derive_seed
 from fedsim.strategies.unlearning import Unlearning
-from fedsim.unlearning.history import HistoryStore
 
 _PHASES = {"train": 0, "evaluate": 1}
 
@@ -63,13 +62,11 @@ class Checkpointer(RoundCallback):
 
 
 class UnlearningRecords(RoundCallback):
-    """Gives an `Unlearning` strategy its history store in the run dir, deletes forgotten clients' stored
-    updates after each round (after its checkpoint, so a resumed run can serve the request again) and adds
-    the unlearning table and the store's size to summary.json."""
+    """Deletes forgotten clients' stored updates after each round (after its checkpoint, so a resumed run can
+    serve the request again) and adds the unlearning table and the history store's size to summary.json."""
 
-    def __init__(self, strategy: Unlearning, run_dir: Path, history_interval: int) -> None:
+    def __init__(self, strategy: Unlearning) -> None:
         self.strategy = strategy
-        strategy.store = HistoryStore(run_dir / "history", history_interval)
 
     def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> None:
         self.strategy.purge()

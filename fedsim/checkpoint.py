@@ -2,7 +2,8 @@
 
 `RUN_DIR/checkpoint.pt` holds the round number, the global model, the strategy's state (its attributes: FedLD's
 history, FedOpt's moments, ...), the privacy monitor, the Grid's counters, every client's `context.state`
-(DP accountants, bag releases) and the process-wide random generators. It is written atomically (temp file + rename) and holds only tensors, numbers,
+(DP accountants, bag releases) and the process-wide random generators. It is written atomically (temp file + rename) and
+holds only tensors, numbers,
 strings, lists and dicts, so it loads with `torch.load(weights_only=True)`: nothing in it is unpickled or run.
 """
 

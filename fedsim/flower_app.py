@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsim import protocol
 from fedsim.clients.app import app as client_app
 from fedsim.errors import FedsimError
+from fedsim.results import new_run_dir
 from fedsim.runner import run_on_grid
 from fedsim.scenario import Scenario
 from fedsim.server import prepare
@@ -33,10 +34,11 @@ def main(grid: Grid, context: Context) -> None:
         raise FedsimError("num-supernodes", f"Flower started {nodes} SuperNodes but scenario '{name}' has {expected} "
                           "clients (partitions), so this would not be the experiment `fedsim run` runs",
                           f"run: {rerun_command(name, expected)}")
-    prepared = prepare(scenario)
+    prepared = prepare(scenario, run_dir=new_run_dir(scenario, context.run_config.get("out") or None))
     grid = PartitionOrdered(grid)
-    result = run_on_grid(prepared, grid, context.run_config.get("out") or None,
-                         lambda row: print(f"round {row['round']}: {row['eval']}", flush=True), lambda: {"kind": "flower"})
+    result = run_on_grid(prepared, grid, None,
+                         lambda row: print(f"round {row['round']}: {row['eval']}", flush=True),
+                         lambda: {"kind": "flower"})
     print(f"fedsim run dir: {result.run_dir.resolve()} final: {result.final}", flush=True)
 
 

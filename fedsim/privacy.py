@@ -58,7 +58,8 @@ def _rdp_per_step(noise: float, rate: float) -> np.ndarray:
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as analysis
 
-    return np.asarray(analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS))
+    return np.asarray(analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=1,
+                                           orders=RDPAccountant.DEFAULT_ALPHAS))
 
 
 def epsilon_of(history: History, delta: float, accountant: str = "rdp") -> float:

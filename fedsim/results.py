@@ -212,7 +212,8 @@ def load_run(run_dir: str | Path, unfinished: bool = False) -> RunResult:
     except json.JSONDecodeError as exc:
         raise RunDirError(str(path), f"corrupt metrics or summary: {exc}", "re-run the scenario") from None
     model_file = path / "model.pt"
-    state = load_tensors(model_file, "model file", "re-run the scenario, or delete model.pt to read the metrics alone") \
+    state = load_tensors(model_file, "model file",
+                         "re-run the scenario, or delete model.pt to read the metrics alone") \
         if model_file.is_file() else {}
     return RunResult(path, Scenario.from_run_dir(path / "scenario.toml"), rows, summary, state)
 

@@ -61,7 +61,12 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
     dir so `fedsim run --resume` can continue it; otherwise (bad input) nothing is kept.
     `describe()` says what ran the clients, asked at the end (e.g. how many Ray actors were replaced); a set
     `stop` event ends the run after the current round, with its checkpoint written (Interrupted)."""
-    run_dir = Path(out) if resume is not None else new_run_dir(prepared.scenario, out)
+    run_dir = prepared.run_dir or (Path(out) if resume is not None else new_run_dir(prepared.scenario, out))
+    if prepared.run_dir is not None and out is not None and Path(out) != prepared.run_dir:
+        raise ValueError(f"run_on_grid: out={out} but the run was prepared for {prepared.run_dir}")
+    if prepared.unlearning is not None and prepared.run_dir is None:
+        raise ValueError("a scenario with [unlearning] keeps its history store in the run dir: "
+                         "prepare(scenario, run_dir=...) before run_on_grid")
     recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume, started)
     try:
         arrays = server_main(grid, prepared, recorder, resume, stop, callbacks)
@@ -90,7 +95,8 @@ def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
     """The scenario and checkpoint of an interrupted run dir; RunDirError if it cannot be resumed."""
     run_dir = Path(run_dir)
     if (run_dir / "summary.json").is_file():
-        raise RunDirError(str(run_dir), "is a finished run, there is nothing to resume", "look at it with `fedsim show`")
+        raise RunDirError(str(run_dir), "is a finished run, there is nothing to resume",
+                          "look at it with `fedsim show`")
     if not (run_dir / "scenario.toml").is_file():
         raise RunDirError(str(run_dir), "is not a fedsim run dir (no scenario.toml)", "pass the dir `fedsim run` made")
     state = checkpoint.read(run_dir)
@@ -115,7 +121,7 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
     started = time.perf_counter()
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
-    prepared = prepare(scenario)
+    prepared = prepare(scenario, run_dir=run_dir)
     grid = make_grid(prepared)
     try:
         return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop, started=started)
@@ -133,10 +139,10 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
     fedsim.loop.RoundCallbacks (docs/extending.md). `on_round(row)` is called after every round; a set `stop`
     event ends the run after the current round (Interrupted)."""
     started = time.perf_counter()  # the wall time counts data loading and the runtime's start-up too
-    prepared = prepare(scenario, strategy)
+    prepared = prepare(scenario, strategy, new_run_dir(scenario, out))
     grid = make_grid(prepared)
     try:
-        return run_on_grid(prepared, grid, out, on_round, grid.describe, stop=stop, callbacks=callbacks,
+        return run_on_grid(prepared, grid, None, on_round, grid.describe, stop=stop, callbacks=callbacks,
                            started=started)
     finally:
         grid.close()

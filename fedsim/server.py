@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
@@ -34,6 +35,7 @@ from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.unlearning import Unlearning
 from fedsim.trackers import check_installed, trackers
 from fedsim.unlearning.forget import check_requests
+from fedsim.unlearning.history import HistoryStore
 from fedsim.unlearning.metrics import UnlearningEvaluator
 
 
@@ -48,6 +50,7 @@ class Prepared:
     features: list[Feature]  # the features the scenario switches on (fedsim.features)
     vectorize: bool  # whether a round's clients are trained together (decided here, once)
     unlearning: Unlearning | None = None
+    run_dir: Path | None = None  # where the run will write (None: only validated; a run picks its dir then)
 
 
 def make_strategy(scenario: Scenario) -> Strategy:
@@ -66,9 +69,11 @@ def make_strategy(scenario: Scenario) -> Strategy:
         raise ScenarioError("strategy", what, fix) from None
 
 
-def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
+def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str | Path | None = None) -> Prepared:
     """Load data (all partitions), build the initial model and the strategy (the scenario's, or `strategy`: any
-    Flower strategy, which then gets every fedsim feature the scenario asks for); FedsimError on bad input."""
+    Flower strategy, which then gets every fedsim feature the scenario asks for); FedsimError on bad input.
+    `run_dir`: where the run will write (nothing is written here); the unlearning history store lives in it, so a
+    scenario with [unlearning] needs it to run."""
     data = federated_data(scenario.data, scenario.run.seed)
     data.partition(0)  # computes the partitioning (and its errors); other partitions load when sampled
     if scenario.client.loss == "fedld-margin" and data.info.task == "regression":
@@ -86,8 +91,10 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None) -> Prepared:
     if strategy is None:
         with quiet("flwr"):  # e.g. "fraction_evaluate is set to 0.0": fedsim's own settings, not news to the user
             strategy = make_strategy(scenario)
-    unlearning = unlearning_strategy(scenario, data, model, strategy) if scenario.unlearning is not None else None
-    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, unlearning)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    unlearning = unlearning_strategy(scenario, data, model, strategy, run_dir) \
+        if scenario.unlearning is not None else None
+    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, unlearning, run_dir)
 
 
 def not_vectorizable(scenario: Scenario, enabled: list[Feature], model: nn.Module) -> str | None:
@@ -118,12 +125,15 @@ def client_device_type(scenario: Scenario) -> str:
     return select_device(scenario.client.device).type
 
 
-def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Module, strategy: Strategy) -> Unlearning:
-    """Wrap `strategy` to serve the scenario's unlearning requests, evaluated against retrain."""
+def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Module, strategy: Strategy,
+                        run_dir: Path | None) -> Unlearning:
+    """Wrap `strategy` to serve the scenario's unlearning requests, evaluated against retrain, with its history
+    store in RUN_DIR/history."""
     u, c = scenario.unlearning, scenario.client
     evaluator = UnlearningEvaluator(data, model, scenario.run.seed, c.lr, c.batch_size) if u.evaluate else None
+    store = HistoryStore(run_dir / "history", u.history_interval) if run_dir is not None else None
     return Unlearning(strategy, u.requests, settings=u, local=c.local(), seed=scenario.run.seed,
-                      timeout=scenario.run.round_timeout_s, evaluate=evaluator,
+                      timeout=scenario.run.round_timeout_s, store=store, evaluate=evaluator,
                       random_model=lambda seed: initial_model(scenario.model, data.info, seed).state_dict())
 
 
@@ -169,7 +179,7 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
         callbacks.append(checkpointer)
     if prepared.unlearning is not None:
-        callbacks.append(UnlearningRecords(prepared.unlearning, recorder.run_dir, scenario.unlearning.history_interval))
+        callbacks.append(UnlearningRecords(prepared.unlearning))
     callbacks += trackers(scenario, recorder)
     return callbacks, checkpointer
 

@@ -132,8 +132,10 @@ def _read_file(path_text: str) -> Dataset:
             with np.load(path, allow_pickle=False) as arrays:
                 return Dataset.from_dict({k: arrays[k] for k in arrays.files})
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise DataError(f"data.dataset: file:{path_text}", f"cannot read: {exc}", "pass a valid parquet/csv/npz file") from None
-    raise DataError(f"data.dataset: file:{path_text}", f"unsupported file type '{suffix}'", "use .parquet, .csv or .npz")
+        raise DataError(f"data.dataset: file:{path_text}", f"cannot read: {exc}",
+                        "pass a valid parquet/csv/npz file") from None
+    raise DataError(f"data.dataset: file:{path_text}", f"unsupported file type '{suffix}'",
+                    "use .parquet, .csv or .npz")
 
 
 def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.ndarray], tuple[int, ...], bool]:
@@ -178,7 +180,8 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
             else np.array([], dtype=int)
         if empty.size:
             raise DataError(f"data.dataset: {cfg.dataset}", f"column '{name}' row {empty[0] + 1} is empty "
-                            f"({empty.size} row{'s' if empty.size > 1 else ''} in all)", "fill or drop the rows with missing values")
+                            f"({empty.size} row{'s' if empty.size > 1 else ''} in all)",
+                            "fill or drop the rows with missing values")
     y = raw_y.astype(np.float32 if regression else np.int64)
     for name, values in ((label, y), *zip(feature_cols, parts, strict=True)):
         infinite = np.flatnonzero(np.isinf(values.reshape(len(values), -1)).any(axis=1)) \

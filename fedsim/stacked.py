@@ -2,7 +2,8 @@
 trained together as one batched computation.
 
 Every client's parameters (and optimizer state) are stacked along a leading client axis; each step evaluates
-every client's objective with `torch.func.vmap(functional_call)` and takes one `autograd.grad` of their sum. Client c's t-th step uses exactly the batch its sequential
+every client's objective with `torch.func.vmap(functional_call)` and takes one `autograd.grad` of their sum. Client c's
+t-th step uses exactly the batch its sequential
 run would use at its t-th step (`fedsim.training.minibatches` with its own generator); batches are padded to
 the batch size and the padding masked out of the loss, and a client whose batches have run out is not updated
 (nor is its optimizer state). The objective is `fedsim.training.train_locally`'s (task loss, FedLD's margin

@@ -50,7 +50,8 @@ def load_sweep(name_or_path: str) -> tuple[SweepFile, Path]:
     path = Path(name_or_path)
     if not path.is_file():
         if name_or_path not in shipped_sweeps():
-            raise ScenarioError(name_or_path, "no such sweep file or shipped sweep", suggest(name_or_path, shipped_sweeps()))
+            raise ScenarioError(name_or_path, "no such sweep file or shipped sweep", suggest(name_or_path,
+                                                                                             shipped_sweeps()))
         path = shipped_sweeps()[name_or_path]
     try:
         return SweepFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8"))), path
@@ -59,7 +60,8 @@ def load_sweep(name_or_path: str) -> tuple[SweepFile, Path]:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise ScenarioError(f"{path}: {loc}", err["msg"], "see `fedsim sweep --help` for the sweep file format") from None
+        raise ScenarioError(f"{path}: {loc}", err["msg"],
+                            "see `fedsim sweep --help` for the sweep file format") from None
 
 
 def _label(key: str, value: Any) -> str:

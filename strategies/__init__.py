@@ -16,7 +16,8 @@ _EXPORTS = {
     "check_strategy": "fedsim.strategies.registry",
     "strategy_params": "fedsim.strategies.registry",
 }
-__all__ = ["STRATEGIES", "FedLD", "PoissonDPFedAvg", "Unlearning", "build_strategy", "check_strategy", "strategy_params"]
+__all__ = ["STRATEGIES", "FedLD", "PoissonDPFedAvg", "Unlearning", "build_strategy", "check_strategy",
+           "strategy_params"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from fedsim.strategies.replies import valid_replies
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -22,6 +21,7 @@ from fedsim import protocol
 from fedsim._flower import compute_clip_model_update
 from fedsim.arrays import NpyArray, record_to_state
 from fedsim.seeding import derive_seed
+from fedsim.strategies.replies import valid_replies
 
 
 class PoissonDPFedAvg(FedAvg):

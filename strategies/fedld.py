@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from fedsim.strategies.replies import valid_replies
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import protocol
 from fedsim.arrays import NpyArray, record_to_state
+from fedsim.strategies.replies import valid_replies
 
 EIGEN_FLOOR = 1e-12  # relative to the largest eigenvalue: smaller ones are numerical zeros
 

@@ -11,11 +11,11 @@ import inspect
 import math
 from typing import Any
 
-from fedsim.strategies.fedld import FedLD
 from flwr.serverapp import strategy as flower
 
 from fedsim import protocol
 from fedsim.errors import suggest
+from fedsim.strategies.fedld import FedLD
 
 STRATEGIES: dict[str, type[flower.Strategy]] = {
     "fedavg": flower.FedAvg,

@@ -3,55 +3,46 @@
 A request (forget a client, a class, or samples of one client) is served after round `at_round`: every listed
 method (fedsim.unlearning.methods) runs from the same pre-request state (global model and a copy of the wrapped
 strategy's state), is timed and evaluated against `retrain` (docs/algorithms.md, Machine unlearning), and
-training continues from the first listed method's result. From then on the forgotten data never takes part again: a forgotten client is never sampled,
+training continues from the first listed method's result. From then on the forgotten data never takes part again: a
+forgotten client is never sampled,
 and every train / evaluate message tells clients which classes and samples to drop.
 
-Client-side steps run in the ClientApp's `train.unlearn` handler; which node is which client is asked once with
-a `query.partition` message. The history store (global models and client updates every `history_interval`
-rounds) feeds FedEraser and PGA; a forgotten client's stored updates are deleted when its request is served.
+The wrapper forwards every Strategy method to the wrapped strategy explicitly (as Flower's DP wrappers do), keeps
+the bookkeeping (what is forgotten, the history store's rounds, the results table) and serves requests; the
+methods work through its `session` (fedsim.strategies.unlearning_session.RequestSession, the typed
+`fedsim.unlearning.methods.base.Session`). Client-side steps run in the ClientApp's `train.unlearn` handler; which
+node is which client is asked once with a `query.partition` message. The history store (global models and client
+updates every `history_interval` rounds), given at construction, feeds FedEraser and PGA; a forgotten client's
+stored updates are deleted when its request is served.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from fedsim.strategies.grid_view import GridView
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import protocol as p
-from fedsim._flower import sampling_kept, seed_sampling
+from fedsim._flower import sampling_kept
 from fedsim.arrays import record_to_state
 from fedsim.checkpoint import decode, encode, object_state, restore_object
 from fedsim.errors import FedsimError
 from fedsim.loop import clients_needed
 from fedsim.protocol import LocalTraining
 from fedsim.scenario import UnlearningRequest, UnlearningSection
-from fedsim.seeding import derive_seed
+from fedsim.strategies.unlearning_session import Job, RequestSession, WithoutForgotten
 from fedsim.unlearning.forget import Forgotten
 from fedsim.unlearning.history import HistoryStore
 from fedsim.unlearning.methods import methods
-from fedsim.unlearning.methods.base import weighted
 from fedsim.unlearning.metrics import avg_gap
 
 State = dict[str, torch.Tensor]
-
-
-class _Without(GridView):
-    """A view of a Grid that never offers the excluded nodes (forgotten clients) for sampling."""
-
-    def __init__(self, grid: Grid, excluded: set[int]) -> None:
-        super().__init__(grid)
-        self._excluded = excluded
-
-    def get_node_ids(self) -> list[int]:
-        return [n for n in self._grid.get_node_ids() if n not in self._excluded]
 
 
 @dataclass
@@ -65,27 +56,13 @@ class Outcome:
     time_s: float
 
 
-@dataclass
-class Job:
-    """One request being served: what it forgets and the state every method starts from."""
-
-    request: UnlearningRequest
-    before: Forgotten  # forgotten by earlier requests
-    target: Forgotten  # this request's data
-    arrays: ArrayRecord  # the global model after round at_round
-    grid: Grid
-
-    @property
-    def now(self) -> Forgotten:
-        return self.before | self.target
-
-
 class Unlearning(Strategy):
     """Wrap `strategy`; serve `requests` (and `request_unlearning(...)` calls) at their rounds.
 
-    `local` is the clients' training setup (unlearning steps start from it); `evaluate(arrays, this_request,
-    everything_forgotten, pre_request_arrays)` returns a method's metrics (fedsim.unlearning.metrics);
-    `random_model(seed)` a freshly initialised state dict (PGA's radius, the blindspot model).
+    `local` is the clients' training setup (unlearning steps start from it); `store` the history store (None: none
+    kept, so FedEraser and PGA cannot run); `evaluate(arrays, this_request, everything_forgotten,
+    pre_request_arrays)` returns a method's metrics (fedsim.unlearning.metrics); `random_model(seed)` a freshly
+    initialised state dict (PGA's radius, the blindspot model).
     """
 
     def __init__(self, strategy: Strategy, requests: Iterable[UnlearningRequest] = (), *,
@@ -93,19 +70,14 @@ class Unlearning(Strategy):
                  timeout: float | None = None, store: HistoryStore | None = None,
                  evaluate: Callable[[ArrayRecord, Forgotten, Forgotten, ArrayRecord], dict] | None = None,
                  random_model: Callable[[int], State] | None = None) -> None:
-        self.inner, self.pristine = strategy, copy.deepcopy(strategy)
+        self.inner = strategy
+        self.session = RequestSession(strategy, settings or UnlearningSection(), local or LocalTraining(), seed,
+                                      timeout, store, random_model)
         self.requests = list(requests)
-        self.settings = settings or UnlearningSection()
-        self.local = dataclasses.replace(local or LocalTraining(), loss="ce", proximal_mu=0.0)
-        self.seed, self.timeout, self.store = seed, timeout, store
-        self.evaluate, self.random_model = evaluate, random_model
+        self.store, self.timeout, self.evaluate = store, timeout, evaluate
         self.forgotten = Forgotten()
         self.results: list[dict] = []  # one row per (request, method)
-        self.nodes: dict[int, int] = {}  # client (partition) id -> node id
-        self._initial: ArrayRecord | None = None
-        self._train_config = ConfigRecord()
         self._sent: ArrayRecord | None = None
-        self._retrained: dict[tuple, tuple[ArrayRecord, Strategy, dict]] = {}
         self._last_round = 0
 
     @property
@@ -130,15 +102,15 @@ class Unlearning(Strategy):
         """What a resumed run needs (the retrain cache is rebuilt on demand, identically)."""
         return {"inner": object_state(self.inner), "forgotten": encode(self.forgotten.key()),
                 "requests": encode([r.model_dump() for r in self.requests]), "results": encode(self.results),
-                "nodes": encode(self.nodes), "initial": encode(self._initial),
-                "train_config": encode(self._train_config), "last_round": self._last_round}
+                "nodes": encode(self.session.nodes), "initial": encode(self.session.initial),
+                "train_config": encode(self.session.train_config), "last_round": self._last_round}
 
     def restore_checkpoint(self, state: dict) -> None:
         restore_object(self.inner, state["inner"])
         self.forgotten = Forgotten.from_key(decode(state["forgotten"]))
         self.requests = [UnlearningRequest(**r) for r in decode(state["requests"])]
-        self.results, self.nodes = decode(state["results"]), decode(state["nodes"])
-        self._initial, self._train_config = decode(state["initial"]), decode(state["train_config"])
+        self.results, self.session.nodes = decode(state["results"]), decode(state["nodes"])
+        self.session.initial, self.session.train_config = decode(state["initial"]), decode(state["train_config"])
         self._last_round = int(state["last_round"])
 
     def purge(self) -> None:
@@ -153,30 +125,24 @@ class Unlearning(Strategy):
     def summary(self) -> None:
         self.inner.summary()
 
-    def _excluded(self, forgotten: Forgotten) -> set[int]:
-        return {self.nodes[c] for c in forgotten.clients if c in self.nodes}
-
-    def _with_forgotten(self, config: ConfigRecord, forgotten: Forgotten) -> ConfigRecord:
-        config = ConfigRecord(dict(config))
-        if forgotten:
-            forgotten.write(config, p.FORGET)
-        return config
+    def _without_forgotten(self, grid: Grid) -> Grid:
+        return WithoutForgotten(grid, self.session.excluded(self.forgotten))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         if server_round == 1:
-            self._initial, self._train_config = arrays, ConfigRecord(dict(config))
+            self.session.initial, self.session.train_config = arrays, ConfigRecord(dict(config))
         self.purge()  # clients forgotten last round (fedsim's server also purges right after each checkpoint)
         due = [r for r in self.requests if r.at_round == server_round - 1]
-        if (due or self.store is not None) and not self.nodes:
+        if (due or self.store is not None) and not self.session.nodes:
             self._discover(grid)
         if due:
             with sampling_kept():
                 for request in due:
                     arrays = self._serve(request, arrays, grid)
         self._sent = arrays
-        return self.inner.configure_train(server_round, arrays, self._with_forgotten(config, self.forgotten),
-                                          _Without(grid, self._excluded(self.forgotten)))
+        return self.inner.configure_train(server_round, arrays, self.session.with_forgotten(config, self.forgotten),
+                                          self._without_forgotten(grid))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
@@ -187,8 +153,8 @@ class Unlearning(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, self._with_forgotten(config, self.forgotten),
-                                             _Without(grid, self._excluded(self.forgotten)))
+        return self.inner.configure_evaluate(server_round, arrays, self.session.with_forgotten(config, self.forgotten),
+                                             self._without_forgotten(grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
@@ -197,16 +163,16 @@ class Unlearning(Strategy):
     def _discover(self, grid: Grid) -> None:
         """Ask every node which client it is (a `query.partition` message each); retried for missing ones."""
         for _ in range(3):
-            missing = [n for n in grid.get_node_ids() if n not in self.nodes.values()]
+            missing = [n for n in grid.get_node_ids() if n not in self.session.nodes.values()]
             if not missing:
                 return
             messages = [Message(RecordDict(), dst_node_id=n, message_type=p.QUERY_PARTITION) for n in missing]
             for reply in grid.send_and_receive(messages, timeout=self.timeout):
                 if not reply.has_error():
-                    self.nodes[int(reply.content[p.METRICS][p.PARTITION_ID])] = reply.metadata.src_node_id
+                    self.session.nodes[int(reply.content[p.METRICS][p.PARTITION_ID])] = reply.metadata.src_node_id
 
     def _store(self, server_round: int, replies: list[Message]) -> None:
-        clients = {node: pid for pid, node in self.nodes.items()}
+        clients = {node: pid for pid, node in self.session.nodes.items()}
         sent = record_to_state(self._sent)  # read-only: updates are new tensors, the store only saves it
         updates = {}
         for reply in replies:
@@ -222,7 +188,7 @@ class Unlearning(Strategy):
     def _serve(self, request: UnlearningRequest, arrays: ArrayRecord, grid: Grid) -> ArrayRecord:
         target = Forgotten.of(request.kind, request.target, request.samples)
         job = Job(request, self.forgotten, target, arrays, grid)
-        remaining = len(self.nodes) - len(job.now.clients)
+        remaining = len(self.session.nodes) - len(job.now.clients)
         needed = clients_needed(self)
         if remaining < needed:
             raise FedsimError(f"unlearning request (client {request.target})",
@@ -238,11 +204,11 @@ class Unlearning(Strategy):
     def _run_method(self, name: str, job: Job) -> Outcome:
         """Run method `name` from the pre-request state on its own copy of the wrapped strategy, timed."""
         start, strategy = time.perf_counter(), copy.deepcopy(self.inner)
-        result = methods()[name].serve(self, job, strategy)
+        result = methods()[name].serve(self.session, job, strategy)
         return Outcome(name, result.arrays, result.strategy or strategy, result.rounds, time.perf_counter() - start)
 
     def _report(self, job: Job, outcomes: list[Outcome]) -> None:
-        reference_arrays, _, reference = self.retrain(job)
+        reference_arrays, _, reference = self.session.retrain(job)
         baseline = self.evaluate(reference_arrays, job.target, job.now, job.arrays)
         described = {"at_round": job.request.at_round, "kind": job.request.kind, "target": job.request.target}
         if job.request.samples is not None:
@@ -258,74 +224,3 @@ class Unlearning(Strategy):
             row.update(time_s=round(elapsed, 4), rounds=outcome.rounds,
                        speedup=round(reference["time_s"] / elapsed, 3) if elapsed > 0 else None)
             self.results.append(row)
-
-    # ---- what methods use (fedsim.unlearning.methods) ---------------------------------------------------------
-    def retrain(self, job: Job) -> tuple[ArrayRecord, Strategy, dict]:
-        """The reference: the same run from the initial model and seeds, forgotten data absent from round 1
-        (computed once per set of forgotten data)."""
-        key = job.now.key()
-        if key not in self._retrained:
-            start, strategy, arrays = time.perf_counter(), copy.deepcopy(self.pristine), self._initial
-            for server_round in range(1, job.request.at_round + 1):
-                arrays = self.train_round(strategy, job.grid, arrays, server_round, job.now)
-            info = {"time_s": time.perf_counter() - start, "rounds": job.request.at_round}
-            self._retrained[key] = (arrays, strategy, info)
-        return self._retrained[key]
-
-    def holders(self, job: Job) -> list[int] | None:
-        """The nodes holding this request's data, when the request says (client, samples); else None: all."""
-        return None if job.request.kind == "class" else [self.nodes[job.request.target]]
-
-    def config_without(self, forgotten: Forgotten) -> ConfigRecord:
-        """The run's train config, telling clients to drop `forgotten`."""
-        return self._with_forgotten(self._train_config, forgotten)
-
-    def budget(self, name: str) -> tuple[int, LocalTraining]:
-        s = self.settings
-        own = s.per_method.get(name)
-        rounds = own.rounds if own and own.rounds else s.rounds
-        local = dataclasses.replace(self.local, local_epochs=own.epochs if own and own.epochs else s.epochs,
-                                    lr=own.lr if own and own.lr else (s.lr or self.local.lr),
-                                    batch_size=s.batch_size or self.local.batch_size)
-        return rounds, local
-
-    def round_number(self, job: Job, step: int) -> int:
-        """Server-round numbers of unlearning rounds: distinct from training rounds, for seeding."""
-        return 1_000_000 * (step + 1) + job.request.at_round
-
-    def train_round(self, strategy: Strategy, grid: Grid, arrays: ArrayRecord, server_round: int,
-                     forgotten: Forgotten, overrides: dict | None = None) -> ArrayRecord:
-        """One ordinary round of `strategy` without the forgotten data; the model is unchanged if all fail."""
-        config = self.config_without(forgotten)
-        config.update(overrides or {})
-        seed_sampling(derive_seed(self.seed, server_round, 0))
-        messages = strategy.configure_train(server_round, arrays, config, _Without(grid, self._excluded(forgotten)))
-        new, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages, timeout=self.timeout))
-        return new if new is not None else arrays
-
-    def client_step(self, job: Job, method: str, step: int, arrays: ArrayRecord, local: LocalTraining,
-                     nodes: list[int] | None = None, extra: dict | None = None,
-                     records: dict[str, ArrayRecord] | None = None) -> list[Message]:
-        """Send one `train.unlearn` step to `nodes` (default: every client not already forgotten)."""
-        config = local.to_config()
-        config.update({p.METHOD: method, p.SERVER_ROUND: self.round_number(job, step), p.UNLEARN_STEP: step,
-                       **(extra or {})})
-        job.before.write(config, p.FORGET)
-        job.target.write(config, p.UNLEARN_TARGET)
-        if nodes is None:
-            nodes = sorted(set(job.grid.get_node_ids()) - self._excluded(job.before))
-        content = RecordDict({p.ARRAYS: arrays, p.CONFIG: config, **(records or {})})
-        messages = [Message(content, dst_node_id=n, message_type=p.UNLEARN) for n in nodes]
-        return [m for m in job.grid.send_and_receive(messages, timeout=self.timeout) if not m.has_error()]
-
-    def federated_steps(self, job: Job, method: str, records: dict | None = None,
-                         after: Callable[[ArrayRecord], ArrayRecord] | None = None,
-                         nodes: list[int] | None = None) -> tuple[ArrayRecord, int]:
-        """`rounds` rounds of one client step, example-weighted average of the replies after each."""
-        rounds, local = self.budget(method)
-        arrays = job.arrays
-        for step in range(rounds):
-            arrays = weighted(self.client_step(job, method, step, arrays, local, nodes, records=records)) or arrays
-            if after is not None:
-                arrays = after(arrays)
-        return arrays, rounds

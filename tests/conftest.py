@@ -75,7 +75,8 @@ def reply():
         if error is not None:
             return Message(Error(code=0, reason=error), reply_to=sent)
         record = ArrayRecord({k: Array(np.asarray(v)) for k, v in (arrays or {}).items()})
-        return Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": num_examples, **metrics})}),
+        return Message(RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": num_examples,
+                                                                              **metrics})}),
                        reply_to=sent)
 
     return make

@@ -60,7 +60,8 @@ SHORT = {
 # (run.vectorize, the default where it applies) to it within float rounding.
 SEQUENTIAL = ["run.vectorize=false"]
 # $FEDSIM_TEST_THREADS (make test-kernels): every run's clients use that many torch threads
-THREADS = [f"run.resources.num_cpus={os.environ['FEDSIM_TEST_THREADS']}"] if os.environ.get("FEDSIM_TEST_THREADS") else []
+_THREADS = os.environ.get("FEDSIM_TEST_THREADS")
+THREADS = [f"run.resources.num_cpus={_THREADS}"] if _THREADS else []
 TIMING = {"time_s", "wall_time_s", "startup_s", "speedup"}
 NOT_BEHAVIOUR = {"bytes"}  # the history store's file size: torch's zip layout, not what the run computed
 
@@ -223,9 +224,9 @@ def float64_runs():
     """Models, data and whole runs in float64 while inside: two computations of one algorithm then agree to
     float64 rounding, where float32's near-ties (a ReLU or max-pool flipping) cannot blur them."""
     import torch
-    from fedsim.clients import workspace
 
     import fedsim.data
+    from fedsim.clients import workspace
 
     def forget_built_data_and_models():  # the process caches what it built, in the dtype of the time
         fedsim.data._cached.cache_clear()

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from fedsim.clients import train_together  # the vectorised path builds each reply with train_together.train_reply
-
 from fedsim.runner import run
 from fedsim.runtime import base  # run_clients calls base.run_client per message
 from fedsim.scenario import Scenario

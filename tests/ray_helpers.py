@@ -6,10 +6,11 @@ import os
 import time
 from pathlib import Path
 
-from fedsim.clients.app import evaluate_global
-from fedsim.clients.app import train as fedsim_train
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+
+from fedsim.clients.app import evaluate_global
+from fedsim.clients.app import train as fedsim_train
 
 
 def _misbehaving(action) -> ClientApp:

@@ -24,7 +24,8 @@ ARRAYS = [
 def test_same_bytes_and_values_as_flower(index):
     a = ARRAYS[index]
     ours, theirs = NpyArray.from_numpy_ndarray(a), Array.from_numpy_ndarray(a.copy(order="C"))
-    assert (ours.dtype, tuple(ours.shape), ours.stype, ours.data) == (theirs.dtype, tuple(theirs.shape), theirs.stype, theirs.data)
+    assert (ours.dtype, tuple(ours.shape), ours.stype, ours.data) == (theirs.dtype, tuple(theirs.shape), theirs.stype,
+                                                                      theirs.data)
     back = ours.numpy()
     assert np.array_equal(back, a) and back.dtype == a.dtype and back.flags.writeable
     assert ours.object_id == theirs.object_id  # Flower's content addressing sees the same object

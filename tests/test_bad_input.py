@@ -25,7 +25,8 @@ name = "fedavg"
 
 CASES = {
     "toml-syntax": (GOOD.replace('rounds = 2', 'rounds = = 2'), [], r"TOML syntax error.*line 4"),
-    "unknown-key": (GOOD.replace("rounds = 2", "rounds = 2\nrouns = 3"), [], r"run\.rouns: unknown key 'rouns'; did you mean 'rounds'"),
+    "unknown-key": (GOOD.replace("rounds = 2", "rounds = 2\nrouns = 3"), [],
+                    r"run\.rouns: unknown key 'rouns'; did you mean 'rounds'"),
     "unknown-section": (GOOD + "\n[clinet]\nlr = 0.1\n", [], r"unknown key 'clinet'; did you mean 'client'"),
     "wrong-type": (GOOD.replace("rounds = 2", 'rounds = "many"'), [], r"run\.rounds: input should be a valid integer"),
     "alpha-zero": (GOOD, ["data.partitioner.name=dirichlet", "data.partitioner.alpha=0"],
@@ -34,19 +35,25 @@ CASES = {
                                    r"--set data\.partitioner\.alpha: unknown key 'alpha' for partitioner 'iid'"),
     "privacy-key-of-another-mode": (GOOD + '[privacy]\nmode = "client-dp"\nq = 0.5\nnoise_multiplier = 1.0\n'
                                     'max_grad_norm = 2.0\n', [],
-                                    r"privacy\.max_grad_norm: unknown key 'max_grad_norm' for privacy mode 'client-dp'; "
-                                    + r"choose from: accountant, clipping_norm"),
+                                    (r"privacy\.max_grad_norm: unknown key 'max_grad_norm' for privacy mode "
+                                    r"'client-dp'; choose from: accountant, clipping_norm")),
     "unknown-privacy-mode": (GOOD + '[privacy]\nmode = "dpsgd"\nnoise_multiplier = 1.0\n', [],
                              r"privacy\.mode: unknown privacy mode 'dpsgd'; did you mean 'dp-sgd'"),
-    "fraction-above-one": (GOOD, ["strategy.fraction_train=1.5"], r"strategy\.fraction_train: input should be less than or equal to 1"),
+    "fraction-above-one": (GOOD, ["strategy.fraction_train=1.5"],
+                           r"strategy\.fraction_train: input should be less than or equal to 1"),
     "fraction-zero": (GOOD, ["strategy.fraction_train=0"], r"strategy\.fraction_train: input should be greater than 0"),
-    "rounds-zero": (GOOD.replace("rounds = 2", "rounds = 0"), [], r"run\.rounds: input should be greater than or equal to 1"),
-    "too-many-partitions": (GOOD, ["data.partitioner.num_partitions=5000"], r"5000 partitions but only 1437 training examples; use at most 1437"),
+    "rounds-zero": (GOOD.replace("rounds = 2", "rounds = 0"), [],
+                    r"run\.rounds: input should be greater than or equal to 1"),
+    "too-many-partitions": (GOOD, ["data.partitioner.num_partitions=5000"],
+                            r"5000 partitions but only 1437 training examples; use at most 1437"),
     "unknown-dataset": (GOOD.replace('"digits"', '"digitz"'), [], r"unknown dataset 'digitz'; did you mean 'digits'"),
     "unknown-model": (GOOD.replace('"mlp"', '"mpl"'), [], r"unknown model 'mpl'; did you mean 'mlp'"),
-    "unknown-strategy": (GOOD.replace('"fedavg"', '"fedadm"'), [], r"unknown strategy 'fedadm'; did you mean 'fedadam'"),
-    "unknown-partitioner": (GOOD.replace('"iid"', '"dirichlet2"'), [], r"unknown partitioner 'dirichlet2'; did you mean 'dirichlet'"),
-    "regression-label-skew": (GOOD.replace('"digits"', '"diabetes"'), ["data.partitioner.name=dirichlet"], r"needs class labels"),
+    "unknown-strategy": (GOOD.replace('"fedavg"', '"fedadm"'), [],
+                         r"unknown strategy 'fedadm'; did you mean 'fedadam'"),
+    "unknown-partitioner": (GOOD.replace('"iid"', '"dirichlet2"'), [],
+                            r"unknown partitioner 'dirichlet2'; did you mean 'dirichlet'"),
+    "regression-label-skew": (GOOD.replace('"digits"', '"diabetes"'), ["data.partitioner.name=dirichlet"],
+                              r"needs class labels"),
     "cnn-on-tabular": (GOOD.replace('"digits"', '"wine"').replace('"mlp"', '"cnn"'), [], r"'cnn' needs image inputs"),
     "bad-set-syntax": (GOOD, ["runrounds"], r"expected KEY=VALUE"),
     "dp-epsilon-zero": (GOOD + '[privacy]\nmode = "dp-sgd"\ntarget_epsilon = 0\n', [],
@@ -119,7 +126,8 @@ def test_real_entry_point_exit_code(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(GOOD.replace("rounds = 2", "rounds = 0"))
     fedsim = Path(sys.executable).with_name("fedsim")
-    proc = subprocess.run([str(fedsim), "validate", str(path)], check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(fedsim), "validate", str(path)], check=False, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
 
@@ -161,7 +169,7 @@ def test_reachable_accepts_a_listening_address_and_leaves_auto_to_ray():
     import socket
 
     from fedsim.errors import FedsimError
-    from fedsim.runtime.ray_grid import reachable
+    from fedsim.runtime.ray_cluster import reachable
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -119,7 +119,8 @@ def _captured_figures(monkeypatch) -> list:
 
 def test_partition_plot_title_names_the_overrides(cli, tmp_path, monkeypatch):
     figures = _captured_figures(monkeypatch)
-    code, out, _ = cli("partition", "quickstart", "--set", "data.partitioner.alpha=0.1", "--png", str(tmp_path / "p.png"))
+    code, out, _ = cli("partition", "quickstart", "--set", "data.partitioner.alpha=0.1", "--png",
+                       str(tmp_path / "p.png"))
     assert code == 0 and f"heatmap: {tmp_path / 'p.png'}" in out
     titles = [ax.get_title() for ax in figures[-1].axes] + [figures[-1]._suptitle.get_text() if figures[-1]._suptitle
                                                            else ""]

@@ -92,7 +92,8 @@ def test_embedded_datasets_shapes_and_tasks():
 
 def test_gaussian_regression_generator():
     fd = federated_data(data(dataset="gaussian-regression", generator={"n_samples": 5000, "n_features": 8,
-                                                                        "noise_std": 0.5}, partitioner={"num_partitions": 2}), 0)
+                                                                        "noise_std": 0.5},
+                             partitioner={"num_partitions": 2}), 0)
     x, y = torch.cat([fd.partition(i)[0] for i in range(2)]), torch.cat([fd.partition(i)[1] for i in range(2)])
     theta = torch.linalg.lstsq(x, y[:, None]).solution
     residual = (y - (x @ theta).squeeze()).std().item()

@@ -15,7 +15,8 @@ PACKAGE = "fedsim"
 LAYERS = {
     PACKAGE: 0, "fedsim.errors": 0, "fedsim._flower": 0, "fedsim.seeding": 0, "fedsim.files": 0, "fedsim.arrays": 0,
     "fedsim.protocol": 0, "fedsim.privacy": 0, "fedsim.bag_theory": 0, "fedsim.checkpoint": 0,
-    "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.stacked": 0, "fedsim.stacked_dp_sgd": 0, "fedsim.quiet": 0,
+    "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.stacked": 0,
+          "fedsim.stacked_dp_sgd": 0, "fedsim.quiet": 0,
     "fedsim.strategies.registry": 1, "fedsim.strategies.fedld": 1, "fedsim.strategies.dp_fedavg": 1,
     "fedsim.strategies.replies": 1, "fedsim.strategies.grid_view": 1, "fedsim.unlearning.methods": 1,
     "fedsim.loop": 1,
@@ -52,7 +53,8 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names}
     return {m for m in found if m in known and m != name}
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from torch import nn
 
@@ -20,6 +19,7 @@ from fedsim.privacy import epsilon_of
 from fedsim.protocol import LocalTraining
 from fedsim.runtime import InlineGrid
 from fedsim.scenario import DPSGDPrivacy
+from fedsim.strategies.dp_fedavg import PoissonDPFedAvg
 
 ONE_STEP = LocalTraining(local_epochs=1, batch_size=1000, lr=1.0, momentum=0.0)  # q = 1: one full-batch step
 

@@ -7,12 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-from fedsim.strategies import STRATEGIES
 
 import fedsim
 from fedsim.errors import Diverged
 from fedsim.results import load_run, without_timings
 from fedsim.scenario import Scenario, shipped_scenarios
+from fedsim.strategies import STRATEGIES
 
 
 def test_same_seed_same_metrics(tmp_path, small_scenario):

@@ -123,7 +123,8 @@ def test_vectorize_true_on_what_cannot_be_vectorised_is_a_one_line_error(tmp_pat
         fedsim.run(fedsim.Scenario.load("aggregate-labels", ["run.vectorize=true"]), out=None)
     with pytest.raises(ScenarioError, match=r"run.vectorize: true, but BatchNorm2d keeps running statistics"):
         fedsim.run(fedsim.Scenario.load("bench-w3", ["run.vectorize=true", "model.batch_norm=true"]), out=None)
-    auto = fedsim.run(fedsim.Scenario.load("bench-w3", ["run.rounds=1", "model.batch_norm=true", "run.vectorize='auto'"]), out=None)
+    auto = fedsim.run(fedsim.Scenario.load("bench-w3", ["run.rounds=1", "model.batch_norm=true",
+                                                        "run.vectorize='auto'"]), out=None)
     assert auto.summary["runtime"]["vectorized_clients"] == 0  # auto: one by one, quietly
 
 

@@ -47,7 +47,8 @@ def test_bad_sweep_files(tmp_path):
 
 def test_run_and_compare(tmp_path, cli):
     sweep = SweepFile(base="quickstart", seeds=[0, 1],
-                      set={"run.rounds": 3, "data.partitioner.num_partitions": 4, "data.partitioner.min_partition_size": 5},
+                      set={"run.rounds": 3, "data.partitioner.num_partitions": 4,
+                           "data.partitioner.min_partition_size": 5},
                       grid={"strategy.name": ["fedavg", "fedld"]})
     dirs = [r.run_dir for r in run_sweep(sweep, tmp_path / "sweep")]
     assert len(dirs) == 4 and all((d / "summary.json").is_file() for d in dirs)
@@ -78,7 +79,8 @@ def test_plot_against_a_field_with_prediction(tmp_path, cli):
     sweep = SweepFile(base="aggregate-responses", seeds=[0], grid={"bags.rho": [0.0, 1.0]},
                       set={"run.rounds": 2, "data.generator.n_samples": 3000, "data.partitioner.num_partitions": 3})
     dirs = [r.run_dir for r in run_sweep(sweep, tmp_path / "agg")]
-    code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png", str(tmp_path / "c.png"))
+    code, out, _ = cli("compare", *map(str, dirs), "--x", "bags.rho", "--lines", "bags.k", "--png",
+                       str(tmp_path / "c.png"))
     assert code == 0 and (tmp_path / "c-vs-bags-rho.png").is_file()
     assert "k=8: best measured bags.rho" in out and "predicted optimum" in out
 
@@ -166,7 +168,7 @@ def test_sweep_cli_ctrl_c_says_where_it_stopped(cli, tmp_path, monkeypatch):
     import contextlib
     import threading
 
-    from fedsim import cli as cli_module
+    from fedsim.cli import experiments
 
     @contextlib.contextmanager
     def pressed():
@@ -174,7 +176,7 @@ def test_sweep_cli_ctrl_c_says_where_it_stopped(cli, tmp_path, monkeypatch):
         event.set()  # as if Ctrl-C came at once
         yield event
 
-    monkeypatch.setattr(cli_module, "_stop_after_round", pressed)
+    monkeypatch.setattr(experiments, "stop_after_round", pressed)
     spec = tmp_path / "sw.toml"
     spec.write_text('base = "quickstart"\nseeds = [0, 1]\n')
     code, _, err = cli("sweep", str(spec), "--out", str(tmp_path / "o"))

@@ -28,8 +28,10 @@ def test_only_the_training_loop_builds_or_steps_an_optimizer():
                 if pattern.search(line) and path.name != "training.py":
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     # the exceptions: SalUn's saliency is a gradient (a backward pass, no step), not an optimisation loop; the
-    # vectorised engine (fedsim/stacked.py) is train_locally for a stack of clients, held to it by tests/test_stacked.py,
-    # and its DP-SGD twin (fedsim/stacked_dp_sgd.py, torch.func.grad per example) is held to Opacus by test_stacked_dp_sgd.py
+    # vectorised engine (fedsim/stacked.py) is train_locally for a stack of clients, held to it by
+    # tests/test_stacked.py,
+    # and its DP-SGD twin (fedsim/stacked_dp_sgd.py, torch.func.grad per example) is held to Opacus by
+    # test_stacked_dp_sgd.py
     found.sort()
     assert len(found) == 3, found
     assert found[0].startswith("fedsim/stacked.py") and "autograd.grad(" in found[0], found

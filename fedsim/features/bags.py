@@ -58,7 +58,8 @@ def bag_loss(outputs: torch.Tensor, targets: torch.Tensor, rho: float, task: str
     return total
 
 
-def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed: int) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
     """This client's bags and released targets, drawn once (seeded by client) and kept in `context.state`."""
     from flwr.app import Array, ArrayRecord
 

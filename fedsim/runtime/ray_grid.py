@@ -1,4 +1,5 @@
-"""RayGrid: fedsim's ClientApp in a pool of long-lived Ray actors, locally or on an existing cluster.
+"""RayGrid: fedsim's ClientApp in a pool of long-lived Ray actors, locally or on an existing cluster (connecting
+and shipping code: fedsim.runtime.ray_cluster).
 
 Each actor hosts the ClientApp, its cached partitions and one model instance, and serves many virtual
 clients. Per push, each distinct message content (the global model) is `ray.put` once and shared by
@@ -13,12 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import math
-import os
 import shutil
-import socket
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from flwr.common.constant import ErrorCode
 
 from fedsim.errors import FedsimError
 from fedsim.runtime.base import VirtualNodesGrid, error_reply, run_clients
+from fedsim.runtime.ray_cluster import connect
 from fedsim.scenario import ResourcesSection
 
 
@@ -79,56 +77,7 @@ class _Chunk:
     actor: int = -1
 
 
-def reachable(address: str, timeout_s: float) -> None:
-    """Raise the one-line `cannot attach` error unless something accepts TCP connections at `address`'s host:port
-    within `timeout_s` (Ray itself retries an unreachable GCS for many minutes). "auto" and addresses without a
-    port are left to Ray."""
-    host_port = address.removeprefix("ray://").rsplit(":", 1)
-    if address == "auto" or len(host_port) != 2 or not host_port[1].isdigit():
-        return
-    host, port = host_port[0].strip("[]"), int(host_port[1])
-    deadline, reason = time.monotonic() + timeout_s, "no answer"
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                return
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-        if time.monotonic() >= deadline:
-            raise FedsimError("run.ray_address", f"cannot attach to Ray at '{address}': nothing answered within "
-                              f"{timeout_s:g} s ({reason})", "start the cluster (`ray start --head`), fix the "
-                              "address, or raise run.ray_connect_timeout_s")
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-
-
 NODE_LOSS_WAIT_S = 30.0  # how long an unreachable actor's node may take to be declared dead
-
-
-RAY_INIT = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-
-
-def attach(address: str, connect_timeout_s: float = 30.0, runtime_env: dict | None = None,
-           ship_code: bool | None = None) -> Path | None:
-    """Connect this process to the existing Ray cluster at `address` (bounded by `connect_timeout_s`), shipping
-    fedsim's code to its workers when they cannot import it (or when `ship_code`); returns the shipped snapshot
-    (delete it after disconnecting), or None."""
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    reachable(address, connect_timeout_s)
-    try:  # an existing cluster: Ray refuses num_cpus / num_gpus here
-        ray.init(address=address, runtime_env=runtime_env, **RAY_INIT)
-        if ship_code is None:
-            ship_code = not _cluster_has_fedsim()
-        if not ship_code:
-            return None
-        ray.shutdown()  # code can only be uploaded per job, so reconnect with it
-        snapshot = package_snapshot()
-        env = dict(runtime_env or {})
-        env["py_modules"] = [*env.get("py_modules", []), str(snapshot)]
-        ray.init(address=address, runtime_env=env, **RAY_INIT)
-        return snapshot
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise FedsimError("run.ray_address", f"cannot attach to Ray at '{address}': {exc}",
-                          "start the cluster (`ray start --head`) or fix the address") from None
 
 
 class RayGrid(VirtualNodesGrid):
@@ -145,8 +94,7 @@ class RayGrid(VirtualNodesGrid):
         self.chunks_per_actor = chunks_per_actor
         self.connect_timeout_s = connect_timeout_s
         self._owns_connection = not ray.is_initialized()
-        self._snapshot: Path | None = None
-        self._connect(runtime_env, ship_code)
+        self._snapshot = connect(address, connect_timeout_s, runtime_env, ship_code)
         self.shipped_code = self._snapshot is not None
         self.num_actors = pool_size(resources, ray.cluster_resources())
         options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus, "max_restarts": 0}
@@ -158,15 +106,6 @@ class RayGrid(VirtualNodesGrid):
         self.lost_nodes: list[str] = []
         self.worker_code = sorted({code for _, code in where})
         self.retries = 0
-
-    def _connect(self, runtime_env: dict | None, ship_code: bool | None) -> None:
-        """Start a local Ray sized to this machine, or attach to `address` (shipping fedsim if its workers lack it)."""
-        if ray.is_initialized():
-            return
-        if not self.address:
-            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env=runtime_env, **RAY_INIT)
-            return
-        self._snapshot = attach(self.address, self.connect_timeout_s, runtime_env, ship_code)
 
     def _spawn(self):
         threads = max(1, int(self.resources.num_cpus))
@@ -310,29 +249,3 @@ def pool_size(resources: ResourcesSection, cluster: dict[str, float]) -> int:
     return min(size, resources.max_actors) if resources.max_actors else size
 
 
-@ray.remote(num_cpus=0)
-def _import_fedsim() -> bool:
-    try:
-        importlib.import_module("fedsim.clients.app")
-    except ImportError:
-        return False
-    return True
-
-
-def _cluster_has_fedsim() -> bool:
-    """Can the cluster's workers import fedsim as they are (same machine / same environment)?"""
-    return ray.get(_import_fedsim.remote())
-
-
-def package_snapshot() -> Path:
-    """An importable copy of fedsim (strategies/, clients/, scenarios/ folded in) to ship as a Ray py_module."""
-    import fedsim
-
-    root = Path(tempfile.mkdtemp(prefix="fedsim-code-")) / "fedsim"
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(Path(fedsim.__file__).parent, root, ignore=skip)
-    for sub in ("strategies", "clients", "scenarios"):  # separate folders in a source checkout
-        if not (root / sub).exists():
-            source = Path(importlib.import_module(f"fedsim.{sub}").__file__).parent
-            shutil.copytree(source, root / sub, ignore=skip)
-    return root

@@ -26,7 +26,8 @@ def _path(loc: tuple, raw: Any) -> tuple[list, dict[int, str]]:
     kinds; and those kinds, by the depth of the section they select."""
     node, path, kinds = raw, [], {}
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part,
+                                                                                            int) and part < len(node):
             node = node[part]
         elif isinstance(part, str) and isinstance(node, dict) and (
                 i < len(loc) - 1 or part in (node.get("name"), node.get("mode"))):  # not a key: the kind's tag

@@ -95,7 +95,8 @@ def _keep_own_keys(raw: dict[str, Any], section: str, keep: set[str] = frozenset
 
 def shipped_scenarios() -> dict[str, Path]:
     folder = resources.files("fedsim.scenarios")
-    return {p.name[:-5]: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".toml")}
+    return {p.name[:-5]: Path(str(p)) for p in sorted(folder.iterdir(),
+                                                      key=lambda p: p.name) if p.name.endswith(".toml")}
 
 
 def describe(path: Path) -> str:

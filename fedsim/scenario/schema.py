@@ -57,7 +57,8 @@ class RunSection(Section):
     ray_connect_timeout_s: float = Field(30.0, gt=0)  # give up attaching to ray_address after this long
     round_timeout_s: float | None = Field(None, gt=0)
     checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
-    vectorize: Literal["auto"] | bool = "auto"  # "auto": train a round's clients together (fedsim.stacked) where it applies
+    # "auto": train a round's clients together (fedsim.stacked) where it applies and pays off
+    vectorize: Literal["auto"] | bool = "auto"
     stop_on_nan: bool = True  # a round whose loss or metrics are not finite ends the run with an error
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 

@@ -1,13 +1,14 @@
-"""FedLD: principal-gradient aggregation against a loop transcription of docs/algorithms.md, edge cases, strategy, loss."""
+"""FedLD: principal-gradient aggregation against a loop transcription of docs/algorithms.md, edge cases, strategy,
+loss."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from fedsim.strategies.fedld import FedLD, principal_gradient_update
 
 import fedsim
+from fedsim.strategies.fedld import FedLD, principal_gradient_update
 from fedsim.training import margin_penalty
 
 
@@ -133,10 +134,10 @@ def test_fedld_single_client_rounds(tmp_path, small_scenario):
 
 def test_fedld_in_a_users_own_server_loop(small_scenario):
     """The README's programmatic use: FedLD().start(grid=...) with any Grid (here fedsim's InlineGrid)."""
-    from fedsim.clients.app import app as client_app
-    from fedsim.clients.workspace import ClientSpec
     from flwr.app import ArrayRecord
 
+    from fedsim.clients.app import app as client_app
+    from fedsim.clients.workspace import ClientSpec
     from fedsim.data import federated_data
     from fedsim.models import initial_model
     from fedsim.runtime import InlineGrid

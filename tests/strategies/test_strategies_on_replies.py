@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedsim.strategies.fedld import FedLD, principal_gradient_update
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedsim.runtime import InlineGrid
+from fedsim.strategies.fedld import FedLD, principal_gradient_update
 
 GLOBAL = {"w": np.array([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]], dtype=np.float32), "steps": np.array([4])}
 

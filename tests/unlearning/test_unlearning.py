@@ -8,15 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from fedsim.clients import app as client_module
-from fedsim.clients import train_together as handler
-from fedsim.strategies.unlearning import Unlearning
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 import fedsim
 from fedsim.arrays import record_to_state, state_to_record
+from fedsim.clients import app as client_module
+from fedsim.clients import train_together as handler
 from fedsim.evaluation import task_loss
 from fedsim.models import initial_model
 from fedsim.protocol import LocalTraining
@@ -25,6 +24,8 @@ from fedsim.runtime import InlineGrid
 from fedsim.runtime.base import node_id_of
 from fedsim.scenario import Scenario
 from fedsim.server import prepare
+from fedsim.strategies.unlearning import Unlearning
+from fedsim.strategies.unlearning_session import RequestSession
 from fedsim.unlearning.forget import Forgotten
 from fedsim.unlearning.history import HistoryStore
 from fedsim.unlearning.methods import methods
@@ -66,13 +67,13 @@ class SpyGrid(InlineGrid):
 
 def run_spied(scenario: Scenario, tmp_path, monkeypatch):
     """Run `scenario` inline, marking messages sent while requests are served and while retrain runs."""
-    prepared = prepare(scenario)
+    prepared = prepare(scenario, run_dir=tmp_path / "run")
     from fedsim.clients.app import app as client_app
     from fedsim.clients.workspace import ClientSpec
 
     grid = SpyGrid(client_app, scenario.data.partitioner.num_partitions, ClientSpec.of(scenario).run_config(),
                    seed=scenario.run.seed)
-    serve, retrain = Unlearning._serve, Unlearning.retrain
+    serve, retrain = Unlearning._serve, RequestSession.retrain
 
     def serving(self, *args):
         grid.phase = "serving"
@@ -89,7 +90,7 @@ def run_spied(scenario: Scenario, tmp_path, monkeypatch):
             grid.phase = before
 
     monkeypatch.setattr(Unlearning, "_serve", serving)
-    monkeypatch.setattr(Unlearning, "retrain", retraining)
+    monkeypatch.setattr(RequestSession, "retrain", retraining)
     result = run_on_grid(prepared, grid, tmp_path / "run")
     return result, grid, prepared.strategy
 
@@ -126,7 +127,8 @@ def test_a_forgotten_client_is_never_sampled_again_nor_seen_by_retrain(strategy,
 
 
 def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, monkeypatch, small_scenario):
-    scenario = unlearn_scenario(small_scenario, [{"at_round": 2, "kind": "class", "target": 7, "method": ["retrain", "finetune"]},
+    scenario = unlearn_scenario(small_scenario, [{"at_round": 2, "kind": "class", "target": 7, "method": ["retrain",
+                                                                                                          "finetune"]},
                                  {"at_round": AT, "kind": "samples", "target": 1, "samples": [0, 5, 9],
                                   "method": "finetune"}])
     seen, original = [], client_module.partition_of
@@ -318,14 +320,14 @@ def test_pga_early_stop_ends_the_ascent_once_far_from_the_clients_own_model():
 
 def test_pga_sends_its_early_stop_only_when_set(tmp_path, monkeypatch, small_scenario):
     seen = []
-    original = Unlearning.client_step
+    original = RequestSession.client_step
 
     def spy(self, job, method, step, arrays, local, nodes=None, extra=None, records=None):
         if method == "pga":
             seen.append((dict(extra), dict(records or {})))
         return original(self, job, method, step, arrays, local, nodes, extra, records)
 
-    monkeypatch.setattr(Unlearning, "client_step", spy)
+    monkeypatch.setattr(RequestSession, "client_step", spy)
     request = [{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}]
     fedsim.run(unlearn_scenario(small_scenario, request), out=tmp_path / "off")
     fedsim.run(unlearn_scenario(small_scenario, request, {"pga_stop_distance": 0.5}), out=tmp_path / "on")
@@ -343,10 +345,10 @@ def test_random_labels_are_never_the_true_label():
 def test_retrain_is_the_same_run_without_the_forgotten_client(tmp_path, small_scenario):
     """retrain == a plain FedAvg run whose grid never offers the client, from the same initial model and seeds."""
     scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 4, "method": "retrain"}])
-    prepared = prepare(scenario)
+    prepared = prepare(scenario, run_dir=tmp_path / "run")
     grid = make_grid(prepared)
     run_on_grid(prepared, grid, tmp_path / "run")
-    retrained = record_to_state(next(iter(prepared.strategy._retrained.values()))[0])
+    retrained = record_to_state(next(iter(prepared.strategy.session._retrained.values()))[0])
 
     plain = prepare(small_scenario(run__rounds=AT))
     plain_grid = make_grid(plain)
@@ -371,10 +373,10 @@ def test_retrain_mia_on_the_forgotten_client_is_close_to_its_mia_on_test_data(tm
         "unlearning.requests": [{"at_round": 10, "kind": "client", "target": 2, "method": "retrain"}],
         "data.partitioner.name": "iid", "data.partitioner.num_partitions": 5, "data.test_fraction": 0.5,
         "run.rounds": 11, "model.hidden": [256], "client.local_epochs": 5})
-    prepared = prepare(scenario)
+    prepared = prepare(scenario, run_dir=tmp_path / "run")
     grid = make_grid(prepared)
     run_on_grid(prepared, grid, tmp_path / "run")
-    arrays = next(iter(prepared.strategy._retrained.values()))[0]
+    arrays = next(iter(prepared.strategy.session._retrained.values()))[0]
     evaluator = prepared.strategy.evaluate
     parts = evaluator.split(Forgotten.of("client", 2), Forgotten.of("client", 2))
     evaluator.model.load_state_dict(record_to_state(arrays))
@@ -463,7 +465,8 @@ num_partitions = 5
     ("diabetes", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "salun"', "'salun' does not fit regression"),
     ("digits", 'at_round = 2\nkind = "samples"\ntarget = 1\nsamples = [3, 4000]',
      "index 4000 is outside client 1's data"),
-    ("digits", 'at_round = 2\nkind = "class"\ntarget = 1\nmethod = "federaser"', "'federaser' serves client requests but this request is kind 'class'"),
+    ("digits", 'at_round = 2\nkind = "class"\ntarget = 1\nmethod = "federaser"',
+     "'federaser' serves client requests but this request is kind 'class'"),
     ("digits", 'at_round = 2\nkind = "client"\ntarget = 1\nmethod = "salunn"', "did you mean 'salun'"),
     ("diabetes", 'at_round = 2\nkind = "class"\ntarget = 1', "a regression dataset has no classes"),
 ])
@@ -497,7 +500,8 @@ def test_federaser_reproduces_the_original_model_when_the_client_never_took_part
         return result
 
     monkeypatch.setitem(methods(), "federaser", dataclasses.replace(federaser, serve=record))
-    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": never[0], "method": "federaser"}],
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": never[0],
+                                                  "method": "federaser"}],
                                 {"federaser_ratio": 1.0}, run__seed=seed, strategy__fraction_train=0.6)
     fedsim.run(scenario, out=tmp_path / "run")
     before, after, rounds = outcomes[0]
@@ -514,7 +518,7 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
     from fedsim.seeding import derive_seed
 
     seen = {}
-    original = Unlearning.client_step
+    original = RequestSession.client_step
 
     def spy(self, job, method, step, arrays, local, nodes=None, extra=None, records=None):
         if method == "pga":
@@ -524,7 +528,7 @@ def test_pga_reference_model_radius_and_settings_follow_the_definition(tmp_path,
                         global_model=self.store.global_model(last))
         return original(self, job, method, step, arrays, local, nodes, extra, records)
 
-    monkeypatch.setattr(Unlearning, "client_step", spy)
+    monkeypatch.setattr(RequestSession, "client_step", spy)
     scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}],
                                 data__partitioner__name="dirichlet", data__partitioner__alpha=1.0,
                                 data__partitioner__min_partition_size=5)

@@ -1,8 +1,9 @@
 """What an unlearning method is: its name, what it applies to, its server half and its client steps.
 
 A method module defines `METHOD = Method(...)`. The server half, `serve(session, job, strategy) -> Result`,
-runs with the Unlearning wrapper (`session`: budget, federated_steps, client_step, train_round, the history
-store, ...) from the pre-request state in `job`, on its own copy of the wrapped strategy. A client step,
+runs from the pre-request state in `job` (a `Job`), on its own copy of the wrapped strategy, and asks the
+`session` (a `Session`: the run's settings, the history store, retrain, and the rounds and client steps it can
+send) for everything else. A client step,
 `step(work: ClientWork) -> ClientResult`, runs in the ClientApp on one client's retained / forgotten split
 when a `train.unlearn` message names it (`method` in the ConfigRecord).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -26,6 +27,69 @@ from fedsim.protocol import LocalTraining
 KINDS = frozenset({"client", "class", "samples"})
 TASKS = frozenset({"classification", "regression"})
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_r, y_r, x_f, y_f
+
+
+State = dict[str, torch.Tensor]
+
+
+class Job(Protocol):
+    """One request being served (fedsim.strategies.unlearning_session.Job)."""
+
+    request: Any  # fedsim.scenario.UnlearningRequest: at_round, kind, target, samples, method
+    before: Any  # fedsim.unlearning.forget.Forgotten: forgotten by earlier requests
+    target: Any  # Forgotten: this request's data
+    arrays: ArrayRecord  # the global model after round at_round
+    grid: Any  # the run's Grid
+
+    @property
+    def now(self) -> Any:
+        """before | target: everything forgotten once this request is served."""
+
+
+class Session(Protocol):
+    """What a method's server half may use while it serves a request (fedsim.strategies.unlearning_session)."""
+
+    settings: Any  # fedsim.scenario.UnlearningSection: the [unlearning] budget and each method's settings
+    seed: int
+    local: LocalTraining  # the clients' training setup (cross-entropy, no proximal term)
+    nodes: dict[int, int]  # client (partition) id -> node id
+    store: Any  # fedsim.unlearning.history.HistoryStore, or None
+    timeout: float | None  # per round, for anything the method sends itself
+
+    def random_model(self, seed: int) -> State:
+        """A freshly initialised model of the run's architecture."""
+
+    def fresh_strategy(self) -> Strategy:
+        """A copy of the wrapped strategy as it was before round 1."""
+
+    def retrain(self, job: Job) -> tuple[ArrayRecord, Strategy, dict]:
+        """The reference: the run from round 1 without everything forgotten (cached per forgotten set)."""
+
+    def holders(self, job: Job) -> list[int] | None:
+        """The nodes holding the request's data (client, samples requests), or None: every client."""
+
+    def config_without(self, forgotten: Any) -> ConfigRecord:
+        """The run's train config, telling clients to drop `forgotten`."""
+
+    def budget(self, name: str) -> tuple[int, LocalTraining]:
+        """Rounds and local training for method `name` ([unlearning] and its per_method overrides)."""
+
+    def round_number(self, job: Job, step: int) -> int:
+        """A server-round number for step `step` of the request, distinct from training rounds (for seeding)."""
+
+    def train_round(self, strategy: Strategy, grid: Any, arrays: ArrayRecord, server_round: int, forgotten: Any,
+                    overrides: dict | None = None) -> ArrayRecord:
+        """One ordinary round of `strategy` without `forgotten`."""
+
+    def client_step(self, job: Job, method: str, step: int, arrays: ArrayRecord, local: LocalTraining,
+                    nodes: list[int] | None = None, extra: dict | None = None,
+                    records: dict[str, ArrayRecord] | None = None) -> list[Message]:
+        """One `train.unlearn` step on `nodes` (default: every client not forgotten before); the good replies."""
+
+    def federated_steps(self, job: Job, method: str, records: dict | None = None,
+                        after: Callable[[ArrayRecord], ArrayRecord] | None = None,
+                        nodes: list[int] | None = None) -> tuple[ArrayRecord, int]:
+        """The method's budget of rounds of one client step, example-weighted after each; (model, rounds)."""
 
 
 @dataclass
@@ -79,7 +143,7 @@ class Method:
 
     name: str
     doc: str  # the module's docstring: its first paragraph is the method's line in tables
-    serve: Callable[[Any, Any, Strategy], Result]
+    serve: Callable[[Session, Job, Strategy], Result]
     kinds: frozenset[str] = KINDS  # request kinds it can serve
     tasks: frozenset[str] = TASKS  # data it fits
     client_steps: dict[str, ClientStep] = field(default_factory=dict)  # step name (config `method`) -> step

@@ -1,4 +1,7 @@
-"""A fresh model trained one FedAvg round of `blindspot_epochs` local epochs on retained data; then every client minimises c·L_f + (1 − c)·L_r with L_f the L1 distance to the blindspot model's outputs + β·Σ‖A(a_l) − A(a_l^bs)‖² over ReLU activations (A as the authors define it: for an MLP's (batch, units) activations the attention term is zero; `blindspot_attention = "units"` keeps one).
+"""A fresh model trained one FedAvg round of `blindspot_epochs` local epochs on retained data; then every client
+minimises c·L_f + (1 − c)·L_r with L_f the L1 distance to the blindspot model's outputs + β·Σ‖A(a_l) − A(a_l^bs)‖² over
+ReLU activations (A as the authors define it: for an MLP's (batch, units) activations the attention term is zero;
+`blindspot_attention = "units"` keeps one).
 
 Blindspot (Deep Regression Unlearning, ICML 2023; regression). A(a) is the L2-normalised map of squared
 activations averaged over channels (dim 1), as in the authors' code: a (batch, units) activation then has one
@@ -8,9 +11,8 @@ positions are the units instead.
 
 from __future__ import annotations
 
-import copy
-
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 from torch.nn import functional as F
 
@@ -20,7 +22,7 @@ from fedsim.errors import FedsimError
 from fedsim.protocol import LocalTraining
 from fedsim.seeding import derive_seed
 from fedsim.training import Step, minibatches, train_loop
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result, Split, weighted
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session, Split, weighted
 
 
 def attention(activation: torch.Tensor, mode: str = "channels") -> torch.Tensor:
@@ -83,12 +85,12 @@ def step(work: ClientWork) -> ClientResult:
     return ClientResult(metrics, len(x_r) + len(x_f))
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     """A fresh model trained on retained data only, then the blindspot loss on every client."""
     if session.random_model is None:
         raise FedsimError("unlearning", "blindspot needs a fresh model to train", "pass random_model=")
     fresh = state_to_record(session.random_model(derive_seed(session.seed, job.request.at_round, 13)))
-    blind = session.train_round(copy.deepcopy(session.pristine), job.grid, fresh, session.round_number(job, 0),
+    blind = session.train_round(session.fresh_strategy(), job.grid, fresh, session.round_number(job, 0),
                                 job.now, {p.LOCAL_EPOCHS: session.settings.blindspot_epochs})
     rounds, local = session.budget("blindspot")
     arrays = job.arrays

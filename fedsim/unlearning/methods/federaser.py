@@ -1,4 +1,5 @@
-"""From the history store: FedAvg of the stored round-1 updates without the client, then at each stored round the remaining clients train ⌈r·E⌉ epochs and each layer's new mean update is rescaled to the stored update's norm.
+"""From the history store: FedAvg of the stored round-1 updates without the client, then at each stored round the
+remaining clients train ⌈r·E⌉ epochs and each layer's new mean update is rescaled to the stored update's norm.
 
 FedEraser (client requests). The calibration rounds are ordinary `train` messages from the recalibrated model
 to the clients stored for that round (minus the forgotten ones), `federaser_ratio` = r of the local epochs E.
@@ -11,11 +12,12 @@ from collections.abc import Iterable
 
 import torch
 from flwr.app import Message, RecordDict
+from flwr.serverapp.strategy import Strategy
 
 from fedsim import protocol as p
 from fedsim.arrays import state_to_record
 from fedsim.errors import FedsimError
-from fedsim.unlearning.methods.base import Method, Result
+from fedsim.unlearning.methods.base import Job, Method, Result, Session
 
 State = dict[str, torch.Tensor]
 
@@ -36,7 +38,7 @@ def calibrate(new: State, old: State) -> State:
     return out
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     """Calibrated retraining from the stored rounds, without the target client."""
     target, store = job.request.target, session.store
     stored = [t for t in (store.rounds() if store else []) if t <= job.request.at_round]

@@ -6,11 +6,13 @@ dropped, `epochs` local epochs at the unlearning learning rate.
 
 from __future__ import annotations
 
+from flwr.serverapp.strategy import Strategy
+
 from fedsim import protocol as p
-from fedsim.unlearning.methods.base import Method, Result
+from fedsim.unlearning.methods.base import Job, Method, Result, Session
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     rounds, local = session.budget("finetune")
     arrays = job.arrays
     for step in range(rounds):

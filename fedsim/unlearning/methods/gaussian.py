@@ -7,12 +7,13 @@ examples with noise targets; `rounds` rounds, example-weighted average.
 from __future__ import annotations
 
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import protocol as p
 from fedsim.protocol import LocalTraining
 from fedsim.training import train_locally
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result, Split
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session, Split
 
 
 def gaussian_targets(data: Split, cfg: LocalTraining, model: nn.Module, generator: torch.Generator
@@ -31,7 +32,7 @@ def step(work: ClientWork) -> ClientResult:
     return ClientResult(gaussian_targets(work.data, work.local, work.model, work.generator), len(x_r) + len(x_f))
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     return Result(*session.federated_steps(job, p.GAUSSIAN))
 
 

@@ -8,13 +8,14 @@ clip, a projection onto a ball around the received model and an early stop once 
 from __future__ import annotations
 
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import protocol as p
 from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
 from fedsim.training import Step, minibatches, train_loop
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session
 
 
 def distance(model: nn.Module, other: list[torch.Tensor]) -> float:
@@ -63,7 +64,7 @@ def ascend(work: ClientWork) -> ClientResult:
     return ClientResult(metrics, len(x_f))
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     arrays, rounds = session.federated_steps(job, p.GRADIENT_ASCENT, nodes=session.holders(job))
     return Result(arrays, rounds)
 

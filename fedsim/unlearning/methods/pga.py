@@ -1,4 +1,8 @@
-"""w_ref = (W·w − n_t·w_target)/(W − n_t) removes the client's last stored contribution under the strategy's own weighting (examples, or 1 each); the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3, stopping early once farther than `pga_stop_distance` (if set) from the client's own last model; then `rounds` ordinary rounds without it.
+"""w_ref = (W·w − n_t·w_target)/(W − n_t) removes the client's last stored contribution under the strategy's own
+weighting (examples, or 1 each); the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5)
+projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3, stopping early
+once farther than `pga_stop_distance` (if set) from the client's own last model; then `rounds` ordinary rounds without
+it.
 
 PGA (Halimi et al., client requests). W is the total weight of the clients stored in the target's last stored
 round and n_t the target's: example counts for strategies that weight replies by examples (FedAvg and the ones
@@ -12,12 +16,13 @@ import dataclasses
 import math
 
 import torch
+from flwr.serverapp.strategy import Strategy
 
 from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.errors import FedsimError
 from fedsim.seeding import derive_seed
-from fedsim.unlearning.methods.base import Method, Result
+from fedsim.unlearning.methods.base import Job, Method, Result, Session
 from fedsim.unlearning.methods.gradient_ascent import ascend
 
 RANDOM_MODELS = 10  # random models averaged for the radius of the projection ball
@@ -29,7 +34,7 @@ def weighs_by_examples(strategy) -> bool:
     return bool(getattr(strategy, "weighted_by_key", None)) and not getattr(strategy, "uniform_clients", False)
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     """Remove the target's last stored contribution, projected gradient ascent by the target within a ball
     around that reference, then ordinary rounds without it."""
     target, store = job.request.target, session.store

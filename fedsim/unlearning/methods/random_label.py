@@ -7,12 +7,13 @@ a class drawn uniformly from the other classes; `rounds` rounds, example-weighte
 from __future__ import annotations
 
 import torch
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import protocol as p
 from fedsim.protocol import LocalTraining
 from fedsim.training import train_locally
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result, Split
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session, Split
 
 
 def random_labels(y_f: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -61,7 +62,7 @@ def relabel(work: ClientWork) -> ClientResult:
                         len(x_r) + len(x_f))
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     return Result(*session.federated_steps(job, p.RANDOM_LABEL))
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 
-from fedsim.unlearning.methods.base import Method, Result
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.unlearning.methods.base import Job, Method, Result, Session
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     arrays, retrained, info = session.retrain(job)
     return Result(arrays, info["rounds"], copy.deepcopy(retrained))
 

@@ -1,4 +1,6 @@
-"""Clients holding forgotten data send Σ∇ℓ_f (eval mode); the server keeps the top `salun_fraction` of |grad| over all weights as the mask; masked RL restores unmasked weights (and momentum, and BatchNorm buffers) after every step, and the server re-applies the mask after averaging, so unmasked weights are bit-identical (tested).
+"""Clients holding forgotten data send Σ∇ℓ_f (eval mode); the server keeps the top `salun_fraction` of |grad| over all
+weights as the mask; masked RL restores unmasked weights (and momentum, and BatchNorm buffers) after every step, and the
+server re-applies the mask after averaging, so unmasked weights are bit-identical (tested).
 
 SalUn (ICLR 2024). The saliency step replies with gradients (weighted by the forgotten examples), the mask
 travels to every client with the RL rounds.
@@ -10,12 +12,13 @@ import math
 
 import torch
 from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.evaluation import task_loss
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Method, Result
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session
 from fedsim.unlearning.methods.random_label import relabel_and_train
 
 State = dict[str, torch.Tensor]
@@ -63,7 +66,7 @@ def masked_relabel(work: ClientWork) -> ClientResult:
     return ClientResult(metrics, len(x_r) + len(x_f))
 
 
-def serve(session, job, strategy) -> Result:
+def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     """Saliency gradients from the clients holding forgotten data (summed), the mask, then masked RL; the
     server re-applies the mask after aggregating, so unmasked weights are exactly the start's."""
     _, local = session.budget("salun")

@@ -21,7 +21,7 @@ UNLEARN = "train.unlearn"  # one client step of an unlearning method
 QUERY_PARTITION = "query.partition"  # which client (partition) a node is
 
 # ---- run config ----------------------------------------------------------------------------------------------
-CLIENT_SPEC = "fedsim-client"  # run_config entry: JSON of fedsim.clients.spec.ClientSpec (data, model, seed, ...)
+CLIENT_SPEC = "fedsim-client"  # run_config entry: JSON of fedsim.clients.workspace.ClientSpec (data, model, ...)
 SCENARIO = "scenario"  # run_config entry under `flwr run`: a scenario name or path the client resolves
 NODE_PARTITION = "partition-id"  # node_config entry (Flower's convention): the node's partition (client id)
 
@@ -29,9 +29,6 @@ NODE_PARTITION = "partition-id"  # node_config entry (Flower's convention): the 
 ARRAYS = "arrays"  # ArrayRecord: the model sent, or the model / gradients replied
 CONFIG = "config"  # ConfigRecord: the instructions
 METRICS = "metrics"  # MetricRecord of a reply
-MASK = "mask"  # ArrayRecord: SalUn's saliency mask (1 = may change)
-BLINDSPOT = "blindspot"  # ArrayRecord: the blindspot model's weights
-TARGET_MODEL = "target-model"  # ArrayRecord: PGA's early stop: the forgotten client's last model
 
 # ---- config keys -----------------------------------------------------------------------------------------------
 LOCAL_EPOCHS, LR = "local-epochs", "lr"  # LocalTraining's keys the server overrides for some rounds
@@ -39,13 +36,8 @@ LOSS, MARGIN_LAMBDA, MARGIN_REDUCTION = "loss", "margin-lambda", "margin-reducti
 SERVER_ROUND = "server-round"  # set by every Flower strategy; seeds the client's generator with (seed, round, client)
 REPORT_TRAIN_METRICS = "report-train-metrics"  # False under privacy: reply with accounting metrics only
 REPORT_TRAIN_LOSS = "report-train-loss"  # also report the received model's loss before training (q-FedAvg)
-METHOD = "method"  # UNLEARN: which client step (UnlearningStep)
+METHOD = "method"  # UNLEARN: which client step (a step name of fedsim.unlearning.methods)
 UNLEARN_STEP = "unlearn-step"  # UNLEARN: the step's index within its method, for seeding
-CLIP = "clip"  # UNLEARN pga: gradient-norm clip
-RADIUS = "radius"  # UNLEARN pga: projection radius around the received model
-STOP_DISTANCE = "stop-distance"  # UNLEARN pga: end the ascent once this far (L2) from the TARGET_MODEL record
-BETA = "beta"  # UNLEARN blindspot: weight of the attention term
-ATTENTION = "attention"  # UNLEARN blindspot: "channels" (the authors' attention map) | "units"
 FORGET = "forget"  # prefix of the keys listing data forgotten by served requests (fedsim.unlearning.forget)
 UNLEARN_TARGET = "unlearn"  # prefix of the keys listing the data the current request forgets
 
@@ -60,11 +52,8 @@ DP_REPORT = (EPSILON, EPSILON_NEXT, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
 
 # ---- reply flags -----------------------------------------------------------------------------------------------
 EXHAUSTED = "privacy budget exhausted"  # starts the error reason of a DP-SGD client whose budget is spent
-
-# ---- client steps of unlearning methods (METHOD values) -----------------------------------------------------
-SALIENCY = "saliency"  # SalUn's first step: reply with the forgetting loss's gradients, not a model
-GRADIENT_ASCENT, PGA, RANDOM_LABEL, SALUN = "gradient-ascent", "pga", "random-label", "salun"
-GAUSSIAN, BLINDSPOT_STEP = "gaussian", "blindspot"
+# (each unlearning method's client step names, config keys and records are in its module of
+# fedsim.unlearning.methods)
 
 S = TypeVar("S")
 

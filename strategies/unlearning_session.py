@@ -24,7 +24,7 @@ from fedsim.seeding import derive_seed
 from fedsim.strategies.grid_view import GridView
 from fedsim.unlearning.forget import Forgotten
 from fedsim.unlearning.history import HistoryStore
-from fedsim.unlearning.methods.base import weighted
+from fedsim.unlearning.methods.base import MethodSettings, weighted
 
 State = dict[str, torch.Tensor]
 
@@ -109,14 +109,14 @@ class RequestSession:
         """The run's train config, telling clients to drop `forgotten`."""
         return self.with_forgotten(self.train_config, forgotten)
 
+    def method_settings(self, name: str) -> MethodSettings:
+        return self.settings.method_settings(name)
+
     def budget(self, name: str) -> tuple[int, LocalTraining]:
-        s = self.settings
-        own = s.per_method.get(name)
-        rounds = own.rounds if own and own.rounds else s.rounds
-        local = dataclasses.replace(self.local, local_epochs=own.epochs if own and own.epochs else s.epochs,
-                                    lr=own.lr if own and own.lr else (s.lr or self.local.lr),
+        s, own = self.settings, self.method_settings(name)
+        local = dataclasses.replace(self.local, local_epochs=own.epochs or s.epochs, lr=own.lr or s.lr or self.local.lr,
                                     batch_size=s.batch_size or self.local.batch_size)
-        return rounds, local
+        return own.rounds or s.rounds, local
 
     def round_number(self, job: Job, step: int) -> int:
         """Server-round numbers of unlearning rounds: distinct from training rounds, for seeding."""

@@ -57,8 +57,8 @@ class ClientWorker:
 
     def run(self, content_ref: list, run_config: dict, tasks: list[tuple[Metadata, dict, RecordDict, float]],
             ) -> tuple[list[tuple[Message, RecordDict]], int]:
-        """Execute a chunk of virtual clients (metadata, node config, node state, delay), vectorised where the
-        cohort handler can; returns (reply, state) per task and how many were trained vectorised."""
+        """Execute a chunk of virtual clients (metadata, node config, node state, delay), through the vectorised
+        handler where the run vectorises; returns (reply, state) per task and how many were trained vectorised."""
         ref = content_ref[0]  # wrapped in a list so Ray hands us the reference, not a fresh copy per call
         if ref.hex() != self._content_key:
             self._content, self._content_key = ray.get(ref), ref.hex()

@@ -17,7 +17,6 @@ from fedsim.scenario.schema import (
     FaultsSection,
     FeatureSkewSection,
     GeneratorSection,
-    MethodSettings,
     ModelSection,
     OutputSection,
     PartitionerSection,
@@ -31,7 +30,7 @@ from fedsim.scenario.schema import (
 
 __all__ = [
     "EMBEDDED_DATASETS", "MODELS", "PARTITIONERS", "BagsSection", "ClientDPPrivacy", "ClientSection", "DPSGDPrivacy",
-    "DataSection", "FaultsSection", "FeatureSkewSection", "GeneratorSection", "MethodSettings", "ModelSection",
+    "DataSection", "FaultsSection", "FeatureSkewSection", "GeneratorSection", "ModelSection",
     "OutputSection", "PartitionerSection", "PrivacySection", "ResourcesSection", "RunSection", "Scenario",
     "StrategySection", "UnlearningRequest", "UnlearningSection", "apply_overrides", "describe", "parse_overrides",
     "shipped_scenarios",

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from fedsim.errors import suggest
 from fedsim.protocol import LocalTraining
@@ -361,16 +361,9 @@ class UnlearningRequest(Section):
         return self
 
 
-class MethodSettings(Section):
-    """Per-method overrides of the unlearning budget."""
-
-    rounds: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-
-
 class UnlearningSection(Section):
-    """Requests, the history store, and the budget of the federated unlearning methods."""
+    """Requests, the history store, the budget of the federated unlearning methods, and each method's own settings
+    (`per_method.<name>`: its table, declared by the method: fedsim.unlearning.methods.base.MethodSettings)."""
 
     requests: list[UnlearningRequest] = Field(default_factory=list)
     history_interval: int = Field(1, ge=1)  # store global models + client updates every N rounds
@@ -378,35 +371,48 @@ class UnlearningSection(Section):
     epochs: int = Field(1, ge=1)  # local epochs per unlearning round
     lr: float | None = Field(None, gt=0)  # default: client.lr
     batch_size: int | None = Field(None, ge=1)  # default: client.batch_size
-    salun_fraction: float = Field(0.5, gt=0, le=1)  # SalUn: share of weights in the saliency mask
-    federaser_ratio: float = Field(0.5, gt=0, le=1)  # FedEraser: local epochs = ceil(ratio * client.local_epochs)
-    pga_lr: float = Field(0.01, gt=0)
-    pga_epochs: int = Field(5, ge=1)
-    pga_clip: float = Field(5.0, gt=0)
-    # PGA's early stop (the authors' code): no further ascent step once the model is farther than this (L2) from
-    # the client's own last model; None: all pga_epochs
-    pga_stop_distance: float | None = Field(None, gt=0)
-    blindspot_beta: float = Field(50.0, ge=0)
-    blindspot_epochs: int = Field(2, ge=1)
-    # the attention map A(a): "channels" (the authors': mean over channels, so a (batch, units) activation gives one
-    # value per example and no attention term) or "units" (a (batch, units) activation as one channel of units)
-    blindspot_attention: Literal["channels", "units"] = "channels"
     evaluate: bool = True  # UA / RA / TA / MIA and the retrain reference for every request
-    per_method: dict[str, MethodSettings] = Field(default_factory=dict)
+    per_method: dict[str, Any] = Field(default_factory=dict)  # method name -> its settings (validated by it)
 
-    @field_validator("per_method")
+    @field_validator("per_method", mode="before")
     @classmethod
-    def _methods(cls, v: dict[str, MethodSettings]) -> dict[str, MethodSettings]:
-        for name in v:
-            _one_of(name, tuple(_unlearning_methods()), "unlearning method")
-        return v
+    def _methods(cls, v: Any) -> dict[str, Any]:
+        """Each table validated by its method's settings model; an unknown method or key names the choices."""
+        if not isinstance(v, dict):  # (pydantic reports a ValueError as the key's error; a TypeError would escape)
+            raise ValueError("must be a table of unlearning method -> its settings, e.g. "  # noqa: TRY004
+                             "[unlearning.per_method.salun]")
+        registry, out = _unlearning_methods(), {}
+        for name, table in v.items():
+            _one_of(name, tuple(registry), "unlearning method")
+            model = registry[name].settings
+            if isinstance(table, model):
+                out[name] = table
+                continue
+            if not isinstance(table, dict):
+                raise ValueError(f"{name}: must be a table of its settings (choose from: "  # noqa: TRY004
+                                 f"{', '.join(model.model_fields)})")
+            unknown = sorted(set(table or {}) - set(model.model_fields))
+            if unknown:
+                raise ValueError(f"{name}: unknown key '{unknown[0]}' for unlearning method '{name}'; choose from: "
+                                 f"{', '.join(model.model_fields)}")
+            try:
+                out[name] = model.model_validate(table or {})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(part) for part in err["loc"])
+                raise ValueError(f"{name}.{where}: {err['msg'][0].lower()}{err['msg'][1:]}") from None
+        return out
+
+    def method_settings(self, name: str) -> Any:
+        """Method `name`'s settings: its per_method table, or its defaults."""
+        return self.per_method.get(name) or _unlearning_methods()[name].settings()
 
 
 class OutputSection(Section):
     dir: str = "runs"
     save_model: bool = True
     trackers: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)  # fedsim.trackers
-    mlflow_uri: str | None = None  # default: a file store in RUN_DIR/mlruns
+    mlflow_uri: str | None = None  # default: a SQLite store RUN_DIR/mlflow.db, artifacts in RUN_DIR/mlartifacts
 
 
 class ScenarioSchema(Section):

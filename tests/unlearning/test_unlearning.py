@@ -16,6 +16,7 @@ import fedsim
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.clients import app as client_module
 from fedsim.clients import train_together as handler
+from fedsim.errors import ScenarioError
 from fedsim.evaluation import task_loss
 from fedsim.models import initial_model
 from fedsim.protocol import LocalTraining
@@ -330,7 +331,8 @@ def test_pga_sends_its_early_stop_only_when_set(tmp_path, monkeypatch, small_sce
     monkeypatch.setattr(RequestSession, "client_step", spy)
     request = [{"at_round": AT, "kind": "client", "target": 2, "method": "pga"}]
     fedsim.run(unlearn_scenario(small_scenario, request), out=tmp_path / "off")
-    fedsim.run(unlearn_scenario(small_scenario, request, {"pga_stop_distance": 0.5}), out=tmp_path / "on")
+    stop = {"per_method": {"pga": {"stop_distance": 0.5}}}
+    fedsim.run(unlearn_scenario(small_scenario, request, stop), out=tmp_path / "on")
     (off_extra, off_records), (on_extra, on_records) = seen
     assert "stop-distance" not in off_extra and not off_records
     assert on_extra["stop-distance"] == 0.5 and set(on_records) == {"target-model"}
@@ -502,7 +504,8 @@ def test_federaser_reproduces_the_original_model_when_the_client_never_took_part
     monkeypatch.setitem(methods(), "federaser", dataclasses.replace(federaser, serve=record))
     scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "client", "target": never[0],
                                                   "method": "federaser"}],
-                                {"federaser_ratio": 1.0}, run__seed=seed, strategy__fraction_train=0.6)
+                                {"per_method": {"federaser": {"ratio": 1.0}}}, run__seed=seed,
+                                strategy__fraction_train=0.6)
     fedsim.run(scenario, out=tmp_path / "run")
     before, after, rounds = outcomes[0]
     assert rounds == AT - 1
@@ -655,3 +658,24 @@ def test_the_history_store_cannot_rebuild_a_forgotten_clients_update(tmp_path, s
     for t in store.rounds():
         assert 2 not in store.updates(t)
         assert not (store.has_global(t) and store.has_global(t + 1)) or t >= AT  # from the request on, 2 is out
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"salun": {"fractoin": 0.3}},
+     r"salun: unknown key 'fractoin' for unlearning method 'salun'; choose from: rounds, epochs, lr, fraction"),
+    ({"pga": {"clip": -1}}, r"pga\.clip: input should be greater than 0"),
+    ({"finetune": {"ratio": 0.5}}, r"unknown key 'ratio' for unlearning method 'finetune'"),
+])
+def test_each_method_checks_its_own_settings_table(small_scenario, table, message):
+    with pytest.raises(ScenarioError, match=message):
+        unlearn_scenario(small_scenario, [{"at_round": 2, "kind": "client", "target": 1}], {"per_method": table})
+
+
+def test_a_methods_settings_default_when_its_table_is_absent(small_scenario):
+    scenario = unlearn_scenario(small_scenario, [{"at_round": 2, "kind": "client", "target": 1}],
+                                {"per_method": {"pga": {"stop_distance": 0.5}}})
+    pga, salun = scenario.unlearning.method_settings("pga"), scenario.unlearning.method_settings("salun")
+    assert (pga.ascent_lr, pga.ascent_epochs, pga.clip, pga.stop_distance) == (0.01, 5, 5.0, 0.5)
+    assert salun.fraction == 0.5 and salun.rounds is None
+    dumped = scenario.to_dict()["unlearning"]["per_method"]
+    assert dumped == {"pga": {"ascent_lr": 0.01, "ascent_epochs": 5, "clip": 5.0, "stop_distance": 0.5}}

@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fedsim import protocol as p
@@ -46,6 +47,16 @@ class Job(Protocol):
         """before | target: everything forgotten once this request is served."""
 
 
+class MethodSettings(BaseModel):
+    """A method's table `[unlearning.per_method.<name>]`: the budget overrides every method has; a method with keys
+    of its own declares a subclass (its `Method.settings`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+    rounds: int | None = Field(None, ge=1)  # default: unlearning.rounds
+    epochs: int | None = Field(None, ge=1)  # default: unlearning.epochs
+    lr: float | None = Field(None, gt=0)  # default: unlearning.lr, else client.lr
+
+
 class Session(Protocol):
     """What a method's server half may use while it serves a request (fedsim.strategies.unlearning_session)."""
 
@@ -58,6 +69,9 @@ class Session(Protocol):
 
     def random_model(self, seed: int) -> State:
         """A freshly initialised model of the run's architecture."""
+
+    def method_settings(self, name: str) -> MethodSettings:
+        """Method `name`'s settings: its [unlearning.per_method] table, or its defaults."""
 
     def fresh_strategy(self) -> Strategy:
         """A copy of the wrapped strategy as it was before round 1."""
@@ -147,6 +161,7 @@ class Method:
     kinds: frozenset[str] = KINDS  # request kinds it can serve
     tasks: frozenset[str] = TASKS  # data it fits
     client_steps: dict[str, ClientStep] = field(default_factory=dict)  # step name (config `method`) -> step
+    settings: type[MethodSettings] = MethodSettings  # its [unlearning.per_method.<name>] keys
     position: int = 100  # where it is listed
 
     @property

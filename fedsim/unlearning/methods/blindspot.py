@@ -1,7 +1,7 @@
-"""A fresh model trained one FedAvg round of `blindspot_epochs` local epochs on retained data; then every client
+"""A fresh model trained one FedAvg round of `model_epochs` local epochs on retained data; then every client
 minimises c·L_f + (1 − c)·L_r with L_f the L1 distance to the blindspot model's outputs + β·Σ‖A(a_l) − A(a_l^bs)‖² over
 ReLU activations (A as the authors define it: for an MLP's (batch, units) activations the attention term is zero;
-`blindspot_attention = "units"` keeps one).
+`attention = "units"` keeps one).
 
 Blindspot (Deep Regression Unlearning, ICML 2023; regression). A(a) is the L2-normalised map of squared
 activations averaged over channels (dim 1), as in the authors' code: a (batch, units) activation then has one
@@ -11,8 +11,11 @@ positions are the units instead.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from flwr.serverapp.strategy import Strategy
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -22,7 +25,28 @@ from fedsim.errors import FedsimError
 from fedsim.protocol import LocalTraining
 from fedsim.seeding import derive_seed
 from fedsim.training import Step, minibatches, train_loop
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session, Split, weighted
+from fedsim.unlearning.methods.base import (
+    ClientResult,
+    ClientWork,
+    Job,
+    Method,
+    MethodSettings,
+    Result,
+    Session,
+    Split,
+    weighted,
+)
+
+BLINDSPOT = "blindspot"  # the client step, and the record holding the blindspot model's weights
+BETA, ATTENTION = "beta", "attention"  # config: the attention term's weight and map
+
+
+class BlindspotSettings(MethodSettings):
+    beta: float = Field(50.0, ge=0)  # weight of the attention term
+    model_epochs: int = Field(2, ge=1)  # local epochs of the blindspot model's one FedAvg round
+    # the attention map A(a): "channels" (the authors': mean over channels, so a (batch, units) activation gives one
+    # value per example and no attention term) or "units" (a (batch, units) activation as one channel of units)
+    attention: Literal["channels", "units"] = "channels"
 
 
 def attention(activation: torch.Tensor, mode: str = "channels") -> torch.Tensor:
@@ -79,9 +103,9 @@ def blindspot(model: nn.Module, blind: nn.Module, data: Split, cfg: LocalTrainin
 def step(work: ClientWork) -> ClientResult:
     x_r, _, x_f, _ = work.data
     blind = work.new_model()
-    blind.load_state_dict(work.content[p.BLINDSPOT].to_torch_state_dict())
-    metrics = blindspot(work.model, blind, work.data, work.local, float(work.config[p.BETA]), work.generator,
-                        str(work.config.get(p.ATTENTION, "channels")))
+    blind.load_state_dict(work.content[BLINDSPOT].to_torch_state_dict())
+    metrics = blindspot(work.model, blind, work.data, work.local, float(work.config[BETA]), work.generator,
+                        str(work.config.get(ATTENTION, "channels")))
     return ClientResult(metrics, len(x_r) + len(x_f))
 
 
@@ -89,19 +113,18 @@ def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     """A fresh model trained on retained data only, then the blindspot loss on every client."""
     if session.random_model is None:
         raise FedsimError("unlearning", "blindspot needs a fresh model to train", "pass random_model=")
+    own = session.method_settings("blindspot")
     fresh = state_to_record(session.random_model(derive_seed(session.seed, job.request.at_round, 13)))
     blind = session.train_round(session.fresh_strategy(), job.grid, fresh, session.round_number(job, 0),
-                                job.now, {p.LOCAL_EPOCHS: session.settings.blindspot_epochs})
+                                job.now, {p.LOCAL_EPOCHS: own.model_epochs})
     rounds, local = session.budget("blindspot")
     arrays = job.arrays
     for step_index in range(rounds):
-        replies = session.client_step(job, p.BLINDSPOT_STEP, step_index + 1, arrays, local,
-                                      extra={p.BETA: session.settings.blindspot_beta,
-                                             p.ATTENTION: session.settings.blindspot_attention},
-                                      records={p.BLINDSPOT: blind})
+        replies = session.client_step(job, BLINDSPOT, step_index + 1, arrays, local,
+                                      extra={BETA: own.beta, ATTENTION: own.attention}, records={BLINDSPOT: blind})
         arrays = weighted(replies) or arrays
     return Result(arrays, rounds + 1)
 
 
 METHOD = Method("blindspot", __doc__, serve, tasks=frozenset({"regression"}),
-                client_steps={p.BLINDSPOT_STEP: step}, position=7)
+                client_steps={BLINDSPOT: step}, settings=BlindspotSettings, position=7)

@@ -2,7 +2,7 @@
 remaining clients train ⌈r·E⌉ epochs and each layer's new mean update is rescaled to the stored update's norm.
 
 FedEraser (client requests). The calibration rounds are ordinary `train` messages from the recalibrated model
-to the clients stored for that round (minus the forgotten ones), `federaser_ratio` = r of the local epochs E.
+to the clients stored for that round (minus the forgotten ones), `ratio` = r of the local epochs E.
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from collections.abc import Iterable
 import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import Strategy
+from pydantic import Field
 
 from fedsim import protocol as p
 from fedsim.arrays import state_to_record
 from fedsim.errors import FedsimError
-from fedsim.unlearning.methods.base import Job, Method, Result, Session
+from fedsim.unlearning.methods.base import Job, Method, MethodSettings, Result, Session
 
 State = dict[str, torch.Tensor]
+
+
+class FedEraserSettings(MethodSettings):
+    ratio: float = Field(0.5, gt=0, le=1)  # calibration clients train ceil(ratio * client.local_epochs) epochs
 
 
 def mean_update(updates: Iterable[tuple[State, int]]) -> State:
@@ -45,7 +50,7 @@ def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     if not stored:
         raise FedsimError("unlearning", "federaser needs the history store, which holds no rounds",
                           "keep the history store (it is on whenever [unlearning] is set)")
-    epochs = math.ceil(session.settings.federaser_ratio * session.local.local_epochs)
+    epochs = math.ceil(session.method_settings("federaser").ratio * session.local.local_epochs)
     keep = job.before.clients | {target}
 
     def old_update(t: int) -> tuple[dict[int, tuple[State, int]], State | None]:
@@ -74,4 +79,4 @@ def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     return Result(state_to_record(arrays_state), len(stored) - 1)
 
 
-METHOD = Method("federaser", __doc__, serve, kinds=frozenset({"client"}), position=5)
+METHOD = Method("federaser", __doc__, serve, kinds=frozenset({"client"}), settings=FedEraserSettings, position=5)

@@ -10,10 +10,11 @@ import torch
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim import protocol as p
 from fedsim.protocol import LocalTraining
 from fedsim.training import train_locally
 from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session, Split
+
+GAUSSIAN = "gaussian"  # the client step
 
 
 def gaussian_targets(data: Split, cfg: LocalTraining, model: nn.Module, generator: torch.Generator
@@ -33,8 +34,8 @@ def step(work: ClientWork) -> ClientResult:
 
 
 def serve(session: Session, job: Job, strategy: Strategy) -> Result:
-    return Result(*session.federated_steps(job, p.GAUSSIAN))
+    return Result(*session.federated_steps(job, GAUSSIAN))
 
 
-METHOD = Method("gaussian", __doc__, serve, tasks=frozenset({"regression"}), client_steps={p.GAUSSIAN: step},
+METHOD = Method("gaussian", __doc__, serve, tasks=frozenset({"regression"}), client_steps={GAUSSIAN: step},
                 position=8)

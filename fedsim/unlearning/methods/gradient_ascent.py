@@ -11,11 +11,17 @@ import torch
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim import protocol as p
 from fedsim.evaluation import task_loss
 from fedsim.protocol import LocalTraining
 from fedsim.training import Step, minibatches, train_loop
 from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session
+
+GRADIENT_ASCENT = "gradient-ascent"  # the client step
+# what the step also reads when PGA sends it (fedsim.unlearning.methods.pga)
+CLIP = "clip"  # config: gradient-norm clip
+RADIUS = "radius"  # config: projection radius around the received model
+STOP_DISTANCE = "stop-distance"  # config: end the ascent once this far (L2) from the TARGET_MODEL record
+TARGET_MODEL = "target-model"  # record: the forgotten client's last model
 
 
 def distance(model: nn.Module, other: list[torch.Tensor]) -> float:
@@ -55,18 +61,18 @@ def gradient_ascent(model: nn.Module, x_f: torch.Tensor, y_f: torch.Tensor, cfg:
 def ascend(work: ClientWork) -> ClientResult:
     _, _, x_f, y_f = work.data
     stop_at = None
-    if p.STOP_DISTANCE in work.config:
-        own = work.content[p.TARGET_MODEL].to_torch_state_dict()
+    if STOP_DISTANCE in work.config:
+        own = work.content[TARGET_MODEL].to_torch_state_dict()
         stop_at = ([own[name].to(work.device) for name, _ in work.model.named_parameters()],
-                   float(work.config[p.STOP_DISTANCE]))
-    metrics = gradient_ascent(work.model, x_f, y_f, work.local, work.task, work.generator, work.config.get(p.CLIP),
-                              work.config.get(p.RADIUS), stop_at)
+                   float(work.config[STOP_DISTANCE]))
+    metrics = gradient_ascent(work.model, x_f, y_f, work.local, work.task, work.generator, work.config.get(CLIP),
+                              work.config.get(RADIUS), stop_at)
     return ClientResult(metrics, len(x_f))
 
 
 def serve(session: Session, job: Job, strategy: Strategy) -> Result:
-    arrays, rounds = session.federated_steps(job, p.GRADIENT_ASCENT, nodes=session.holders(job))
+    arrays, rounds = session.federated_steps(job, GRADIENT_ASCENT, nodes=session.holders(job))
     return Result(arrays, rounds)
 
 
-METHOD = Method("gradient-ascent", __doc__, serve, client_steps={p.GRADIENT_ASCENT: ascend}, position=2)
+METHOD = Method("gradient-ascent", __doc__, serve, client_steps={GRADIENT_ASCENT: ascend}, position=2)

@@ -1,8 +1,8 @@
 """w_ref = (W·w − n_t·w_target)/(W − n_t) removes the client's last stored contribution under the strategy's own
-weighting (examples, or 1 each); the client ascends its loss (lr 0.01, momentum 0.9, 5 epochs, gradient clip 5)
-projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref − w_rand‖²/3, stopping early
-once farther than `pga_stop_distance` (if set) from the client's own last model; then `rounds` ordinary rounds without
-it.
+weighting (examples, or 1 each); the client ascends its loss (`ascent_lr` 0.01, momentum 0.9, `ascent_epochs` 5,
+gradient `clip` 5) projected onto the ball of radius √δ around w_ref, δ = mean over 10 random models of ‖w_ref −
+w_rand‖²/3, stopping early once farther than `stop_distance` (if set) from the client's own last model; then
+`rounds` ordinary rounds without it.
 
 PGA (Halimi et al., client requests). W is the total weight of the clients stored in the target's last stored
 round and n_t the target's: example counts for strategies that weight replies by examples (FedAvg and the ones
@@ -17,15 +17,26 @@ import math
 
 import torch
 from flwr.serverapp.strategy import Strategy
+from pydantic import Field
 
 from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.errors import FedsimError
 from fedsim.seeding import derive_seed
-from fedsim.unlearning.methods.base import Job, Method, Result, Session
-from fedsim.unlearning.methods.gradient_ascent import ascend
+from fedsim.unlearning.methods.base import Job, Method, MethodSettings, Result, Session
+from fedsim.unlearning.methods.gradient_ascent import CLIP, RADIUS, STOP_DISTANCE, TARGET_MODEL, ascend
 
 RANDOM_MODELS = 10  # random models averaged for the radius of the projection ball
+PGA = "pga"  # the client step (gradient ascent with PGA's clip, projection and early stop)
+
+
+class PGASettings(MethodSettings):
+    ascent_lr: float = Field(0.01, gt=0)
+    ascent_epochs: int = Field(5, ge=1)
+    clip: float = Field(5.0, gt=0)  # gradient-norm clip of the ascent
+    # the authors' early stop: no further ascent step once the model is farther than this (L2) from the client's own
+    # last model; None: all ascent_epochs
+    stop_distance: float | None = Field(None, gt=0)
 
 
 def weighs_by_examples(strategy) -> bool:
@@ -60,14 +71,14 @@ def serve(session: Session, job: Job, strategy: Strategy) -> Result:
         distances.append(sum((w_ref[k] - rand[k]).pow(2).sum() for k in w_ref
                              if torch.is_floating_point(w_ref[k])).item())
     radius = math.sqrt(sum(distances) / len(distances) / 3)
-    s = session.settings
-    local = dataclasses.replace(session.local, lr=s.pga_lr, local_epochs=s.pga_epochs, momentum=0.9,
+    s = session.method_settings("pga")
+    local = dataclasses.replace(session.local, lr=s.ascent_lr, local_epochs=s.ascent_epochs, momentum=0.9,
                                 weight_decay=0.0)
-    extra, records = {p.CLIP: s.pga_clip, p.RADIUS: radius}, {}
-    if s.pga_stop_distance is not None:
-        extra[p.STOP_DISTANCE] = s.pga_stop_distance
-        records[p.TARGET_MODEL] = state_to_record(w_target)
-    replies = session.client_step(job, p.PGA, 0, state_to_record(w_ref), local, nodes=[session.nodes[target]],
+    extra, records = {CLIP: s.clip, RADIUS: radius}, {}
+    if s.stop_distance is not None:
+        extra[STOP_DISTANCE] = s.stop_distance
+        records[TARGET_MODEL] = state_to_record(w_target)
+    replies = session.client_step(job, PGA, 0, state_to_record(w_ref), local, nodes=[session.nodes[target]],
                                   extra=extra, records=records)
     arrays = replies[0].content[p.ARRAYS] if replies else state_to_record(w_ref)
     rounds, _ = session.budget("pga")
@@ -76,4 +87,5 @@ def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     return Result(arrays, rounds + 1)
 
 
-METHOD = Method("pga", __doc__, serve, kinds=frozenset({"client"}), client_steps={p.PGA: ascend}, position=6)
+METHOD = Method("pga", __doc__, serve, kinds=frozenset({"client"}), client_steps={PGA: ascend}, settings=PGASettings,
+                position=6)

@@ -10,10 +10,11 @@ import torch
 from flwr.serverapp.strategy import Strategy
 from torch import nn
 
-from fedsim import protocol as p
 from fedsim.protocol import LocalTraining
 from fedsim.training import train_locally
 from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session, Split
+
+RANDOM_LABEL = "random-label"  # the client step
 
 
 def random_labels(y_f: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -63,8 +64,8 @@ def relabel(work: ClientWork) -> ClientResult:
 
 
 def serve(session: Session, job: Job, strategy: Strategy) -> Result:
-    return Result(*session.federated_steps(job, p.RANDOM_LABEL))
+    return Result(*session.federated_steps(job, RANDOM_LABEL))
 
 
 METHOD = Method("random-label", __doc__, serve, tasks=frozenset({"classification"}),
-                client_steps={p.RANDOM_LABEL: relabel}, position=3)
+                client_steps={RANDOM_LABEL: relabel}, position=3)

@@ -1,4 +1,4 @@
-"""Clients holding forgotten data send Σ∇ℓ_f (eval mode); the server keeps the top `salun_fraction` of |grad| over all
+"""Clients holding forgotten data send Σ∇ℓ_f (eval mode); the server keeps the top `fraction` of |grad| over all
 weights as the mask; masked RL restores unmasked weights (and momentum, and BatchNorm buffers) after every step, and the
 server re-applies the mask after averaging, so unmasked weights are bit-identical (tested).
 
@@ -13,15 +13,22 @@ import math
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
+from pydantic import Field
 from torch import nn
 
 from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.evaluation import task_loss
-from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, Result, Session
+from fedsim.unlearning.methods.base import ClientResult, ClientWork, Job, Method, MethodSettings, Result, Session
 from fedsim.unlearning.methods.random_label import relabel_and_train
 
 State = dict[str, torch.Tensor]
+SALIENCY, SALUN = "saliency", "salun"  # client steps: the forgetting loss's gradients; masked random labels
+MASK = "mask"  # record: the saliency mask (1 = may change)
+
+
+class SalunSettings(MethodSettings):
+    fraction: float = Field(0.5, gt=0, le=1)  # share of weights in the saliency mask
 
 
 def saliency_gradients(model: nn.Module, x_f: torch.Tensor, y_f: torch.Tensor, task: str,
@@ -61,7 +68,7 @@ def saliency(work: ClientWork) -> ClientResult:
 
 def masked_relabel(work: ClientWork) -> ClientResult:
     x_r, _, x_f, _ = work.data
-    mask = {k: v.to(work.device) for k, v in work.content[p.MASK].to_torch_state_dict().items()}
+    mask = {k: v.to(work.device) for k, v in work.content[MASK].to_torch_state_dict().items()}
     metrics = relabel_and_train(work.model, work.data, work.num_classes, work.local, work.generator, mask)
     return ClientResult(metrics, len(x_r) + len(x_f))
 
@@ -70,20 +77,20 @@ def serve(session: Session, job: Job, strategy: Strategy) -> Result:
     """Saliency gradients from the clients holding forgotten data (summed), the mask, then masked RL; the
     server re-applies the mask after aggregating, so unmasked weights are exactly the start's."""
     _, local = session.budget("salun")
-    replies = session.client_step(job, p.SALIENCY, 0, job.arrays, local, session.holders(job))
+    replies = session.client_step(job, SALIENCY, 0, job.arrays, local, session.holders(job))
     gradients: State = {}
     for reply in replies:
         for key, g in reply.content[p.ARRAYS].to_torch_state_dict().items():
             gradients[key] = gradients.get(key, 0) + g
-    mask = saliency_mask(gradients, session.settings.salun_fraction)
+    mask = saliency_mask(gradients, session.method_settings("salun").fraction)
     start = record_to_state(job.arrays)  # read-only (apply_mask builds new tensors)
 
     def restore(arrays: ArrayRecord) -> ArrayRecord:
         return state_to_record(apply_mask(arrays.to_torch_state_dict(), start, mask))
 
-    arrays, rounds = session.federated_steps(job, p.SALUN, {p.MASK: state_to_record(mask)}, after=restore)
+    arrays, rounds = session.federated_steps(job, SALUN, {MASK: state_to_record(mask)}, after=restore)
     return Result(arrays, rounds + 1)
 
 
 METHOD = Method("salun", __doc__, serve, tasks=frozenset({"classification"}),
-                client_steps={p.SALIENCY: saliency, p.SALUN: masked_relabel}, position=4)
+                client_steps={SALIENCY: saliency, SALUN: masked_relabel}, settings=SalunSettings, position=4)

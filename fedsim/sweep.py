@@ -228,7 +228,7 @@ def _run_on_ray(runs: list[SweepRun], resume: bool, stop: threading.Event | None
     """Every run as a Ray task with its scenario's resources (retried on another node if its node is lost)."""
     import ray
 
-    from fedsim.runtime.ray_grid import attach
+    from fedsim.runtime.ray_cluster import attach
 
     snapshot = attach(address)
     try:

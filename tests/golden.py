@@ -5,6 +5,8 @@ behaviour does not.
     python tests/golden.py record DIR [SCENARIO...]    # every shipped scenario by default (short rounds)
     python tests/golden.py compare DIR [SCENARIO...]   # DIR's goldens by default; exit 1 and name what differs,
                                                        # print the largest differences
+    ... record / compare --vectorised DIR ...          # the vectorised engine's runs (NAME.vectorised), where it
+                                                       # applies: the golden runs of a restructuring
     python tests/golden.py mutations DIR               # how far each deliberate change (MUTATIONS) moves quickstart
     python tests/golden.py engines                     # vectorised vs sequential runs, largest differences in
                                                        # float32 and in float64 (the `float64` test fixture)
@@ -321,6 +323,10 @@ def _largest(largest: dict[str, float]) -> str:
 def main(argv: list[str]) -> int:
     import pytest
 
+    from fedsim.errors import ScenarioError
+
+    vectorised = "--vectorised" in argv
+    argv = [a for a in argv if a != "--vectorised"]
     command, folder = argv[0], Path(argv[1]) if len(argv) > 1 else None
     if command == "mutations":
         for mutate in MUTATIONS:
@@ -338,11 +344,19 @@ def main(argv: list[str]) -> int:
                     _, largest = measure(snapshot(sequential, steps), snapshot(vectorised, steps), unit)
                 print(f"{name} {dtype}: tolerance {tolerance(steps, unit):.1e}; largest: {_largest(largest)}")
         return 0
-    names = argv[2:] or (sorted(SHORT) if command == "record" else sorted(p.stem for p in folder.glob("*.json")))
+    suffix, engine = (".vectorised", ["run.vectorize=true"]) if vectorised else ("", [])
+    names = argv[2:] or (sorted(SHORT) if command == "record" else
+                         sorted(p.stem.removesuffix(suffix) for p in folder.glob(f"*{suffix}.json")
+                                if suffix or "." not in p.stem))
     folder.mkdir(parents=True, exist_ok=True)
     failed = []
     for name in names:
-        got = fingerprint(name)
+        try:
+            got = fingerprint(name, engine)
+        except ScenarioError as exc:  # vectorised: a scenario that cannot be (bags)
+            print(f"{name}: not vectorisable ({exc.what})", flush=True)
+            continue
+        name += suffix
         if command == "record":
             save(folder, name, got)
             print(f"recorded {name} ({got[0]['steps']} steps)", flush=True)

@@ -7,6 +7,8 @@ behaviour does not.
                                                        # print the largest differences
     ... record / compare --vectorised DIR ...          # the vectorised engine's runs (NAME.vectorised), where it
                                                        # applies: the golden runs of a restructuring
+                                                       # (on one machine: the stacked engine takes no torch.optim
+                                                       # step, so its tolerance is the floor, 16 u)
     python tests/golden.py mutations DIR               # how far each deliberate change (MUTATIONS) moves quickstart
     python tests/golden.py engines                     # vectorised vs sequential runs, largest differences in
                                                        # float32 and in float64 (the `float64` test fixture)

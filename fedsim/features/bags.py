@@ -110,7 +110,15 @@ class Bags(Feature):
         return scenario.bags is not None
 
     def check(self, scenario, data, model):
-        """Every client must fill one bag of k."""
+        """Clients only ever read their bags' released targets: nothing that reads their true labels runs (federated
+        evaluation, q-FedAvg's loss weighting); and every client must fill one bag of k."""
+        if scenario.strategy.fraction_evaluate > 0:
+            raise ScenarioError("strategy.fraction_evaluate", "> 0 evaluates on clients' true labels, which "
+                                "[bags] never releases (the label-DP ledger would not cover it)",
+                                "set it to 0 (central evaluation on the test set always runs)")
+        if scenario.strategy.name == "qfedavg":
+            raise ScenarioError("strategy.name", "'qfedavg' weights clients by their loss on their true labels, which "
+                                "[bags] never releases", "use another strategy with [bags]")
         k, sizes = scenario.bags.k, data.label_counts().sum(axis=1)
         smallest = int(sizes.argmin())
         if sizes[smallest] < k:

@@ -191,3 +191,19 @@ def test_bag_size_cli(cli):
     assert code == 0 and "best k: 1" in out
     code, _, err = cli("privacy", "bag-size", "--n", "100", "--d", "5", "--epsilon", "-1")
     assert code == 2 and "epsilon" in err
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"strategy.fraction_evaluate": 0.5}, r"strategy\.fraction_evaluate: > 0 evaluates on clients' true labels"),
+    ({"strategy.name": "qfedavg"}, r"strategy\.name: 'qfedavg' weights clients by their loss on their true labels"),
+])
+def test_nothing_reads_true_labels_under_bags(overrides, message):
+    """Aggregate responses release bag targets only: paths that read y (federated evaluation, q-FedAvg's received
+    loss) are refused before anything runs."""
+    from fedsim.errors import ScenarioError
+    from fedsim.scenario import Scenario
+    from fedsim.server import prepare
+
+    for name in ("aggregate-labels", "aggregate-responses"):
+        with pytest.raises(ScenarioError, match=message):
+            prepare(Scenario.load(name, overrides))

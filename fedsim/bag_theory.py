@@ -94,8 +94,10 @@ def risk_terms(n: int, d: int, k: int, rho: float, epsilon: float | None = None,
     - bias: the estimator's mean is theta m / M, so (1 - m / M)^2 |theta|^2;
     - noise: v k m d / (M (M - d - 1)), with v = noise_var / k + 2 b^2 the variance of a released bag mean (b the
       Laplace scale; with `client_sizes`, each client's clip bound from its own n_c, b^2 averaged over the bags);
-    - design: (d + 1) |theta|^2 rho^2 m (N - m) / M^3, the spread of G^-1 (rho (N - m) A - rho m B) theta / M
-      around its mean (A, B the two Wishart parts), which the corollaries leave out.
+    - design: (d + 1) |theta|^2 rho^2 m (N - m) N / M^4, the spread of rho ((N - m) dA - m dB) theta / M^2 around
+      the mean (dA, dB the two Wishart parts' deviations from m I and (N - m) I, of variances m (d + 1) |theta|^2
+      and (N - m) (d + 1) |theta|^2 along theta), which the corollaries leave out; at rho = 1 (M = N) it is
+      (d + 1) |theta|^2 m (N - m) / N^3.
     rho = 0 gives noise_var d / (m - d - 1) without label noise, rho = 1 noise_var / (k (psi - 1)) at theta = 0:
     the paper's corollaries. Clipping is assumed not to bind.
     """
@@ -115,7 +117,7 @@ def risk_terms(n: int, d: int, k: int, rho: float, epsilon: float | None = None,
     theta_sq = snr * noise_var
     return RiskTerms(bias=(1.0 - m / big_m) ** 2 * theta_sq,
                      noise=(noise_var / k + laplace_var) * k * m * d / (big_m * (big_m - d - 1)),
-                     design=(d + 1) * theta_sq * rho**2 * m * (big_n - m) / big_m**3)
+                     design=(d + 1) * theta_sq * rho**2 * m * (big_n - m) * big_n / big_m**4)
 
 
 def predicted_risk(n: int, d: int, k: int, rho: float, epsilon: float | None = None, snr: float = 1.0,

@@ -106,11 +106,12 @@ def _train(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecor
     row.update(replies=good, failures=len(errors))
     if errors:
         row["first_error"] = errors[0].error.reason
-    minimum = max(1, getattr(strategy, "min_train_nodes", 1))
-    if tolerate_failures and good < minimum:
+    if tolerate_failures and getattr(strategy, "releases_every_round", False):
+        pass  # a DP mechanism's accountant counts every round: it aggregates (adds its noise) whatever answered
+    elif tolerate_failures and good < max(1, getattr(strategy, "min_train_nodes", 1)):
         row.update(skipped=True, train={})
         return arrays
-    if errors and not good:
+    elif errors and not good:
         raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: {errors[0].error.reason}",
                             "fix the cause above and run again")
     new, metrics = strategy.aggregate_train(server_round, replies)
@@ -125,7 +126,8 @@ def run_rounds(strategy: Strategy, grid: Grid, initial: ArrayRecord, *, first_ro
     """Rounds `first_round`..`last_round` of `strategy` on `grid` from the global model `initial`.
 
     `evaluate_fn(arrays)` is the central evaluation. With `tolerate_failures` (simulated faults) a round with
-    fewer good replies than the strategy's `min_train_nodes` is skipped (model unchanged); otherwise a round
+    fewer good replies than the strategy's `min_train_nodes` is skipped (model unchanged), unless the strategy
+    `releases_every_round` (client-level DP: its noise is added whatever answered); otherwise a round
     in which every client fails raises ClientFailure. A set `stop` event ends the run after the current round.
     """
     timeout = math.inf if timeout is None else timeout

@@ -27,6 +27,11 @@ from fedsim.strategies.replies import valid_replies
 class PoissonDPFedAvg(FedAvg):
     """DP-FedAvg: Poisson sampling at rate `sample_rate`, per-client clipping, Gaussian noise on the sum."""
 
+    # The accountant composes one subsampled Gaussian per round: under simulated faults a round is aggregated (noise
+    # added, the model moved) however few clients answered, never skipped (fedsim.loop). A dropped or failed
+    # client is one Poisson-sampled client fewer, independent of its data: the rate really applied is at most q.
+    releases_every_round = True
+
     def __init__(self, *, noise_multiplier: float, clipping_norm: float, sample_rate: float, seed: int = 0,
                  **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)

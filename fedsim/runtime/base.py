@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import zlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
 
@@ -19,7 +20,7 @@ from flwr.serverapp import Grid
 
 from fedsim._flower import Run, act_as_server, assign_message_id, shared_content_groups
 from fedsim.checkpoint import decode, encode
-from fedsim.protocol import TRAIN
+from fedsim.protocol import CONFIG, QUERY_PARTITION, SERVER_ROUND, TRAIN
 
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: stable, and clear of Flower's server node id (1)
 
@@ -70,6 +71,15 @@ def error_reply(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code, reason), reply_to=msg)
 
 
+def fault_draws(seed: int, msg: Message) -> np.ndarray:
+    """The three uniforms (drop, fail, straggle) of one client task, from (seed, round, client, phase) alone: the
+    same task gets the same faults whatever else was sent before it (unlearning's retrain sees the run's faults)."""
+    config = msg.content.config_records.get(CONFIG)
+    server_round = int(config.get(SERVER_ROUND, 0)) if config is not None else 0
+    phase = zlib.crc32(msg.metadata.message_type.encode())
+    return np.random.default_rng([seed, server_round, msg.metadata.dst_node_id, phase, 3]).random(3)
+
+
 NO_FAULTS = {"dropped": 0, "failed": 0, "straggled": 0, "late": 0}
 
 
@@ -82,7 +92,6 @@ class VirtualNodesGrid(Grid):
         self.delays: dict[str, float] = {}  # message id -> seconds a straggler sleeps (straggler_clock = "real")
         self.sim_time_s = 0.0  # the simulated clock: each push adds its slowest answer (capped at the deadline)
         self._sim_taken = 0.0  # the clock's reading at the last take_fault_counts
-        self._pushes = 0  # message batches pushed so far: faults are drawn per (seed, push, node)
         self.vectorized = 0  # client tasks trained vectorised (fedsim.clients.train_together) so far
         self._run = Run.create_empty(run_id)
         act_as_server(run_id)  # messages created in this process are the server's (as in Flower's ServerApp runner)
@@ -129,21 +138,25 @@ class VirtualNodesGrid(Grid):
             if msg.metadata.dst_node_id not in self.contexts:
                 self._replies[msg.metadata.message_id] = error_reply(
                     msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}")
-        self._pushes += 1
         if self.faults is not None:
-            known = self._inject_faults(known, self._pushes)
+            known = self._inject_faults(known)
         self._replies.update(self._execute(known, timeout))
         return [m.metadata.message_id for m in batch]
 
-    def _inject_faults(self, messages: list[Message], push: int) -> list[Message]:
-        """Seeded per (seed, push, node): drop (no reply), fail (error reply) or delay; returns what still runs.
+    def _inject_faults(self, messages: list[Message]) -> list[Message]:
+        """Drop (no reply), fail (error reply) or delay each client task, drawn per (seed, round, client, phase)
+        (fault_draws); returns what still runs. fedsim's own `query.partition` questions are not client work and
+        always answer.
 
         A straggler answers `straggler_delay_s` late on the simulated clock (or really sleeps that long with
         straggler_clock = "real"); past `deadline_s` its answer is a failure and its work is not run."""
         f, runs, slowest = self.faults, [], 0.0
         self.delays = {}
         for msg in messages:
-            draw = np.random.default_rng([self.seed, push, msg.metadata.dst_node_id, 3]).random(3)
+            if msg.metadata.message_type == QUERY_PARTITION:
+                runs.append(msg)
+                continue
+            draw = fault_draws(self.seed, msg)
             if draw[0] < f.dropout_rate:
                 self.fault_counts["dropped"] += 1
             elif draw[1] < f.failure_rate:
@@ -170,13 +183,12 @@ class VirtualNodesGrid(Grid):
         return runs
 
     def checkpoint_state(self) -> dict:
-        """What a resumed run needs: the push counter (fault draws), the nodes still offered, client states, the
-        simulated clock."""
-        return {"pushes": self._pushes, "node_ids": list(self._node_ids), "sim_time_s": self.sim_time_s,
+        """What a resumed run needs: the nodes still offered, client states, the simulated clock."""
+        return {"node_ids": list(self._node_ids), "sim_time_s": self.sim_time_s,
                 "contexts": encode({n: c.state for n, c in self.contexts.items() if len(c.state)})}
 
     def restore_checkpoint(self, state: dict) -> None:
-        self._pushes, self._node_ids = int(state["pushes"]), [int(n) for n in state["node_ids"]]
+        self._node_ids = [int(n) for n in state["node_ids"]]
         self.sim_time_s = self._sim_taken = float(state.get("sim_time_s", 0.0))
         for node, records in decode(state["contexts"]).items():
             self.contexts[node].state = records

@@ -308,7 +308,7 @@ class BagsSection(Section):
 
 
 class FaultsSection(Section):
-    """Simulated unreliable clients, drawn per (seed, round, client): never answers, raises, or answers late."""
+    """Simulated unreliable clients, drawn per (seed, round, client, phase): never answers, raises, or answers late."""
 
     dropout_rate: float = Field(0.0, ge=0, le=1)
     failure_rate: float = Field(0.0, ge=0, le=1)

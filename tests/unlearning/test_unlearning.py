@@ -73,7 +73,7 @@ def run_spied(scenario: Scenario, tmp_path, monkeypatch):
     from fedsim.clients.workspace import ClientSpec
 
     grid = SpyGrid(client_app, scenario.data.partitioner.num_partitions, ClientSpec.of(scenario).run_config(),
-                   seed=scenario.run.seed)
+                   seed=scenario.run.seed, faults=scenario.faults)
     serve, retrain = Unlearning._serve, RequestSession.retrain
 
     def serving(self, *args):
@@ -679,3 +679,25 @@ def test_a_methods_settings_default_when_its_table_is_absent(small_scenario):
     assert salun.fraction == 0.5 and salun.rounds is None
     dumped = scenario.to_dict()["unlearning"]["per_method"]
     assert dumped == {"pga": {"ascent_lr": 0.01, "ascent_epochs": 5, "clip": 5.0, "stop_distance": 0.5}}
+
+
+def test_retrain_sees_the_faults_the_run_saw_without_the_forgotten_client(tmp_path, monkeypatch, small_scenario):
+    """Faults are drawn per (seed, round, client, phase): retrain's rounds 1..AT lose exactly the clients the run's
+    rounds lost (all clients train each round here, so the samples agree), and a later round's faults do not depend
+    on how many methods the request listed."""
+    faults = {"faults.dropout_rate": 0.3, "faults.failure_rate": 0.1}
+    request = [{"at_round": AT, "kind": "client", "target": 2, "method": ["retrain", "finetune"]}]
+    _, grid, _ = run_spied(unlearn_scenario(small_scenario, request, **faults), tmp_path, monkeypatch)
+    ran = {}
+    for e in grid.log:
+        if e["type"] == "train" and e["phase"] in ("training", "retrain"):
+            ran.setdefault((e["phase"], e["round"]), set()).add(e["node"])
+    gone = node_id_of(2)
+    lost = [r for r in range(1, AT + 1) if len(ran[("training", r)]) < 5]
+    assert lost  # faults did strike the run's first rounds
+    for r in range(1, AT + 1):
+        assert ran[("retrain", r)] == ran[("training", r)] - {gone}, r
+    one_method = [{"at_round": AT, "kind": "client", "target": 2, "method": ["retrain"]}]
+    _, other, _ = run_spied(unlearn_scenario(small_scenario, one_method, **faults), tmp_path / "one", monkeypatch)
+    later = lambda g: sorted((e["round"], e["node"]) for e in g.log if e["type"] == "train" and e["phase"] == "after")
+    assert later(grid) == later(other)

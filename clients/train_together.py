@@ -17,6 +17,7 @@ from fedsim import protocol as p
 from fedsim.clients.app import partition_of, received_loss, round_setup, train_reply, train_seed
 from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
+from fedsim.features.base import StackedTrainingFeature
 from fedsim.stacked import train_stacked
 
 
@@ -29,8 +30,10 @@ def train_together(messages: list[Message], contexts: list[Context]) -> list[Mes
             for context, (pid, x, y) in zip(contexts, (partition_of(c, ws, config) for c in contexts))]
     metrics = [received_loss(config, setup.model, job.x, job.y, ws.task) for job in jobs]
     feature, settings = features.client_trainer(config)
-    if feature is not None:
+    if isinstance(feature, StackedTrainingFeature):
         trained = feature.train_together(settings, setup, jobs)
+    elif feature is not None:  # prepare keeps such runs one by one (not_vectorizable)
+        raise TypeError(f"{feature.name} has no vectorised trainer")
     else:
         generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
         results = train_stacked(setup.model, [(job.x, job.y) for job in jobs], setup.local, ws.task, generators,

@@ -61,7 +61,8 @@ class Workspace:
         self.data: FederatedData = federated_data(spec.data, spec.seed)
         self.model = client_model(spec, self.data.info).to(self.device)
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._read = StateReader()  # this process's clients share one read of each round's global model
+        # this process's clients share one read of each round's global model (inline: with the server, runner)
+        self.read = StateReader()
 
     def partition(self, pid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Partition `pid` on this workspace's device (cached there too when that is a GPU)."""
@@ -82,7 +83,7 @@ class Workspace:
 
     def load_global(self, arrays: ArrayRecord) -> torch.nn.Module:
         """Load the received global model; the same ArrayRecord object is deserialised only once."""
-        self.model.load_state_dict(self._read(arrays))
+        self.model.load_state_dict(self.read(arrays))
         return self.model
 
 
@@ -94,6 +95,11 @@ def _workspace(spec_json: str) -> Workspace:
 @functools.lru_cache(maxsize=4)
 def _resolve(name_or_path: str) -> str:
     return ClientSpec.of(Scenario.load(name_or_path)).model_dump_json()
+
+
+def workspace_of(run_config: dict) -> Workspace:
+    """The Workspace this process's clients of a run use, from the run config fedsim's runtimes give them."""
+    return _workspace(str(run_config[protocol.CLIENT_SPEC]))
 
 
 def workspace(context: Context) -> Workspace:

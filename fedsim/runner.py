@@ -12,10 +12,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim import checkpoint
-from fedsim.arrays import record_to_state
 from fedsim.clients.app import app as client_app
 from fedsim.clients.train_together import train_together
-from fedsim.clients.workspace import ClientSpec
+from fedsim.clients.workspace import ClientSpec, workspace_of
 from fedsim.errors import Diverged, FedsimError, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
 from fedsim.results import RunRecorder, RunResult, new_run_dir
@@ -36,6 +35,7 @@ def make_grid(prepared: Prepared) -> VirtualNodesGrid:
         if scenario.run.round_timeout_s is not None:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
+        workspace_of(run_config).read = prepared.read  # in one process, server and clients read each model once
         return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
                           cohort=train_together if vectorize else None,
                           threads=max(1, int(scenario.run.resources.num_cpus)))
@@ -81,7 +81,7 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         elif resume is None:
             recorder.discard()
         raise
-    result = recorder.finish(record_to_state(arrays), prepared.data.info.task, describe() if describe else None)
+    result = recorder.finish(prepared.read(arrays), prepared.data.info.task, describe() if describe else None)
     if recorder.diverged is not None:
         server_round, metric, value = recorder.diverged
         error = Diverged(f"round {server_round}", f"training diverged ({metric} is {value}); the run stopped, "

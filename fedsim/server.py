@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord
@@ -51,6 +51,8 @@ class Prepared:
     vectorize: bool  # whether a round's clients are trained together (decided here, once)
     unlearning: Unlearning | None = None
     run_dir: Path | None = None  # where the run will write (None: only validated; a run picks its dir then)
+    # the server's reads of the global model (central evaluation, the final result), shared with in-process clients
+    read: StateReader = field(default_factory=StateReader)
 
 
 def make_strategy(scenario: Scenario) -> Strategy:
@@ -195,10 +197,8 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     done = resume["round"] if resume else 0
     initial = checkpoint.decode(resume["arrays"]) if resume else state_to_record(model.state_dict())
 
-    read = StateReader()
-
     def central_evaluation(arrays: ArrayRecord) -> dict[str, float]:
-        model.load_state_dict(read(arrays))
+        model.load_state_dict(prepared.read(arrays))
         return evaluate(model, x_test, y_test, data.info.task)
 
     callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)

@@ -9,7 +9,7 @@ import pkgutil
 from typing import TYPE_CHECKING, Any
 
 from fedsim.errors import ScenarioError
-from fedsim.features.base import ClientJob, Feature, RoundSetup
+from fedsim.features.base import ClientJob, ClientTrainingFeature, Feature, RoundSetup
 
 if TYPE_CHECKING:
     from flwr.app import ConfigRecord
@@ -36,7 +36,7 @@ def named(name: str) -> Feature:
 def enabled(scenario: Scenario) -> list[Feature]:
     """The features `scenario` switches on; at most one of them may train the clients."""
     on = [f for f in all_features() if f.enabled(scenario)]
-    trainers = [f for f in on if f.settings is not None]
+    trainers = [f for f in on if isinstance(f, ClientTrainingFeature)]
     if len(trainers) > 1:
         names = " and ".join(f.name for f in trainers)
         raise ScenarioError(trainers[0].section, f"{names} each train the clients their own way and cannot be "
@@ -44,10 +44,10 @@ def enabled(scenario: Scenario) -> list[Feature]:
     return on
 
 
-def client_trainer(config: ConfigRecord) -> tuple[Feature, Any] | tuple[None, None]:
+def client_trainer(config: ConfigRecord) -> tuple[ClientTrainingFeature, Any] | tuple[None, None]:
     """The feature whose settings a train config carries and those settings (None, None: plain local training)."""
     for feature in all_features():
-        if feature.settings is not None:
+        if isinstance(feature, ClientTrainingFeature):
             settings = feature.settings.from_config(config)
             if settings is not None:
                 return feature, settings

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from fedsim.bag_theory import make_bags, release
 from fedsim.errors import ScenarioError
-from fedsim.features.base import ClientJob, Feature, RoundSetup
+from fedsim.features.base import ClientJob, ClientTrainingFeature, RoundSetup
 from fedsim.loop import RoundCallback
 from fedsim.protocol import SentSettings
 from fedsim.training import Step, minibatches, train_loop
@@ -103,7 +103,7 @@ class LabelPrivacyLedger(RoundCallback):
         return {"label_privacy": self.entry}
 
 
-class Bags(Feature):
+class Bags(ClientTrainingFeature):
     name, section, settings = "bags", "bags", BagSettings
 
     def enabled(self, scenario) -> bool:

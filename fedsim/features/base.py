@@ -13,6 +13,7 @@ the enabled features (fedsim.features.enabled) and never name one.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,16 +55,16 @@ class ClientJob:
     state: RecordDict  # its context.state, kept across rounds (and in checkpoints)
 
 
-class Feature:
-    """A feature's hooks; override those it contributes."""
+class Feature(ABC):
+    """A feature's hooks: `enabled`, and those of the others it contributes (each default contributes nothing)."""
 
     name: str = ""  # its name in the ClientSpec and in checkpoints
     section: str = ""  # the scenario section that switches it on (error messages name it)
-    settings: type[protocol.SentSettings] | None = None  # what it sends clients; a config carrying them selects `train`
 
     # ---- server side ------------------------------------------------------------------------------------------
+    @abstractmethod
     def enabled(self, scenario: Scenario) -> bool:
-        raise NotImplementedError
+        """Whether `scenario` switches the feature on."""
 
     def check(self, scenario: Scenario, data: FederatedData, model: nn.Module) -> nn.Module:
         """Refuse what the feature cannot run (a ScenarioError / FedsimError); return the model to train."""
@@ -94,14 +95,32 @@ class Feature:
         """The model clients train, given what `client_spec` sent."""
         return model
 
+
+
+class ClientTrainingFeature(Feature):
+    """A feature that trains the clients its own way: a train config carrying its `settings` selects `train`.
+    Without a vectorised trainer (StackedTrainingFeature) its clients train one by one."""
+
+    settings: type[protocol.SentSettings]  # what it sends clients
+
+    @abstractmethod
     def train(self, settings: Any, setup: RoundSetup, job: ClientJob) -> dict[str, float]:
         """Train `setup.model` in place on the job's data; returns the reply's metrics."""
-        raise NotImplementedError
 
+    def not_vectorizable(self, scenario: Scenario) -> str | None:
+        return f"{self.name} trains one client at a time"
+
+
+class StackedTrainingFeature(ClientTrainingFeature):
+    """A client-training feature that can also train a round's clients at once."""
+
+    def not_vectorizable(self, scenario: Scenario) -> str | None:
+        return None
+
+    @abstractmethod
     def train_together(self, settings: Any, setup: RoundSetup, jobs: list[ClientJob]
                        ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
         """Every job trained from `setup.model` at once: (final state, metrics) per job, as `train` leaves them."""
-        raise NotImplementedError(f"{self.name} has no vectorised trainer")
 
 
 class PrivacyFeature(Feature):

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedsim import protocol
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import task_loss
-from fedsim.features.base import ClientJob, PrivacyFeature, RoundSetup, ledger_entry, uncovered
+from fedsim.features.base import ClientJob, PrivacyFeature, RoundSetup, StackedTrainingFeature, ledger_entry, uncovered
 from fedsim.loop import RoundCallback
 from fedsim.privacy import History, Ledger, epsilon_of, noise_multiplier
 from fedsim.protocol import LocalTraining, SentSettings
@@ -246,7 +246,7 @@ class DPSGDLedger(RoundCallback):
             self.grid.retire(node)
 
 
-class DPSGD(PrivacyFeature):
+class DPSGD(PrivacyFeature, StackedTrainingFeature):
     name, mode, settings = "dp-sgd", "dp-sgd", DPSGDSettings
 
     def check(self, scenario, data, model: nn.Module) -> nn.Module:

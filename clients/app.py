@@ -18,7 +18,6 @@ from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.features import ClientJob, RoundSetup
-from fedsim.models import build_model
 from fedsim.protocol import LocalTraining
 from fedsim.seeding import derive_seed
 from fedsim.training import train_locally
@@ -128,7 +127,7 @@ def unlearning_step(msg: Message, context: Context) -> Message:
     work = ClientWork(model=ws.load_global(msg.content[p.ARRAYS]), data=data, local=LocalTraining.from_config(config),
                       generator=generator, config=config, content=msg.content, task=ws.task,
                       num_classes=ws.data.info.num_classes, device=ws.device,
-                      new_model=lambda: build_model(ws.spec.model, ws.data.info).to(ws.device))
+                      new_model=ws.new_model)
     result = step(work)
     state = result.state if result.state is not None else work.model.state_dict()
     metrics = {**result.metrics, p.NUM_EXAMPLES: result.weight, p.FORGOTTEN_COUNT: len(data[2])}

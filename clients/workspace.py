@@ -9,6 +9,7 @@ The runtime, not the client, sets the threads a client trains with (fedsim.runti
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from flwr.app import ArrayRecord, Context
@@ -18,7 +19,7 @@ from fedsim import features, protocol
 from fedsim.arrays import StateReader
 from fedsim.data import FederatedData, federated_data
 from fedsim.devices import select_device
-from fedsim.models import build_model
+from fedsim.models import GivenModel, build_model, decode
 from fedsim.scenario import DataSection, ModelSection, Scenario
 
 
@@ -32,21 +33,24 @@ class ClientSpec(BaseModel):
     device: str = "auto"
     features: dict[str, dict] = {}  # feature name -> what its client_model needs (fedsim.features)
     vectorize_memory_mb: float = 1024  # bound on one vectorised chunk (fedsim.clients.train_together)
+    given_model: str | None = None  # fedsim.run(model=...): the architecture, as GivenModel.encoded
 
     @classmethod
-    def of(cls, scenario: Scenario) -> ClientSpec:
+    def of(cls, scenario: Scenario, given: GivenModel | None = None) -> ClientSpec:
         needs = {f.name: f.client_spec(scenario) for f in features.enabled(scenario)}
         return cls(data=scenario.data, model=scenario.model, seed=scenario.run.seed, device=scenario.client.device,
                    features={name: spec for name, spec in needs.items() if spec is not None},
-                   vectorize_memory_mb=scenario.run.resources.vectorize_memory_mb)
+                   vectorize_memory_mb=scenario.run.resources.vectorize_memory_mb,
+                   given_model=given.encoded() if given is not None else None)
 
     def run_config(self) -> dict[str, str]:
         return {protocol.CLIENT_SPEC: self.model_dump_json()}
 
 
-def client_model(spec: ClientSpec, info) -> torch.nn.Module:
-    """The model clients train, as the enabled features change it (e.g. DP-SGD's checked / fixed layers)."""
-    model = build_model(spec.model, info)
+def client_model(spec: ClientSpec, info, given: Callable[[], torch.nn.Module] | None = None) -> torch.nn.Module:
+    """The model clients train, as the enabled features change it (e.g. DP-SGD's checked / fixed layers);
+    `given`: the architecture of a model given to fedsim.run(model=...)."""
+    model = build_model(spec.model, info, given)
     for name, needs in spec.features.items():
         model = features.named(name).client_model(model, needs)
     return model
@@ -59,7 +63,8 @@ class Workspace:
         self.spec = spec
         self.device = select_device(spec.device)
         self.data: FederatedData = federated_data(spec.data, spec.seed)
-        self.model = client_model(spec, self.data.info).to(self.device)
+        self._given = decode(spec.given_model) if spec.given_model else None
+        self.model = client_model(spec, self.data.info, self._given).to(self.device)
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # this process's clients share one read of each round's global model (inline: with the server, runner)
         self.read = StateReader()
@@ -71,6 +76,10 @@ class Workspace:
         if pid not in self._on_device:
             self._on_device[pid] = tuple(t.to(self.device) for t in self.data.partition(pid))
         return self._on_device[pid]
+
+    def new_model(self) -> torch.nn.Module:
+        """A fresh instance of the run's architecture on this workspace's device (its weights: arbitrary)."""
+        return build_model(self.spec.model, self.data.info, self._given).to(self.device)
 
     def release(self) -> None:
         """Free cached CUDA memory after a task (the next client may be on another actor's share)."""

@@ -78,15 +78,25 @@ def progress(rows: list[dict[str, Any]], task: str, initial: dict[str, float] | 
     return out
 
 
+MODEL_RECORD = "model.json"  # what the run built: its class, parameter count, whether fedsim.run was given it
+
+
+def read_model_record(run_dir: str | Path) -> dict[str, Any]:
+    """A run dir's model.json ({} for run dirs written before it existed)."""
+    path = Path(run_dir) / MODEL_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 class RunRecorder(RoundCallback):
     """Writes the run dir round by round: the round callback that appends each round's row to metrics.jsonl
     (adding its wall time) and, at the end, writes summary.json and model.pt."""
 
     def __init__(self, run_dir: Path, scenario: Scenario, on_round: Callable[[dict], None] | None = None,
-                 resume: dict | None = None, started: float | None = None) -> None:
+                 resume: dict | None = None, started: float | None = None, model: dict | None = None) -> None:
         """A new run dir, or with `resume` (a checkpoint) the run dir continued after the checkpoint's round:
         metrics.jsonl keeps the rows up to that round and drops any written after it. `started`: the
-        time.perf_counter() the run's wall time counts from (default: now)."""
+        time.perf_counter() the run's wall time counts from (default: now). `model`: what was built
+        (fedsim.models.describe_model), written to model.json."""
         self.run_dir, self.scenario, self.on_round = run_dir, scenario, on_round
         self.rows: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
@@ -103,6 +113,8 @@ class RunRecorder(RoundCallback):
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
+                if model is not None:
+                    (run_dir / MODEL_RECORD).write_text(json.dumps(model, indent=2), encoding="utf-8")
             except OSError as exc:
                 raise RunDirError(str(run_dir), f"cannot be written: {exc.strerror or exc}",
                                   "pass an --out (or output.dir) you can write to") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from torch import nn
 
 from fedsim import checkpoint
 from fedsim.clients.app import app as client_app
@@ -17,10 +18,12 @@ from fedsim.clients.train_together import train_together
 from fedsim.clients.workspace import ClientSpec, workspace_of
 from fedsim.errors import Diverged, FedsimError, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
-from fedsim.results import RunRecorder, RunResult, new_run_dir
+from fedsim.models import describe_model
+from fedsim.models.factory import local_module
+from fedsim.results import RunRecorder, RunResult, new_run_dir, read_model_record
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
-from fedsim.server import Interrupted, Prepared, prepare, server_main
+from fedsim.server import Interrupted, Prepared, check_resumed_model, prepare, server_main
 
 
 def make_grid(prepared: Prepared) -> VirtualNodesGrid:
@@ -28,7 +31,7 @@ def make_grid(prepared: Prepared) -> VirtualNodesGrid:
     decided the scenario's clients train together (Prepared.vectorize), it hands each round's clients to the
     handler that trains them at once (fedsim.clients.train_together)."""
     scenario = prepared.scenario
-    run_config = ClientSpec.of(scenario).run_config()
+    run_config = ClientSpec.of(scenario, prepared.given).run_config()
     n = scenario.data.partitioner.num_partitions
     vectorize = prepared.vectorize
     if scenario.run.runtime == "inline":
@@ -43,9 +46,12 @@ def make_grid(prepared: Prepared) -> VirtualNodesGrid:
         from fedsim.runtime.ray_grid import RayGrid
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
+        model = scenario.model
+        own = local_module(model.factory, model.factory_path) if model.factory is not None else None
         return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
                        cohort="fedsim.clients.train_together:train_together" if vectorize else None,
-                       seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s)
+                       seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s,
+                       user_modules=[own] if own is not None else [])
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         f"run from the project root: flwr run . --stream --federation-config \"num-supernodes={n}\" "
                         "--run-config 'scenario=\"<the scenario file>\"'")
@@ -67,7 +73,8 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
     if prepared.unlearning is not None and prepared.run_dir is None:
         raise ValueError("a scenario with [unlearning] keeps its history store in the run dir: "
                          "prepare(scenario, run_dir=...) before run_on_grid")
-    recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume, started)
+    recorder = RunRecorder(run_dir, prepared.scenario, on_round, resume, started,
+                           describe_model(prepared.model, prepared.given is not None))
     try:
         arrays = server_main(grid, prepared, recorder, resume, stop, callbacks)
     except Interrupted as exc:
@@ -108,20 +115,28 @@ def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
 
 
 def resume(run_dir: str | Path, on_round: Callable[[dict], None] | None = None,
-           runtime: str | None = None, stop: threading.Event | None = None) -> RunResult:
+           runtime: str | None = None, stop: threading.Event | None = None,
+           model: nn.Module | Callable[[], nn.Module] | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint; the finished run equals an uninterrupted one
-    (timings aside). `runtime` may differ from the original (inline and Ray give identical results)."""
-    return run_from_checkpoint(run_dir, *resumable(run_dir), on_round, runtime, stop)
+    (timings aside). `runtime` may differ from the original (inline and Ray give identical results). A run
+    started with fedsim.run(model=...) is resumed with the same `model`."""
+    return run_from_checkpoint(run_dir, *resumable(run_dir), on_round, runtime, stop, model)
 
 
 def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
                         on_round: Callable[[dict], None] | None = None, runtime: str | None = None,
-                        stop: threading.Event | None = None) -> RunResult:
+                        stop: threading.Event | None = None,
+                        model: nn.Module | Callable[[], nn.Module] | None = None) -> RunResult:
     """`resume` once `resumable` has checked the run dir and read its checkpoint."""
     started = time.perf_counter()
     if runtime is not None:
         scenario = scenario.with_overrides({"run.runtime": runtime})
-    prepared = prepare(scenario, run_dir=run_dir)
+    given_before = read_model_record(run_dir).get("given", False)
+    if given_before and model is None:
+        raise RunDirError(str(run_dir), "was started with a model given to fedsim.run(model=...)",
+                          "resume it in Python: fedsim.resume(run_dir, model=<the same model>)")
+    prepared = prepare(scenario, run_dir=run_dir, model=model)
+    check_resumed_model(prepared, checkpoint.decode(state["arrays"]))
     grid = make_grid(prepared)
     try:
         return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop, started=started)
@@ -131,15 +146,16 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
 
 def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[dict], None] | None = None, *,
         strategy: Strategy | None = None, callbacks: Sequence[RoundCallback] = (),
-        stop: threading.Event | None = None) -> RunResult:
+        stop: threading.Event | None = None, model: nn.Module | Callable[[], nn.Module] | None = None) -> RunResult:
     """Run `scenario` to the end; returns what the run dir holds. Nothing is written if the input is bad.
 
     `strategy`: any Flower strategy to run instead of the scenario's [strategy]; it gets every feature the
     scenario asks for (seeded sampling, checkpoints, privacy ledger, faults, unlearning). `callbacks`: your own
     fedsim.loop.RoundCallbacks (docs/extending.md). `on_round(row)` is called after every round; a set `stop`
-    event ends the run after the current round (Interrupted)."""
+    event ends the run after the current round (Interrupted). `model`: your own nn.Module (a copy of it, weights
+    included, is the initial global model) or a zero-argument callable returning one, instead of [model]."""
     started = time.perf_counter()  # the wall time counts data loading and the runtime's start-up too
-    prepared = prepare(scenario, strategy, new_run_dir(scenario, out))
+    prepared = prepare(scenario, strategy, new_run_dir(scenario, out), model)
     grid = make_grid(prepared)
     try:
         return run_on_grid(prepared, grid, None, on_round, grid.describe, stop=stop, callbacks=callbacks,

@@ -8,7 +8,7 @@ fedsim's runtimes only supply the Grid.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import evaluate
 from fedsim.features import Feature
 from fedsim.loop import INTERRUPTED, RoundCallback, clients_needed, run_rounds
-from fedsim.models import initial_model
+from fedsim.models import GivenModel, check_model, fresh_model, initial_model, mismatch
 from fedsim.quiet import quiet
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
@@ -50,6 +50,7 @@ class Prepared:
     features: list[Feature]  # the features the scenario switches on (fedsim.features)
     vectorize: bool  # whether a round's clients are trained together (decided here, once)
     unlearning: Unlearning | None = None
+    given: GivenModel | None = None  # the model given to fedsim.run(model=...), if one was
     run_dir: Path | None = None  # where the run will write (None: only validated; a run picks its dir then)
     # the server's reads of the global model (central evaluation, the final result), shared with in-process clients
     read: StateReader = field(default_factory=StateReader)
@@ -71,11 +72,13 @@ def make_strategy(scenario: Scenario) -> Strategy:
         raise ScenarioError("strategy", what, fix) from None
 
 
-def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str | Path | None = None) -> Prepared:
+def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str | Path | None = None,
+            model: nn.Module | Callable[[], nn.Module] | None = None) -> Prepared:
     """Load data (all partitions), build the initial model and the strategy (the scenario's, or `strategy`: any
     Flower strategy, which then gets every fedsim feature the scenario asks for); FedsimError on bad input.
     `run_dir`: where the run will write (nothing is written here); the unlearning history store lives in it, so a
-    scenario with [unlearning] needs it to run."""
+    scenario with [unlearning] needs it to run. `model`: an nn.Module (a copy is the initial global model) or a
+    zero-argument callable, instead of the scenario's [model] (fedsim.models.GivenModel)."""
     data = federated_data(scenario.data, scenario.run.seed)
     data.partition(0)  # computes the partitioning (and its errors); other partitions load when sampled
     if scenario.client.loss == "fedld-margin" and data.info.task == "regression":
@@ -83,7 +86,9 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str |
                             "use loss = 'ce' (mse is used for regression)")
     enabled = features.enabled(scenario)
     check_requests(scenario, data)
-    model = initial_model(scenario.model, data.info, scenario.run.seed)
+    given = GivenModel.of(model) if model is not None else None
+    model = initial_model(scenario.model, data.info, scenario.run.seed, given)
+    check_model(model, data.info, data.test[0][:2], model_key(scenario, given))
     for feature in enabled:
         model = feature.check(scenario, data, model)
     vectorize = decide_vectorize(scenario, enabled, model, data)
@@ -94,9 +99,25 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str |
         with quiet("flwr"):  # e.g. "fraction_evaluate is set to 0.0": fedsim's own settings, not news to the user
             strategy = make_strategy(scenario)
     run_dir = Path(run_dir) if run_dir is not None else None
-    unlearning = unlearning_strategy(scenario, data, model, strategy, run_dir) \
+    unlearning = unlearning_strategy(scenario, data, model, strategy, run_dir, given) \
         if scenario.unlearning is not None else None
-    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, unlearning, run_dir)
+    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, unlearning, given, run_dir)
+
+
+def model_key(scenario: Scenario, given: GivenModel | None) -> str:
+    """The setting that chose the run's model, for its errors."""
+    if given is not None:
+        return "model"
+    return "model.factory" if scenario.model.factory is not None else "model.name"
+
+
+def check_resumed_model(prepared: Prepared, arrays: dict) -> None:
+    """The model built for a resumed run must be the architecture its checkpoint holds."""
+    problems = mismatch(prepared.model.state_dict(), arrays)
+    if problems:
+        key = model_key(prepared.scenario, prepared.given)
+        raise ScenarioError(key, f"builds another architecture than the run's checkpoint ({problems})",
+                            "restore the model code the run started with, or start a new run")
 
 
 def not_vectorizable(scenario: Scenario, enabled: list[Feature], model: nn.Module) -> str | None:
@@ -128,7 +149,7 @@ def client_device_type(scenario: Scenario) -> str:
 
 
 def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Module, strategy: Strategy,
-                        run_dir: Path | None) -> Unlearning:
+                        run_dir: Path | None, given: GivenModel | None = None) -> Unlearning:
     """Wrap `strategy` to serve the scenario's unlearning requests, evaluated against retrain, with its history
     store in RUN_DIR/history."""
     u, c = scenario.unlearning, scenario.client
@@ -136,7 +157,7 @@ def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Modul
     store = HistoryStore(run_dir / "history", u.history_interval) if run_dir is not None else None
     return Unlearning(strategy, u.requests, settings=u, local=c.local(), seed=scenario.run.seed,
                       timeout=scenario.run.round_timeout_s, store=store, evaluate=evaluator,
-                      random_model=lambda seed: initial_model(scenario.model, data.info, seed).state_dict())
+                      random_model=lambda seed: fresh_model(scenario.model, data.info, seed, given).state_dict())
 
 
 def train_config(prepared: Prepared) -> ConfigRecord:

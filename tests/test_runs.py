@@ -30,7 +30,7 @@ def test_same_seed_same_metrics(tmp_path, small_scenario):
 def test_run_dir_contents(tmp_path, small_scenario):
     result = fedsim.run(small_scenario(strategy__fraction_evaluate=1.0), out=tmp_path / "run")
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {"scenario.toml", "metrics.jsonl", "summary.json", "model.pt"}
+    assert files == {"scenario.toml", "model.json", "metrics.jsonl", "summary.json", "model.pt"}
     rows = result.metrics
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert set(rows[0]) >= {"round", "train", "eval", "clients_eval", "time_s", "replies", "failures"}

@@ -91,6 +91,22 @@ def _cluster_has_fedsim() -> bool:
     return ray.get(_import_fedsim.remote())
 
 
+def package_modules(sources: list[Path]) -> tuple[Path, list[str]]:
+    """Copies of the user's own modules (a model factory's) to ship as Ray py_modules, in a new temporary folder
+    (delete it after disconnecting): a package as it is, a single-file module as a package of the same name."""
+    root = Path(tempfile.mkdtemp(prefix="fedsim-user-code-"))
+    shipped = []
+    for source in sources:
+        target = root / (source.name if source.is_dir() else source.stem)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            target.mkdir()
+            shutil.copyfile(source, target / "__init__.py")
+        shipped.append(str(target))
+    return root, shipped
+
+
 def package_snapshot() -> Path:
     """An importable copy of fedsim (strategies/, clients/, scenarios/ folded in) to ship as a Ray py_module."""
     import fedsim

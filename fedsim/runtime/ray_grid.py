@@ -27,7 +27,7 @@ from flwr.common.constant import ErrorCode
 
 from fedsim.errors import FedsimError
 from fedsim.runtime.base import VirtualNodesGrid, error_reply, run_clients
-from fedsim.runtime.ray_cluster import connect
+from fedsim.runtime.ray_cluster import connect, package_modules
 from fedsim.scenario import ResourcesSection
 
 
@@ -87,13 +87,19 @@ class RayGrid(VirtualNodesGrid):
                  client_app: str = "fedsim.clients.app:app", cohort: str | None = None,
                  runtime_env: dict | None = None,
                  chunks_per_actor: int = 1, ship_code: bool | None = None, faults=None, seed: int = 0,
-                 connect_timeout_s: float = 30.0) -> None:
+                 connect_timeout_s: float = 30.0, user_modules: list[Path] = ()) -> None:
+        """`user_modules`: the user's own modules the clients import (a model factory's), shipped to the workers of
+        an existing cluster at `address` (a local Ray shares this machine's files)."""
         super().__init__(num_nodes, run_config, faults=faults, seed=seed)
         self.run_config = dict(run_config)  # shared by every node; sent once per chunk, not per client
         self.resources, self.address, self.client_app, self.cohort = resources, address, client_app, cohort
         self.chunks_per_actor = chunks_per_actor
         self.connect_timeout_s = connect_timeout_s
         self._owns_connection = not ray.is_initialized()
+        self._user_code = None
+        if address and user_modules and not ray.is_initialized():
+            self._user_code, shipped = package_modules(list(user_modules))
+            runtime_env = {**(runtime_env or {}), "py_modules": [*(runtime_env or {}).get("py_modules", []), *shipped]}
         self._snapshot = connect(address, connect_timeout_s, runtime_env, ship_code)
         self.shipped_code = self._snapshot is not None
         self.num_actors = pool_size(resources, ray.cluster_resources())
@@ -233,6 +239,8 @@ class RayGrid(VirtualNodesGrid):
         self.actors = []
         if self._snapshot:
             shutil.rmtree(self._snapshot.parent, ignore_errors=True)
+        if self._user_code:
+            shutil.rmtree(self._user_code, ignore_errors=True)
         if self._owns_connection:
             ray.shutdown()  # stops a local instance we started; only disconnects from an existing cluster
 

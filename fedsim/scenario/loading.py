@@ -30,7 +30,17 @@ class Scenario(ScenarioSchema):
             raise ScenarioError(str(path), f"TOML syntax error: {exc}", "fix the TOML at that line") from None
         except UnicodeDecodeError:
             raise ScenarioError(str(path), "not a UTF-8 text file", "pass a TOML scenario file") from None
-        return cls.from_dict(raw, source=str(path), overrides=overrides)
+        return cls.from_dict(raw, source=str(path), overrides=overrides).next_to(path.parent)
+
+    def next_to(self, folder: Path) -> Scenario:
+        """Model files are looked for next to the scenario file first: its folder becomes model.factory_path, and
+        a relative model.init found there its absolute path."""
+        model = self.model
+        if model.factory is not None and model.factory_path is None:
+            model.factory_path = str(folder.resolve())
+        if model.init is not None and not Path(model.init).is_absolute() and (folder / model.init).is_file():
+            model.init = str((folder / model.init).resolve())
+        return self
 
     @classmethod
     def from_dict(
@@ -38,6 +48,7 @@ class Scenario(ScenarioSchema):
     ) -> Scenario:
         """Validate `raw` (with `overrides` applied); a ScenarioError reports every problem, not only the first."""
         override_map = parse_overrides(overrides)
+        raw = _one_model(raw, override_map)
         raw = apply_overrides(raw, override_map)
         for section, (tag, _) in _KINDS.items():  # an override that changes the kind drops the old kind's keys
             if f"{section}.{tag}" in override_map:
@@ -73,6 +84,18 @@ class Scenario(ScenarioSchema):
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Scenario:
         return Scenario.from_dict(self.to_dict(), source="scenario", overrides=overrides)
+
+
+def _one_model(raw: dict[str, Any], override_map: dict[str, Any]) -> dict[str, Any]:
+    """An override naming the model (model.name or model.factory) replaces the file's other way of naming it."""
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return raw
+    if "model.factory" in override_map and "model.name" not in override_map:
+        model = {k: v for k, v in model.items() if k != "name"}
+    elif "model.name" in override_map and "model.factory" not in override_map:
+        model = {k: v for k, v in model.items() if k not in ("factory", "args", "factory_path")}
+    return {**raw, "model": model}
 
 
 _KINDS = {"data.partitioner": ("name", PartitionerSection), "privacy": ("mode", PrivacySection)}

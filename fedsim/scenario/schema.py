@@ -25,7 +25,7 @@ EMBEDDED_DATASETS = {
     "gaussian-regression": "y = x.theta + noise, x ~ N(0, I_d)",
     "synthetic-images": "CIFAR-10-shaped 3x32x32 images: a smooth pattern per class plus noise (seeded)",
 }
-MODELS = ("linear", "mlp", "cnn", "convnet")
+MODELS = ("linear", "mlp", "cnn", "convnet", "resnet18", "resnet34", "resnet50", "femnist-cnn", "char-lstm")
 
 
 def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -185,12 +185,40 @@ class DataSection(Section):
 
 
 class ModelSection(Section):
-    name: str = "mlp"
+    """A built-in model by `name`, or your own by `factory` (fedsim.models)."""
+
+    name: str | None = None  # a built-in (MODELS); "mlp" when neither name nor factory is given
     hidden: list[Annotated[int, Field(ge=1)]] = [64]  # widths of the hidden layers ([] : none; convnet: dense)
     channels: list[Annotated[int, Field(ge=1)]] = [16, 32]  # cnn, convnet: output channels per convolution
     batch_norm: bool = False  # cnn: BatchNorm2d after each convolution
+    stem: Literal["cifar", "imagenet"] | None = None  # resnet*: 3x3 stem without pool (default), or 7x7 + pool
+    norm: Literal["batch", "group", "none"] | None = None  # resnet*: BatchNorm (default), GroupNorm or none
+    factory: str | None = None  # your own model: "package.module:callable" returning an nn.Module
+    args: dict[str, Any] = {}  # factory: its keyword arguments
+    factory_path: str | None = None  # factory: the folder searched first for its module (the scenario's folder)
+    init: str | None = None  # a state_dict file (torch.save) the initial global model loads
 
-    _known = field_validator("name")(lambda v: _one_of(v, MODELS, "model"))
+    _known = field_validator("name")(lambda v: v if v is None else _one_of(v, MODELS, "model"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mlp_by_default(cls, v: Any) -> Any:
+        return {**v, "name": "mlp"} if isinstance(v, dict) and v.get("name") is None and \
+            v.get("factory") is None else v
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelSection:
+        if self.factory is not None and self.name is not None:
+            raise ValueError(f"model.name = '{self.name}' and model.factory = '{self.factory}' both name the model; "
+                             "keep one of them")
+        if self.args and self.factory is None:
+            raise ValueError("model.args are a factory's keyword arguments but model.factory is not set; set it, or "
+                             "remove model.args")
+        for key in ("stem", "norm"):
+            if getattr(self, key) is not None and not (self.name or "").startswith("resnet"):
+                raise ValueError(f"model.{key} applies to the ResNets only (model.name = 'resnet18' / 'resnet34' / "
+                                 f"'resnet50'); remove it")
+        return self
 
 
 class _ClientDevice(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import socket
 import subprocess
@@ -21,6 +22,11 @@ pytestmark = pytest.mark.slow  # `make test-all` (and CI, after `make test`)
 @ray.remote(num_cpus=0)
 def _shipped_fedsim() -> list[str]:
     return [p for p in sys.path if "py_modules" in p and Path(p, "fedsim").is_dir()]
+
+
+@ray.remote(num_cpus=0)
+def _module_file(name: str) -> str:
+    return importlib.import_module(name).__file__
 
 
 def _free_port() -> int:
@@ -53,6 +59,23 @@ def test_attaches_to_an_existing_cluster_and_leaves_it_running(tmp_path, cli):
             assert grid.describe()["shipped_code"] is True
         finally:
             grid.close()
+        # a model factory's own module travels with the job: the workers import the shipped copy
+        (tmp_path / "own").mkdir()
+        (tmp_path / "own" / "cluster_models.py").write_text(
+            "from torch import nn\n\ndef net(num_outputs):\n    return nn.Sequential(nn.Flatten(), "
+            "nn.Linear(64, num_outputs))\n")
+        grid = RayGrid(4, {}, ResourcesSection(), address=address, user_modules=[tmp_path / "own" /
+                                                                                 "cluster_models.py"])
+        try:
+            worker_file = ray.get(_module_file.remote("cluster_models"))
+            assert "py_modules" in worker_file and worker_file.endswith("__init__.py")
+        finally:
+            grid.close()
+        (tmp_path / "own" / "s.toml").write_text('[model]\nfactory = "cluster_models:net"\n[data.partitioner]\n'
+                                                 'num_partitions = 4\n')
+        code, _, err = cli("run", str(tmp_path / "own" / "s.toml"), "--set", "run.rounds=1", "--ray-address",
+                           address, "--out", str(tmp_path / "own-run"), "-q")
+        assert code == 0, err
     finally:
         subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, timeout=120)
 

@@ -1,4 +1,7 @@
-"""Model factories by name: linear/logistic, MLP, small CNN; sizes inferred from the dataset."""
+"""fedsim's first built-in models: linear / logistic, an MLP, a small CNN and pfl-research's CIFAR-10 ConvNet.
+
+Each takes flat inputs (a batch of `prod(input_shape)` features) and, for images, reshapes them to (C, H, W).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,20 @@ import math
 import torch
 from torch import nn
 
-from fedsim.scenario import ModelSection
-from fedsim.sources import SourceInfo
+
+def linear(inputs: int, outputs: int) -> nn.Module:
+    """Linear regression / multinomial logistic regression."""
+    return nn.Linear(inputs, outputs)
+
+
+def mlp(inputs: int, hidden: list[int], outputs: int) -> nn.Module:
+    """Dense ReLU layers of widths `hidden`, then a linear head."""
+    layers: list[nn.Module] = []
+    width = inputs
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
 
 
 class SmallCNN(nn.Module):
@@ -55,33 +70,3 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.view(-1, *self.input_shape)))
-
-
-def build_model(cfg: ModelSection, info: SourceInfo) -> nn.Module:
-    """A fresh model for `info`'s inputs; one output per class, or one for regression."""
-    inputs = math.prod(info.input_shape)
-    outputs = info.num_classes or 1
-    if cfg.name == "linear":
-        return nn.Linear(inputs, outputs)
-    if cfg.name == "mlp":
-        layers: list[nn.Module] = []
-        width = inputs
-        for hidden in cfg.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        return nn.Sequential(*layers, nn.Linear(width, outputs))
-    if len(info.input_shape) != 3:
-        from fedsim.errors import ScenarioError
-
-        raise ScenarioError("model.name", f"'{cfg.name}' needs image inputs but the data has shape "
-                            f"{info.input_shape}", "use model.name = 'mlp' or 'linear'")
-    if cfg.name == "convnet":
-        return ConvNet(info.input_shape, cfg.channels, cfg.hidden, outputs)
-    return SmallCNN(info.input_shape, cfg.channels, outputs, cfg.batch_norm)
-
-
-def initial_model(cfg: ModelSection, info: SourceInfo, seed: int) -> nn.Module:
-    """The run's initial global model, seeded so every runtime starts from the same weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(cfg, info)

@@ -18,6 +18,7 @@ from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.features import ClientJob, RoundSetup
+from fedsim.inputs import augmentation_generator
 from fedsim.protocol import LocalTraining
 from fedsim.seeding import derive_seed
 from fedsim.training import train_locally
@@ -53,7 +54,8 @@ def train(msg: Message, context: Context) -> Message:
     if feature is not None:
         metrics.update(feature.train(settings, setup, job))
     else:
-        metrics.update(train_locally(setup.model, x, y, setup.local, ws.task, torch.Generator().manual_seed(job.seed)))
+        metrics.update(train_locally(setup.model, x, y, setup.local, ws.task, torch.Generator().manual_seed(job.seed),
+                                     augmentation=augmentation_generator(job.seed)))
     reply = train_reply(msg, config, setup.model.state_dict(), metrics, len(x))
     ws.release()
     return reply

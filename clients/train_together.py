@@ -18,6 +18,7 @@ from fedsim.clients.app import partition_of, received_loss, round_setup, train_r
 from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
 from fedsim.features.base import StackedTrainingFeature
+from fedsim.inputs import augmentation_generator
 from fedsim.stacked import train_stacked
 
 
@@ -37,7 +38,7 @@ def train_together(messages: list[Message], contexts: list[Context]) -> list[Mes
     else:
         generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
         results = train_stacked(setup.model, [(job.x, job.y) for job in jobs], setup.local, ws.task, generators,
-                                setup.memory_mb)
+                                setup.memory_mb, [augmentation_generator(job.seed) for job in jobs])
         trained = [(r.state, r.stats.metrics(accuracy=ws.task == "classification")) for r in results]
     replies = [train_reply(msg, config, state, {**m, **extra}, len(job.x))
                for msg, (state, extra), m, job in zip(messages, trained, metrics, jobs)]

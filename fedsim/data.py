@@ -6,8 +6,11 @@ loads and caches only partition i (the partitioner computes its index assignment
 
 from __future__ import annotations
 
+import csv
 import functools
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -16,7 +19,8 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from flwr_datasets import partitioner as fp
 
 from fedsim.errors import DataError
-from fedsim.scenario import DataSection, FeatureSkewSection, PartitionerSection
+from fedsim.images import load_collection
+from fedsim.scenario import IMAGE_SOURCES, DataSection, FeatureSkewSection, PartitionerSection
 from fedsim.sources import (
     SourceInfo,
     class_count,
@@ -26,6 +30,7 @@ from fedsim.sources import (
     split_train_test,
     standardise_columns,
 )
+from fedsim.transforms import pipeline_for
 
 datasets.disable_progress_bars()  # fedsim shows its own progress
 fp.natural_id_partitioner.tqdm = functools.partial(fp.natural_id_partitioner.tqdm, disable=True)
@@ -52,6 +57,8 @@ def make_partitioner(p: PartitionerSection, seed: int) -> fp.Partitioner:
         return fp.SizePartitioner(p.sizes)
     if p.name == "natural":
         return fp.NaturalIdPartitioner("client")
+    if p.name == "listed":
+        return ListedPartitioner(p.files)
     return {"linear": fp.LinearPartitioner, "square": fp.SquarePartitioner,
             "exponential": fp.ExponentialPartitioner}[p.name](n)
 
@@ -78,15 +85,64 @@ def to_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(len(table), width).astype(np.float32, copy=False), table.column("label").to_numpy()
 
 
+class ListedPartitioner(fp.Partitioner):
+    """Fixed client splits: partition i is the examples the i-th file (by name) matching `pattern` lists, by
+    name (the first CSV column; a header line is skipped), relative to the dataset's folder."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.root: Path | None = None  # the dataset's folder, set with the dataset
+        self._rows: list[list[int]] | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.root.glob(self.pattern) if p.is_file())
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self.files)
+
+    def _index(self) -> list[list[int]]:
+        if self._rows is None:
+            position = {name: i for i, name in enumerate(self.dataset["name"])}
+            seen: dict[str, Path] = {}
+            self._rows = []
+            for file in self.files:
+                with open(file, newline="", encoding="utf-8") as fh:
+                    names = [row[0].strip() for row in csv.reader(fh) if row and row[0].strip()]
+                if len(names) > 1 and names[0] not in position and all(n in position for n in names[1:]):
+                    names = names[1:]  # a header
+                rows = []
+                for name in names:
+                    if name not in position:
+                        raise DataError(f"data.partitioner.files: {file}", f"lists '{name}', which is not a "
+                                        "training example of the dataset", "fix the name, or label the image")
+                    if name in seen:
+                        raise DataError(f"data.partitioner.files: {file}", f"lists '{name}', which "
+                                        f"{'it' if seen[name] == file else seen[name].name} already lists",
+                                        "give every example to one client, once")
+                    seen[name] = file
+                    rows.append(position[name])
+                self._rows.append(rows)
+        return self._rows
+
+    def load_partition(self, partition_id: int) -> Dataset:
+        return self.dataset.select(self._index()[partition_id])
+
+
 class FederatedData:
-    """The partitions (loaded on demand, cached) and central test set of one scenario."""
+    """The partitions (loaded on demand, cached) and central test set of one scenario. Image data keeps row
+    numbers in its tables and `decode` turns them into uint8 pixels, once, when a partition is first loaded."""
 
     def __init__(self, cfg: DataSection, seed: int, partitioner: fp.Partitioner, test: Dataset,
-                 info: SourceInfo, load_partition=None) -> None:
+                 info: SourceInfo, load_partition=None,
+                 decode: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.cfg, self.seed, self.partitioner, self.info = cfg, seed, partitioner, info
         self._load_partition = load_partition or partitioner.load_partition
-        x, y = to_arrays(test)
-        self.test = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+        self._decode = decode
+        x, y = self._arrays(test)
+        self.test = torch.from_numpy(x), torch.from_numpy(y)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -100,20 +156,34 @@ class FederatedData:
                     warnings.filterwarnings("ignore", message="The specified min_partition_size")
                     # pyarrow >= 25 deprecates an argument flwr-datasets' shard partitioner passes when sorting
                     warnings.filterwarnings("ignore", message="Specifying null_placement", category=FutureWarning)
-                    x, y = to_arrays(self._load_partition(partition_id))
+                    x, y = self._arrays(self._load_partition(partition_id))
             except (ValueError, KeyError) as exc:
                 raise DataError("data.partitioner", f"partitioning failed: {exc}", _partition_fix(self.cfg)) from None
             if self.cfg.feature_skew is not None:
                 x = skew_features(x, self.cfg.feature_skew, partition_id, self.num_partitions, self.seed)
-            self._cache[partition_id] = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+            self._cache[partition_id] = torch.from_numpy(x), torch.from_numpy(y)
         return self._cache[partition_id]
+
+    def _arrays(self, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of a table as writable arrays: features, or for image data the decoded pixels of its rows."""
+        if self._decode is None:
+            x, y = to_arrays(ds)
+            return x.copy(), y.copy()
+        table = ds.with_format("numpy")
+        return self._decode(np.asarray(table["row"])), np.array(table["label"])
+
+    def labels(self, partition_id: int) -> np.ndarray:
+        """Partition `partition_id`'s labels (for image data: without decoding its images)."""
+        if self._decode is None or partition_id in self._cache:
+            return self.partition(partition_id)[1].numpy()
+        return np.array(self._load_partition(partition_id).with_format("numpy")["label"])
 
     def label_counts(self) -> np.ndarray:
         """(num_partitions, num_classes) example counts; for regression one column of sizes."""
         width = max(1, self.info.num_classes)
         counts = np.zeros((self.num_partitions, width), dtype=int)
         for i in range(self.num_partitions):
-            y = self.partition(i)[1].numpy()
+            y = self.labels(i)
             counts[i] = np.bincount(y, minlength=width) if self.info.num_classes else len(y)
         return counts
 
@@ -124,7 +194,8 @@ def _partition_fix(cfg: DataSection) -> str:
     return "lower data.partitioner.num_partitions or change the partitioner's settings"
 
 
-def _check(cfg: DataSection, n_train: int, info: SourceInfo, has_client: bool) -> None:
+def _check(cfg: DataSection, n_train: int, info: SourceInfo, has_client: bool,
+           partitioner: fp.Partitioner) -> None:
     p = cfg.partitioner
     if info.task == "regression" and p.name in LABEL_PARTITIONERS:
         raise DataError("data.partitioner.name", f"'{p.name}' needs class labels but '{cfg.dataset}' is regression",
@@ -132,6 +203,14 @@ def _check(cfg: DataSection, n_train: int, info: SourceInfo, has_client: bool) -
     if p.name == "natural" and not has_client:
         raise DataError("data.partitioner.name", f"'natural' needs per-device data, which '{cfg.dataset}' lacks",
                         "use it with dataset = 'leaf-synthetic', or pick another partitioner")
+    if p.name == "natural" and cfg.partitioner.num_partitions != partitioner.num_partitions:
+        raise DataError("data.partitioner.num_partitions", f"{p.num_partitions}, but column '{p.column}' has "
+                        f"{partitioner.num_partitions} values in the training set (one client each)",
+                        f"set num_partitions = {partitioner.num_partitions}")
+    if p.name == "listed" and p.num_partitions != partitioner.num_partitions:
+        raise DataError("data.partitioner.num_partitions", f"{p.num_partitions}, but files = '{p.files}' matches "
+                        f"{partitioner.num_partitions} files under {partitioner.root}",
+                        f"set num_partitions = {partitioner.num_partitions} (one client per file)")
     if p.num_partitions > n_train:
         raise DataError("data.partitioner.num_partitions",
                         f"{p.num_partitions} partitions but only {n_train} training examples",
@@ -173,8 +252,8 @@ def _load_hf(cfg: DataSection, seed: int) -> FederatedData:
     except Exception as exc:  # noqa: BLE001 - hub / file failures are the user's to fix
         raise DataError(f"data.dataset: {cfg.dataset}", f"cannot load: {exc}",
                         "check the name, data_files and network access") from None
-    _check(cfg, len(train), info["info"], False)
     partitioner.dataset = train  # what FederatedDataset would assign; done here so plots can use it too
+    _check(cfg, len(train), info["info"], "client" in train.column_names, partitioner)
     return FederatedData(cfg, seed, partitioner, test, info["info"], lambda i: fds.load_partition(i, "train"))
 
 
@@ -183,11 +262,56 @@ def _cached(cfg_json: str, seed: int) -> FederatedData:
     cfg = DataSection.model_validate_json(cfg_json)
     if cfg.dataset.startswith("hf:"):
         return _load_hf(cfg, seed)
+    if cfg.dataset.startswith(IMAGE_SOURCES):
+        return _load_images(cfg, seed)
     dd, info = load_file(cfg, seed) if cfg.dataset.startswith("file:") else load_embedded(cfg, seed)
-    _check(cfg, len(dd["train"]), info, "client" in dd["train"].column_names)
+    info = with_pipeline(cfg, info, info.input_shape)
     partitioner = make_partitioner(cfg.partitioner, seed)
     partitioner.dataset = dd["train"]
+    _check(cfg, len(dd["train"]), info, "client" in dd["train"].column_names, partitioner)
     return FederatedData(cfg, seed, partitioner, dd["test"], info)
+
+
+def _load_images(cfg: DataSection, seed: int) -> FederatedData:
+    """folder: / images: datasets: file names and labels in the tables, pixels decoded per partition."""
+    collection = load_collection(cfg)
+    if cfg.feature_skew is not None:
+        raise DataError("data.feature_skew", "adds noise to feature tables, not to images kept as pixels",
+                        "remove [data.feature_skew] (augment images with [[data.transforms]])")
+    n_train, n_test = len(collection.names), len(collection.test_names)
+    columns = {"row": np.arange(n_train + n_test), "label": np.concatenate([collection.labels,
+                                                                            collection.test_labels]),
+               "name": np.array(collection.names + collection.test_names)}
+    if n_test:
+        dd = DatasetDict(train=make_dataset({k: v[:n_train] for k, v in columns.items()}),
+                         test=make_dataset({k: v[n_train:] for k, v in columns.items()}))
+    else:
+        dd = split_train_test(columns, cfg.test_fraction, seed)
+    num_classes = 0 if collection.regression else class_count(columns["label"])
+    info = with_pipeline(cfg, SourceInfo(collection.shape, num_classes), collection.shape)
+    partitioner = make_partitioner(cfg.partitioner, seed)
+    partitioner.dataset = dd["train"]
+    if isinstance(partitioner, ListedPartitioner):
+        partitioner.root = collection.root
+    _check(cfg, len(dd["train"]), info, False, partitioner)
+    return FederatedData(cfg, seed, partitioner, dd["test"], info, decode=collection.decode)
+
+
+def with_pipeline(cfg: DataSection, info: SourceInfo, stored_shape: tuple[int, ...]) -> SourceInfo:
+    """`info` with the input pipeline image data needs (decoding, [[data.transforms]]); the model's input shape
+    is then the pipeline's output."""
+    images = cfg.dataset.startswith(IMAGE_SOURCES)
+    if not images and not cfg.transforms:
+        return info
+    if len(stored_shape) != 3:
+        raise DataError("data.transforms", f"transform images, but '{cfg.dataset}' has inputs of shape "
+                        f"{stored_shape}", "remove [[data.transforms]], or use image data")
+    channels = (cfg.images.channels if cfg.images is not None and cfg.images.channels else None) or stored_shape[0]
+    if channels < stored_shape[0]:
+        raise DataError("data.images.channels", f"{channels}, but the images have {stored_shape[0]}",
+                        f"use channels = {stored_shape[0]}, or leave it out")
+    pipeline = pipeline_for(cfg.transforms or [], stored_shape, channels)
+    return SourceInfo(pipeline.output_shape(), info.num_classes, pipeline)
 
 
 def federated_data(cfg: DataSection, seed: int) -> FederatedData:

@@ -8,7 +8,7 @@ Every source becomes a `datasets.DatasetDict` with a "train" and a "test" split 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetDict, Value
 
 from fedsim.errors import DataError
+from fedsim.inputs import InputPipeline
 from fedsim.scenario import DataSection, GeneratorSection
 
 REGRESSION_DATASETS = {"diabetes", "gaussian-regression"}
@@ -25,8 +26,9 @@ REGRESSION_DATASETS = {"diabetes", "gaussian-regression"}
 class SourceInfo:
     """What models and metrics need to know about a dataset."""
 
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # what the model takes (after the input pipeline, when there is one)
     num_classes: int  # 0 for regression
+    pipeline: InputPipeline | None = field(default=None, compare=False)  # image data (fedsim.inputs)
 
     @property
     def task(self) -> str:
@@ -144,7 +146,11 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
     if label not in ds.column_names:
         raise DataError("data.label_column", f"no column '{label}' (columns: {', '.join(ds.column_names)})",
                         "set data.label_column to the label's column")
-    feature_cols = cfg.feature_columns or [c for c in ds.column_names if c != label]
+    natural = cfg.partitioner.column if cfg.partitioner.name == "natural" else None
+    if natural is not None and natural not in ds.column_names:
+        raise DataError("data.partitioner.column", f"no column '{natural}' (columns: {', '.join(ds.column_names)})",
+                        "name the column whose values are the clients")
+    feature_cols = cfg.feature_columns or [c for c in ds.column_names if c not in (label, natural)]
     missing = [c for c in feature_cols if c not in ds.column_names]
     if missing or not feature_cols:
         raise DataError("data.feature_columns", f"unknown or empty columns {missing}",
@@ -183,6 +189,7 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
                             f"({empty.size} row{'s' if empty.size > 1 else ''} in all)",
                             "fill or drop the rows with missing values")
     y = raw_y.astype(np.float32 if regression else np.int64)
+    extra = {"client": np.unique(np.asarray(table[natural]), return_inverse=True)[1]} if natural else {}
     for name, values in ((label, y), *zip(feature_cols, parts, strict=True)):
         infinite = np.flatnonzero(np.isinf(values.reshape(len(values), -1)).any(axis=1)) \
             if values.dtype.kind == "f" else np.array([], dtype=int)
@@ -190,7 +197,7 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
             raise DataError(f"data.dataset: {cfg.dataset}", f"column '{name}' row {infinite[0] + 1} is not a finite "
                             f"float32 number ({infinite.size} row{'s' if infinite.size > 1 else ''} in all)",
                             "replace infinities and values beyond +-3.4e38, or drop those rows")
-    return {"x": x, "label": y}, tuple(shape or (x.shape[1],)), regression
+    return {"x": x, "label": y, **extra}, tuple(shape or (x.shape[1],)), regression
 
 
 def _first_non_number(values) -> tuple[int, object]:

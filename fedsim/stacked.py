@@ -24,6 +24,7 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from fedsim.inputs import augment_stack
 from fedsim.protocol import LocalTraining
 from fedsim.training import Stats, minibatches
 
@@ -213,21 +214,26 @@ def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memor
 
 
 def train_stacked(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
-                 generators: list[torch.Generator], memory_mb: float) -> list[TrainedClient]:
+                 generators: list[torch.Generator], memory_mb: float,
+                 augmentations: list[torch.Generator] | None = None) -> list[TrainedClient]:
     """Train one copy of `model` (its current weights) per client on that client's (x, y), all at once; returns
-    each client's final state and training stats, as `train_locally` would have left them one by one."""
+    each client's final state and training stats, as `train_locally` would have left them one by one
+    (`augmentations`: each client's generator of the data's random transforms, fedsim.inputs)."""
     results: list[TrainedClient] = []
     if not data:
         return results
     sample = next((x for x, _ in data if len(x)), data[0][0])
     size = chunk_size(model, sample, cfg, memory_mb) if len(sample) else len(data)
+    augmentations = augmentations or [None] * len(data)
     for start in range(0, len(data), size):
-        results += _train_chunk(model, data[start : start + size], cfg, task, generators[start : start + size])
+        end = start + size
+        results += _train_chunk(model, data[start:end], cfg, task, generators[start:end], augmentations[start:end])
     return results
 
 
 def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
-                 generators: list[torch.Generator]) -> list[TrainedClient]:
+                 generators: list[torch.Generator], augmentations: list[torch.Generator | None]
+                 ) -> list[TrainedClient]:
     classification = task == "classification"
     start = {name: p.detach() for name, p in model.named_parameters()}
     plan = schedule([len(x) for x, _ in data], cfg, generators)
@@ -244,7 +250,10 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
     for t in range(rows.shape[0]):
         with torch.enable_grad():
             leaves = {name: p.requires_grad_() for name, p in params.items()}
-            total, loss, hits = objectives(leaves, x_all[rows[t]], y_all[rows[t]], mask[t])
+            x = x_all[rows[t]]
+            if augmentations[0] is not None:
+                x = augment_stack(model, x, plan.counts[t].tolist(), augmentations)
+            total, loss, hits = objectives(leaves, x, y_all[rows[t]], mask[t])
             grads = dict(zip(leaves, torch.autograd.grad(total.sum(), list(leaves.values()))))
         with torch.no_grad():
             optimizer.step(params, grads, counts[t] > 0)

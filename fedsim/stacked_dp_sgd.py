@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedsim.evaluation import task_loss
+from fedsim.inputs import augment_stack
 from fedsim.protocol import LocalTraining
 from fedsim.stacked import Optimizer, TrainedClient, chunk_size, client_results, stacked
 from fedsim.training import Stats
@@ -35,6 +36,7 @@ class PrivateClient:
     generator: torch.Generator  # seeded as the sequential path seeds torch's own
     batches: int  # Poisson batches per epoch (1 / q)
     noise_multiplier: float
+    augmentation: torch.Generator | None = None  # the data's random transforms (fedsim.inputs)
 
     @property
     def sample_rate(self) -> float:
@@ -106,7 +108,10 @@ def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTrain
         mask = torch.stack([torch.arange(width) < len(b) for b in batches]).to(device)
         rows = rows.to(device)
         with torch.no_grad():
-            per_example, losses = gradients(params, x_all[rows], y_all[rows])
+            x = x_all[rows]
+            if clients[0].augmentation is not None:
+                x = augment_stack(model, x, [len(b) for b in batches], [c.augmentation for c in clients])
+            per_example, losses = gradients(params, x, y_all[rows])
             norms = torch.stack([per_example[k].flatten(2).norm(2, dim=-1) for k in names], dim=-1).norm(2, dim=-1)
             factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * mask
             noise = [_noise(c, shapes, c.noise_multiplier * max_grad_norm if on else 0.0)

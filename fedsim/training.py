@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedsim.evaluation import task_loss
+from fedsim.inputs import augment
 from fedsim.protocol import LocalTraining
 
 Batch = TypeVar("Batch")
@@ -111,13 +112,15 @@ def margin_penalty(outputs: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def train_locally(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalTraining, task: str,
                   generator: torch.Generator,
-                  after_step: Callable[[torch.optim.Optimizer], None] | None = None) -> dict[str, float]:
+                  after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+                  augmentation: torch.Generator | None = None) -> dict[str, float]:
     """Train `model` in place; returns the mean training loss (and accuracy) over all local steps.
-    `after_step(optimizer)` runs after every optimiser step (SalUn's weight restore)."""
+    `after_step(optimizer)` runs after every optimiser step (SalUn's weight restore); `augmentation`: the
+    generator of the data's random transforms (fedsim.inputs; without it batches get the test-time ones)."""
     classification = task == "classification"
 
     def loss_fn(idx: torch.Tensor) -> Step:
-        xb, yb = x[idx], y[idx]
+        xb, yb = augment(model, x[idx], augmentation), y[idx]
         outputs = model(xb)
         loss = task_loss(task, outputs, yb)
         objective = loss + cfg.margin_lambda * margin_penalty(outputs, cfg.margin_reduction) \

@@ -24,6 +24,7 @@ from fedsim import protocol
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.evaluation import task_loss
 from fedsim.features.base import ClientJob, PrivacyFeature, RoundSetup, StackedTrainingFeature, ledger_entry, uncovered
+from fedsim.inputs import augment, augmentation_generator
 from fedsim.loop import RoundCallback
 from fedsim.privacy import History, Ledger, epsilon_of, noise_multiplier
 from fedsim.protocol import LocalTraining, SentSettings
@@ -140,9 +141,11 @@ def train_dp_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LocalT
         # rounds below b (b = 93, 99, 105, ...): run exactly the b the accountant is told about
         batches.batch_sampler.steps = steps // cfg.local_epochs
 
+        augmentation = augmentation_generator(seed)
+
         def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> Step:
             xb, yb = batch
-            outputs = private(xb)
+            outputs = private(augment(private, xb, augmentation))
             # an empty Poisson batch still takes a (noise-only) step, as the accountant assumes
             loss = task_loss(task, outputs, yb) if len(xb) else outputs.sum() * 0.0
             return Step(loss, loss, len(xb))
@@ -308,7 +311,8 @@ class DPSGD(PrivacyFeature, StackedTrainingFeature):
             q, steps = round_plan(len(job.x), local)
             plans.append((sigma, history, q, steps, check_budget(history, sigma, q, steps, settings)))
         private = [PrivateClient(job.x, job.y, torch.Generator().manual_seed(job.seed), steps // local.local_epochs,
-                                 sigma) for job, (sigma, _, _, steps, _) in zip(jobs, plans)]
+                                 sigma, augmentation_generator(job.seed))
+                   for job, (sigma, _, _, steps, _) in zip(jobs, plans)]
         results = train_stacked_dp_sgd(setup.model, private, local, setup.task, settings.max_grad_norm,
                                        setup.memory_mb)
         out = []

@@ -44,11 +44,6 @@ class Unflatten:
         return None
 
 
-def taking_flat(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    model.register_forward_pre_hook(Unflatten(shape))
-    return model
-
-
 @dataclass
 class GivenModel:
     """A model given to `fedsim.run(model=...)`: an nn.Module (a copy of it, weights included, is the initial
@@ -115,12 +110,20 @@ def _on_meta(model: nn.Module) -> bool:
 
 def build_model(cfg: ModelSection, info: SourceInfo, given: Callable[[], nn.Module] | None = None) -> nn.Module:
     """A fresh model for `info`'s inputs (one output per class, or one for regression), taking flat batches."""
+    model = _build(cfg, info, given)
+    if info.pipeline is not None:  # image data: the pipeline decodes and transforms every raw batch
+        model.register_forward_pre_hook(info.pipeline)
+    elif given is not None or cfg.factory is not None:
+        model.register_forward_pre_hook(Unflatten(info.input_shape))
+    return model
+
+
+def _build(cfg: ModelSection, info: SourceInfo, given: Callable[[], nn.Module] | None) -> nn.Module:
     outputs = info.num_classes or 1
     if given is not None:
-        return taking_flat(given(), info.input_shape)
+        return given()
     if cfg.factory is not None:
-        return taking_flat(user_factory.build(cfg.factory, cfg.args, info.input_shape, outputs, cfg.factory_path),
-                           info.input_shape)
+        return user_factory.build(cfg.factory, cfg.args, info.input_shape, outputs, cfg.factory_path)
     inputs = math.prod(info.input_shape)
     if cfg.name == "linear":
         return linear(inputs, outputs)

@@ -25,6 +25,10 @@ EMBEDDED_DATASETS = {
     "gaussian-regression": "y = x.theta + noise, x ~ N(0, I_d)",
     "synthetic-images": "CIFAR-10-shaped 3x32x32 images: a smooth pattern per class plus noise (seeded)",
 }
+# a hub dataset, a table, a folder of class folders of images, a CSV of image names and labels
+SOURCE_PREFIXES = {"hf:": "hf:<name>", "file:": "file:<path>", "folder:": "folder:<path>",
+                   "images:": "images:<labels.csv>"}
+IMAGE_SOURCES = ("folder:", "images:")
 MODELS = ("linear", "mlp", "cnn", "convnet", "resnet18", "resnet34", "resnet50", "femnist-cnn", "char-lstm")
 
 
@@ -116,14 +120,23 @@ class ExponentialPartitioner(_Partitioner):
 
 
 class NaturalPartitioner(_Partitioner):
-    """One partition per device of the data (leaf-synthetic)."""
+    """One partition per value of a column: the device of leaf-synthetic, a writer, a speaking character."""
 
     name: Literal["natural"]
+    column: str = "client"  # leaf-synthetic's device; e.g. "writer_id" (FEMNIST), "character_id" (Shakespeare)
+
+
+class ListedPartitioner(_Partitioner):
+    """Fixed client splits: one file per client (in file-name order) listing its examples by name."""
+
+    name: Literal["listed"]
+    num_partitions: int = Field(ge=1)  # how many files `files` matches (required: the clients are fixed)
+    files: str  # a glob relative to the dataset's folder, e.g. "5_clients/split_1/*"
 
 
 PartitionerSection = Annotated[
     IidPartitioner | DirichletPartitioner | PathologicalPartitioner | ShardPartitioner | SizePartitioner
-    | LinearPartitioner | SquarePartitioner | ExponentialPartitioner | NaturalPartitioner,
+    | LinearPartitioner | SquarePartitioner | ExponentialPartitioner | NaturalPartitioner | ListedPartitioner,
     Field(discriminator="name")]
 
 
@@ -159,6 +172,71 @@ class GeneratorSection(Section):
     num_classes: int = Field(10, ge=2)
 
 
+class ImagesSection(Section):
+    """How image files are read (datasets folder:PATH and images:LABELS.csv)."""
+
+    folder: str | None = None  # images: where the labels CSV's names are (default: the CSV's folder)
+    test_list: str | None = None  # images: a CSV whose first column names the test examples (beside the labels)
+    test_folder: str | None = None  # images: where test_list's names are (default: folder)
+    image_column: str | None = None  # images: the column of image names when the CSV has a header (default: first)
+    size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=2, max_length=2)  # [h, w] on decoding
+    channels: Literal[1, 3] | None = None  # 3: grey images are broadcast to three channels (as RGB models want)
+
+
+class _Transform(Section):
+    stage: Literal["train", "test", "both"] | None = None  # default: random ones train, the others both
+
+
+class ResizeTransform(_Transform):
+    """Bilinear (antialiased) resize: `size` = [s] makes the shorter side s, [h, w] both."""
+
+    kind: Literal["resize"]
+    size: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=2)
+
+
+class CenterCropTransform(_Transform):
+    kind: Literal["center_crop"]
+    size: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=2)
+
+
+class RandomCropTransform(_Transform):
+    """A random crop of `size` after zero `padding` on every side (the CIFAR augmentation: 32, padding 4)."""
+
+    kind: Literal["random_crop"]
+    size: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=2)
+    padding: int = Field(0, ge=0)
+
+
+class RandomResizedCropTransform(_Transform):
+    """A crop of random area fraction (`scale`) and aspect ratio, resized to `size` (torchvision's picking)."""
+
+    kind: Literal["random_resized_crop"]
+    size: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=2)
+    scale: list[Annotated[float, Field(gt=0)]] = Field([0.08, 1.0], min_length=2, max_length=2)
+    ratio: list[Annotated[float, Field(gt=0)]] = Field([3 / 4, 4 / 3], min_length=2, max_length=2)
+
+
+class RandomRotationTransform(_Transform):
+    kind: Literal["random_rotation"]
+    degrees: float = Field(gt=0, le=180)  # an angle uniform in [-degrees, degrees]
+
+
+class HorizontalFlipTransform(_Transform):
+    kind: Literal["horizontal_flip"]
+    p: float = Field(0.5, ge=0, le=1)
+
+
+class NormalizeTransform(_Transform):
+    kind: Literal["normalize"]
+    mean: list[float] = Field(min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+
+
+TransformSection = Annotated[
+    ResizeTransform | CenterCropTransform | RandomCropTransform | RandomResizedCropTransform
+    | RandomRotationTransform | HorizontalFlipTransform | NormalizeTransform, Field(discriminator="kind")]
+
+
 class DataSection(Section):
     dataset: str = "digits"
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -170,6 +248,8 @@ class DataSection(Section):
     partitioner: PartitionerSection = Field(default_factory=IidPartitioner)
     feature_skew: FeatureSkewSection | None = None
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    images: ImagesSection | None = None
+    transforms: list[TransformSection] | None = None  # [[data.transforms]], applied in order (fedsim.inputs)
 
     @field_validator("partitioner", mode="before")
     @classmethod
@@ -179,9 +259,19 @@ class DataSection(Section):
     @field_validator("dataset")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v in EMBEDDED_DATASETS or v.startswith(("hf:", "file:")) and len(v.split(":", 1)[1]) > 0:
+        if v in EMBEDDED_DATASETS or v.startswith(tuple(SOURCE_PREFIXES)) and len(v.split(":", 1)[1]) > 0:
             return v
-        raise ValueError(f"unknown dataset '{v}'; {suggest(v, [*EMBEDDED_DATASETS, 'hf:<name>', 'file:<path>'])}")
+        raise ValueError(f"unknown dataset '{v}'; {suggest(v, [*EMBEDDED_DATASETS, *SOURCE_PREFIXES.values()])}")
+
+    @model_validator(mode="after")
+    def _images_settings(self) -> DataSection:
+        if self.images is not None and not self.dataset.startswith(IMAGE_SOURCES):
+            raise ValueError(f"data.images reads image files, but data.dataset = '{self.dataset}' is not one; use "
+                             "dataset = 'folder:PATH' or 'images:LABELS.csv', or remove [data.images]")
+        if self.partitioner.name == "listed" and not self.dataset.startswith(IMAGE_SOURCES):
+            raise ValueError("data.partitioner 'listed' names examples by file, which needs an image dataset "
+                             "('folder:PATH' or 'images:LABELS.csv'); pick another partitioner")
+        return self
 
 
 class ModelSection(Section):

@@ -156,13 +156,19 @@ class Net(nn.Module):
         return self.body(x.flatten(1))
 
 
-def test_a_given_model_or_callable_runs_inline_and_on_ray_alike(small_scenario, tmp_path):
+@pytest.mark.slow  # make test keeps one Ray run
+def test_a_given_model_runs_on_ray_as_inline(small_scenario, tmp_path):
+    """Net is defined here, in a module Ray's workers cannot import: it travels by value."""
     scenario = small_scenario(run__rounds=2)
     torch.manual_seed(5)
     module = Net()
     inline = fedsim.run(scenario, out=tmp_path / "inline", model=module)
     on_ray = fedsim.run(scenario.with_overrides({"run.runtime": "ray"}), out=tmp_path / "ray", model=module)
     assert all(torch.equal(inline.state_dict[k], on_ray.state_dict[k]) for k in inline.state_dict)
+
+
+def test_a_given_callable_is_seeded(small_scenario, tmp_path):
+    scenario = small_scenario(run__rounds=2)
     built = fedsim.run(scenario, out=tmp_path / "callable", model=Net)  # a zero-argument callable, seeded
     again = fedsim.run(scenario, out=tmp_path / "again", model=Net)
     assert all(torch.equal(built.state_dict[k], again.state_dict[k]) for k in built.state_dict)
@@ -206,9 +212,12 @@ def test_the_readme_examples_run(tmp_path, monkeypatch, cli):
     import runpy
     from pathlib import Path
 
+    from image_fixtures import retina
+
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     files = dict(re.findall(r"<!-- own-experiment: (\S+) -->\n```\w+\n(.*?)```", readme, re.DOTALL))
-    assert set(files) == {"my_models.py", "experiment.toml", "pretrained.py", "given.py"}
+    assert set(files) == {"my_models.py", "experiment.toml", "pretrained.py", "given.py", "retina.toml",
+                          "transforms.toml"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
@@ -220,6 +229,12 @@ def test_the_readme_examples_run(tmp_path, monkeypatch, cli):
     code, _, err = cli("run", "experiment.toml", "--set", "model.init=start.pt", "--out", "runs/pretrained", "-q")
     assert code == 0, err
     runpy.run_path("given.py")
+    retina(tmp_path / "data" / "Retina", clients=5, per_client=4, test=4, size=(36, 36))  # FedLD's layout, small
+    code, _, err = cli("run", "retina.toml", "--out", "runs/retina", "-q")
+    assert code == 0, err
+    (tmp_path / "augmented.toml").write_text(files["retina.toml"] + files["transforms.toml"])
+    code, _, err = cli("run", "augmented.toml", "--out", "runs/augmented", "-q")
+    assert code == 0, err
 
 
 def test_a_factory_model_trains_vectorised_and_under_dp_sgd(experiment, tmp_path):

@@ -13,12 +13,13 @@ from flwr.clientapp import ClientApp
 
 from fedsim import features
 from fedsim import protocol as p
-from fedsim.arrays import state_to_record
+from fedsim.arrays import record_to_state, state_to_record
 from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
 from fedsim.evaluation import evaluate, task_loss
 from fedsim.features import ClientJob, RoundSetup
 from fedsim.inputs import augmentation_generator
+from fedsim.models import norm_keys
 from fedsim.protocol import LocalTraining
 from fedsim.seeding import derive_seed
 from fedsim.training import train_locally
@@ -48,6 +49,9 @@ def train(msg: Message, context: Context) -> Message:
     config: ConfigRecord = msg.content[p.CONFIG]
     pid, x, y = partition_of(context, ws, config)
     setup = round_setup(ws, config, ws.load_global(msg.content[p.ARRAYS]))
+    local_norms = bool(config.get(p.LOCAL_NORMS, False))
+    if local_norms:
+        restore_local_norms(setup.model, context.state)
     metrics = received_loss(config, setup.model, x, y, ws.task)
     job = ClientJob(pid, x, y, train_seed(ws, config, pid), context.state)
     feature, settings = features.client_trainer(config)
@@ -56,9 +60,23 @@ def train(msg: Message, context: Context) -> Message:
     else:
         metrics.update(train_locally(setup.model, x, y, setup.local, ws.task, torch.Generator().manual_seed(job.seed),
                                      augmentation=augmentation_generator(job.seed)))
+    if local_norms:
+        keep_local_norms(setup.model, context.state)
     reply = train_reply(msg, config, setup.model.state_dict(), metrics, len(x))
     ws.release()
     return reply
+
+
+def restore_local_norms(model: torch.nn.Module, state: RecordDict) -> None:
+    """FedBN: the client's own normalisation layers (from its previous round) replace the global model's."""
+    if p.LOCAL_NORMS_STATE in state:
+        model.load_state_dict(record_to_state(state[p.LOCAL_NORMS_STATE]), strict=False)  # copied onto its device
+
+
+def keep_local_norms(model: torch.nn.Module, state: RecordDict) -> None:
+    """FedBN: keep the normalisation layers this round trained, for the client's next round."""
+    current = model.state_dict()
+    state[p.LOCAL_NORMS_STATE] = state_to_record({k: current[k] for k in norm_keys(model)})
 
 
 def round_setup(ws: Workspace, config: ConfigRecord, model: torch.nn.Module) -> RoundSetup:

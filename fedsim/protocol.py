@@ -40,6 +40,7 @@ METHOD = "method"  # UNLEARN: which client step (a step name of fedsim.unlearnin
 UNLEARN_STEP = "unlearn-step"  # UNLEARN: the step's index within its method, for seeding
 FORGET = "forget"  # prefix of the keys listing data forgotten by served requests (fedsim.unlearning.forget)
 UNLEARN_TARGET = "unlearn"  # prefix of the keys listing the data the current request forgets
+LOCAL_NORMS = "local-norms"  # FedBN: the client keeps its own normalisation layers (fedsim.strategies.fedbn)
 
 # ---- metric keys of replies ------------------------------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"  # the weight of a reply in example-weighted aggregation
@@ -49,6 +50,9 @@ FORGOTTEN_COUNT = "forgotten"  # UNLEARN reply: how many of the client's example
 EPSILON, EPSILON_NEXT = "epsilon", "epsilon-next"  # DP-SGD: spent so far / after one more round
 NOISE_MULTIPLIER, SAMPLE_RATE, STEPS = "noise-multiplier", "sample-rate", "steps"  # DP-SGD: the accountant's inputs
 DP_REPORT = (EPSILON, EPSILON_NEXT, NOISE_MULTIPLIER, SAMPLE_RATE, STEPS)
+
+# ---- node state ------------------------------------------------------------------------------------------------
+LOCAL_NORMS_STATE = "fedsim.local-norms"  # ArrayRecord in a client's context.state: its normalisation layers
 
 # ---- reply flags -----------------------------------------------------------------------------------------------
 EXHAUSTED = "privacy budget exhausted"  # starts the error reason of a DP-SGD client whose budget is spent

@@ -88,7 +88,11 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         elif resume is None:
             recorder.discard()
         raise
-    result = recorder.finish(prepared.read(arrays), prepared.data.info.task, describe() if describe else None)
+    runtime = describe() if describe else {}
+    if prepared.one_by_one_because:
+        runtime["one_by_one_because"] = prepared.one_by_one_because
+    result = recorder.finish(in_model_dtypes(prepared.read(arrays), prepared.model), prepared.data.info.task,
+                             runtime)
     if recorder.diverged is not None:
         server_round, metric, value = recorder.diverged
         error = Diverged(f"round {server_round}", f"training diverged ({metric} is {value}); the run stopped, "
@@ -96,6 +100,14 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         error.result = result
         raise error
     return result
+
+
+def in_model_dtypes(state: dict, model: nn.Module) -> dict:
+    """The final global state in the model's own dtypes: Flower's mean of an integer buffer (BatchNorm's
+    num_batches_tracked) is a float; the model (and model.pt) keeps it an integer, truncated, as load_state_dict
+    does for every client."""
+    own = model.state_dict()
+    return {k: v.to(own[k].dtype) if k in own and v.dtype != own[k].dtype else v for k, v in state.items()}
 
 
 def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:

@@ -49,6 +49,7 @@ class Prepared:
     strategy: Strategy  # what the server loop runs (the Unlearning wrapper when there is one)
     features: list[Feature]  # the features the scenario switches on (fedsim.features)
     vectorize: bool  # whether a round's clients are trained together (decided here, once)
+    one_by_one_because: str | None  # run.vectorize = "auto": why this scenario cannot be vectorised, if it cannot
     unlearning: Unlearning | None = None
     given: GivenModel | None = None  # the model given to fedsim.run(model=...), if one was
     run_dir: Path | None = None  # where the run will write (None: only validated; a run picks its dir then)
@@ -92,6 +93,7 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str |
     for feature in enabled:
         model = feature.check(scenario, data, model)
     vectorize = decide_vectorize(scenario, enabled, model, data)
+    because = not_vectorizable(scenario, enabled, model) if scenario.run.vectorize == "auto" else None
     check_installed(scenario.output.trackers)
     for feature in enabled:
         strategy = feature.strategy(scenario, strategy)
@@ -101,7 +103,8 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str |
     run_dir = Path(run_dir) if run_dir is not None else None
     unlearning = unlearning_strategy(scenario, data, model, strategy, run_dir, given) \
         if scenario.unlearning is not None else None
-    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, unlearning, given, run_dir)
+    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, because, unlearning, given,
+                    run_dir)
 
 
 def model_key(scenario: Scenario, given: GivenModel | None) -> str:
@@ -124,6 +127,8 @@ def not_vectorizable(scenario: Scenario, enabled: list[Feature], model: nn.Modul
     """Why this scenario's training rounds cannot be vectorised (None when they can)."""
     if scenario.run.runtime == "flower":
         return "Flower's own runtime executes clients one at a time"
+    if scenario.strategy.name == "fedbn":
+        return "FedBN's clients each start from their own normalisation layers"
     return next((r for r in (f.not_vectorizable(scenario) for f in enabled) if r), None) or unsupported_model(model)
 
 

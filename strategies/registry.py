@@ -15,6 +15,7 @@ from flwr.serverapp import strategy as flower
 
 from fedsim import protocol
 from fedsim.errors import suggest
+from fedsim.strategies.fedbn import FedBN
 from fedsim.strategies.fedld import FedLD
 
 STRATEGIES: dict[str, type[flower.Strategy]] = {
@@ -29,6 +30,7 @@ STRATEGIES: dict[str, type[flower.Strategy]] = {
     "krum": flower.Krum,
     "qfedavg": flower.QFedAvg,
     "fedld": FedLD,
+    "fedbn": FedBN,
 }
 
 # Constructor arguments fedsim sets itself (from other scenario sections); not user parameters.

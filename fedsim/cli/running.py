@@ -118,5 +118,8 @@ def _run_with_progress(job, name: str, rounds: int, quiet: bool, done: int = 0) 
     startup = result.summary.get("startup_s")
     print_line(f"final: {metrics_text(result.final)} | wall time {result.summary['wall_time_s']:.1f} s"
                 + (f" (start-up {startup:.1f} s)" if startup is not None else "") + f" | run dir: {result.run_dir}")
+    because = result.summary.get("runtime", {}).get("one_by_one_because")
+    if because:
+        print_line(f"clients trained one by one: {because}")
     if "stopped" in result.summary:
         print_line(f"stopped after round {result.summary['rounds']}: {result.summary['stopped']}")

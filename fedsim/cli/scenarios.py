@@ -28,10 +28,15 @@ def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
 
     sc = Scenario.load(scenario, list(set_ or []))
     prepared = prepare(sc)
+    parameters = sum(p.numel() for p in prepared.model.parameters())
     out_console.print(
         f"ok: {scenario}: {sc.data.dataset} ({prepared.data.info.task}), {prepared.data.num_partitions} clients "
-        f"({sc.data.partitioner.name}), {sc.model.name}, {sc.strategy.name}, {sc.run.rounds} rounds"
-    )
+        f"({sc.data.partitioner.name}), {sc.model.name or sc.model.factory} ({parameters:,} parameters, inputs "
+        f"{prepared.data.info.input_shape}), {sc.strategy.name}, {sc.run.rounds} rounds", markup=False,
+        highlight=False, soft_wrap=True)
+    if prepared.one_by_one_because:
+        out_console.print(f"clients train one by one: {prepared.one_by_one_because}", markup=False,
+                          highlight=False, soft_wrap=True)
     for r in sc.unlearning.requests if sc.unlearning else []:
         out_console.print(f"unlearning: {r.kind} {r.target} after round {r.at_round}: {', '.join(r.method)}",
                           markup=False, highlight=False)

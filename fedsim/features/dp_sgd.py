@@ -60,7 +60,8 @@ def check_model(model: nn.Module) -> None:
         if errors:
             reason = str(errors[0]).split(".")[0]
             raise FedsimError("model", f"DP-SGD cannot train layer '{name}' ({type(module).__name__}): {reason}",
-                              "set privacy.fix_model = true (Opacus swaps it) or model.batch_norm = false")
+                              "set privacy.fix_model = true (Opacus swaps it), or use GroupNorm: model.norm = "
+                              "'group' for a ResNet, model.batch_norm = false for cnn")
 
 
 def private_model(model: nn.Module, fix_model: bool) -> nn.Module:

@@ -203,6 +203,15 @@ def mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], 
     return ", ".join(parts)
 
 
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # BatchNorm*, InstanceNorm*, GroupNorm, ...
+
+
+def norm_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of the model's normalisation layers (parameters and running statistics)."""
+    return [f"{name}.{key}" if name else key for name, module in model.named_modules() if isinstance(module, NORMS)
+            for key in module.state_dict(keep_vars=True)]
+
+
 def describe_model(model: nn.Module, given: bool) -> dict:
     """What a run built, for its run dir: the class, the parameter count, whether fedsim.run was given it."""
     return {"class": f"{type(model).__module__}.{type(model).__qualname__}",

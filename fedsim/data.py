@@ -76,13 +76,15 @@ def skew_features(x: np.ndarray, skew: FeatureSkewSection, partition_id: int, nu
 
 
 def to_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Columns x (n, d) and label (n,) as numpy, through Arrow (no per-row Python work)."""
+    """Columns x (n, d) (float32 features, or uint8 pixels) and label (n,) as numpy, through Arrow (no per-row
+    Python work)."""
     # contiguous selections (most partitioners' output) need no indices mapping: read the table directly
     table = ds.data if getattr(ds, "_indices", None) is None else ds.with_format("arrow")[:]
     column = table.column("x")
     x = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     width = -1 if len(table) else getattr(column.type, "list_size", 0)  # an empty client has no row to infer it
-    return x.reshape(len(table), width).astype(np.float32, copy=False), table.column("label").to_numpy()
+    x = x.reshape(len(table), width)
+    return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False), table.column("label").to_numpy()
 
 
 class ListedPartitioner(fp.Partitioner):
@@ -234,8 +236,8 @@ def _load_hf(cfg: DataSection, seed: int) -> FederatedData:
     def preprocess(dd: DatasetDict) -> DatasetDict:
         test_split = cfg.hf_test_split if cfg.hf_test_split in dd else None
         parts = [dd["train"]] + ([dd[test_split]] if test_split else [])
-        columns, shape, regression = standardise_columns(concatenate_datasets(parts), cfg)
-        info["info"] = SourceInfo(shape, 0 if regression else class_count(columns["label"]))
+        columns, shape, classes = standardise_columns(concatenate_datasets(parts), cfg)
+        info["info"] = SourceInfo(shape, classes)
         if not test_split:
             return split_train_test(columns, cfg.test_fraction, seed)
         n = len(dd["train"])
@@ -253,8 +255,10 @@ def _load_hf(cfg: DataSection, seed: int) -> FederatedData:
         raise DataError(f"data.dataset: {cfg.dataset}", f"cannot load: {exc}",
                         "check the name, data_files and network access") from None
     partitioner.dataset = train  # what FederatedDataset would assign; done here so plots can use it too
-    _check(cfg, len(train), info["info"], "client" in train.column_names, partitioner)
-    return FederatedData(cfg, seed, partitioner, test, info["info"], lambda i: fds.load_partition(i, "train"))
+    source = info["info"]
+    source = with_pipeline(cfg, source, source.input_shape, pixels=_holds_pixels(test))
+    _check(cfg, len(train), source, "client" in train.column_names, partitioner)
+    return FederatedData(cfg, seed, partitioner, test, source, lambda i: fds.load_partition(i, "train"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -265,7 +269,7 @@ def _cached(cfg_json: str, seed: int) -> FederatedData:
     if cfg.dataset.startswith(IMAGE_SOURCES):
         return _load_images(cfg, seed)
     dd, info = load_file(cfg, seed) if cfg.dataset.startswith("file:") else load_embedded(cfg, seed)
-    info = with_pipeline(cfg, info, info.input_shape)
+    info = with_pipeline(cfg, info, info.input_shape, pixels=_holds_pixels(dd["test"]))
     partitioner = make_partitioner(cfg.partitioner, seed)
     partitioner.dataset = dd["train"]
     _check(cfg, len(dd["train"]), info, "client" in dd["train"].column_names, partitioner)
@@ -287,8 +291,8 @@ def _load_images(cfg: DataSection, seed: int) -> FederatedData:
                          test=make_dataset({k: v[n_train:] for k, v in columns.items()}))
     else:
         dd = split_train_test(columns, cfg.test_fraction, seed)
-    num_classes = 0 if collection.regression else class_count(columns["label"])
-    info = with_pipeline(cfg, SourceInfo(collection.shape, num_classes), collection.shape)
+    classes = 0 if collection.regression else class_count(columns["label"])
+    info = with_pipeline(cfg, SourceInfo(collection.shape, classes), collection.shape)
     partitioner = make_partitioner(cfg.partitioner, seed)
     partitioner.dataset = dd["train"]
     if isinstance(partitioner, ListedPartitioner):
@@ -297,11 +301,16 @@ def _load_images(cfg: DataSection, seed: int) -> FederatedData:
     return FederatedData(cfg, seed, partitioner, dd["test"], info, decode=collection.decode)
 
 
-def with_pipeline(cfg: DataSection, info: SourceInfo, stored_shape: tuple[int, ...]) -> SourceInfo:
-    """`info` with the input pipeline image data needs (decoding, [[data.transforms]]); the model's input shape
-    is then the pipeline's output."""
-    images = cfg.dataset.startswith(IMAGE_SOURCES)
-    if not images and not cfg.transforms:
+def _holds_pixels(ds: Dataset) -> bool:
+    """Whether a table's x column holds uint8 pixels (an image column of a hub or local table)."""
+    return getattr(getattr(ds.features["x"], "feature", None), "dtype", None) == "uint8"
+
+
+def with_pipeline(cfg: DataSection, info: SourceInfo, stored_shape: tuple[int, ...], pixels: bool = True
+                  ) -> SourceInfo:
+    """`info` with the input pipeline image data needs (decoding uint8 pixels, [[data.transforms]]); the model's
+    input shape is then the pipeline's output."""
+    if not pixels and not cfg.transforms:
         return info
     if len(stored_shape) != 3:
         raise DataError("data.transforms", f"transform images, but '{cfg.dataset}' has inputs of shape "

@@ -212,8 +212,13 @@ def from_csv(cfg: DataSection) -> Collection:
     if duplicated is not None:
         raise DataError(f"data.dataset: {labels_csv}", f"lists '{duplicated}' more than once",
                         "give every image one label")
-    regression = all(_number(v) for v in raw) and any("." in v or "e" in v.lower() for v in raw)
-    if all(_number(v) for v in raw):
+    numbers = all(_number(v) for v in raw)
+    regression = cfg.task == "regression" or cfg.task == "auto" and numbers and any("." in v or "e" in v.lower()
+                                                                                     for v in raw)
+    if regression and not numbers:
+        raise DataError("data.task", f"'regression' needs numeric labels but {labels_csv.name} has "
+                        f"'{next(v for v in raw if not _number(v))}'", "use task = 'classification'")
+    if numbers:
         values = np.array([float(v) for v in raw])
         labels = values.astype(np.float32) if regression else values.astype(np.int64)
     else:

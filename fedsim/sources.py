@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, DatasetDict, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from fedsim.errors import DataError
 from fedsim.inputs import InputPipeline
@@ -140,8 +140,9 @@ def _read_file(path_text: str) -> Dataset:
                     "use .parquet, .csv or .npz")
 
 
-def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.ndarray], tuple[int, ...], bool]:
-    """Any table -> columns x (float32 features) and label; returns (columns, input shape, is_regression)."""
+def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.ndarray], tuple[int, ...], int]:
+    """Any table -> columns x (float32 features, or uint8 pixels) and label; returns (columns, input shape, the
+    number of classes: 0 for regression, a ClassLabel's own count, the vocabulary's, or max label + 1)."""
     label = cfg.label_column
     if label not in ds.column_names:
         raise DataError("data.label_column", f"no column '{label}' (columns: {', '.join(ds.column_names)})",
@@ -156,30 +157,28 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
         raise DataError("data.feature_columns", f"unknown or empty columns {missing}",
                         f"choose from: {', '.join(ds.column_names)}")
     feature = ds.features[label]
-    if isinstance(feature, Value) and feature.dtype == "string":
+    characters = cfg.vocabulary is not None and _is_text(feature)
+    if _is_text(feature) and not characters:
         ds = ds.class_encode_column(label)
         feature = ds.features[label]
-    regression = isinstance(feature, Value) and feature.dtype.startswith("float")
+    numeric = isinstance(feature, Value) and feature.dtype.startswith(("float", "int", "uint"))
+    regression = cfg.task == "regression" or cfg.task == "auto" and isinstance(feature, Value) and \
+        feature.dtype.startswith("float")
+    if regression and not numeric:
+        raise DataError("data.task", f"'regression' needs a numeric label column but '{label}' is not",
+                        "use task = 'classification'")
     table = ds.with_format("numpy")
     parts, shape = [], None
     for col in feature_cols:
-        try:
-            values = np.asarray(table[col], dtype=np.float32)
-        except (ValueError, TypeError):
-            row, value = _first_non_number(ds[col])
-            raise DataError(f"data.dataset: {cfg.dataset}", f"column '{col}' row {row} holds {value!r}, not a number",
-                            "make every feature column numeric, or list the numeric ones in data.feature_columns") \
-                from None
-        if values.ndim >= 3 and values.max() > 1.0:  # image pixels
-            values = values / 255.0
+        values = _feature(ds, table, col, cfg, pixels=len(feature_cols) == 1)
         if values.ndim == 3:  # (n, h, w) greyscale images
             values = values[:, None]
         elif values.ndim == 4 and values.shape[-1] in (1, 3):  # (n, h, w, c) -> channels first
             values = values.transpose(0, 3, 1, 2)
         shape = values.shape[1:] if len(feature_cols) == 1 else None
-        parts.append(values.reshape(len(values), -1))
+        parts.append(np.ascontiguousarray(values).reshape(len(values), -1))
     x = np.concatenate(parts, axis=1)
-    raw_y = np.asarray(table[label])
+    raw_y = next_characters(ds[label], label, cfg.dataset) if characters else np.asarray(table[label])
     for name, values in ((label, raw_y), *zip(feature_cols, parts, strict=True)):
         empty = np.flatnonzero(np.isnan(values.reshape(len(values), -1)).any(axis=1)) \
             if values.dtype.kind == "f" else np.flatnonzero([v is None for v in values]) if values.dtype == object \
@@ -197,7 +196,72 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
             raise DataError(f"data.dataset: {cfg.dataset}", f"column '{name}' row {infinite[0] + 1} is not a finite "
                             f"float32 number ({infinite.size} row{'s' if infinite.size > 1 else ''} in all)",
                             "replace infinities and values beyond +-3.4e38, or drop those rows")
-    return {"x": x, "label": y, **extra}, tuple(shape or (x.shape[1],)), regression
+    classes = feature.num_classes if isinstance(feature, ClassLabel) else num_classes(cfg, y, regression)
+    return {"x": x, "label": y, **extra}, tuple(shape or (x.shape[1],)), classes
+
+
+def _feature(ds: Dataset, table, col: str, cfg: DataSection, pixels: bool) -> np.ndarray:
+    """One feature column as numbers: images (one column of them) stay uint8 pixels (the input pipeline decodes
+    them per batch, fedsim.inputs), text with `data.vocabulary` becomes character indices, the rest float32."""
+    if cfg.vocabulary is not None and _is_text(ds.features[col]):
+        return encode_characters(ds[col], col, cfg.dataset).astype(np.float32)
+    try:
+        raw = np.asarray(table[col])
+        if pixels and raw.dtype == np.uint8 and raw.ndim >= 3:
+            return raw
+        values = raw.astype(np.float32)
+    except (ValueError, TypeError):
+        row, value = _first_non_number(ds[col])
+        raise DataError(f"data.dataset: {cfg.dataset}", f"column '{col}' row {row} holds {value!r}, not a number",
+                        "make every feature column numeric, or list the numeric ones in data.feature_columns") \
+            from None
+    if values.ndim >= 3 and values.max() > 1.0:  # image pixels stored as numbers wider than uint8
+        values = values / 255.0
+    return values
+
+
+def encode_characters(texts: list[str], col: str, dataset: str) -> np.ndarray:
+    """Strings of one length -> (n, length) indices into LEAF's Shakespeare vocabulary (int64)."""
+    from fedsim.models.leaf import VOCABULARY
+
+    index = {c: i for i, c in enumerate(VOCABULARY)}
+    lengths = {len(t) for t in texts}
+    if len(lengths) > 1:
+        row = next(i for i, t in enumerate(texts) if len(t) != len(texts[0]))
+        raise DataError(f"data.dataset: {dataset}", f"column '{col}' row {row + 1} has {len(texts[row])} characters "
+                        f"but row 1 has {len(texts[0])}", "give every example the same number of characters")
+    out = np.empty((len(texts), lengths.pop() if lengths else 0), dtype=np.int64)
+    for i, text in enumerate(texts):
+        try:
+            out[i] = [index[c] for c in text]
+        except KeyError as exc:
+            raise DataError(f"data.dataset: {dataset}", f"column '{col}' row {i + 1} holds {exc.args[0]!r}, which "
+                            "LEAF's vocabulary lacks", "map it to one of its 80 characters, or drop the row") from None
+    return out
+
+
+def _is_text(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+
+def next_characters(texts: list[str], col: str, dataset: str) -> np.ndarray:
+    """A label column of single characters -> their vocabulary indices (the class of next-character prediction)."""
+    if any(len(t) != 1 for t in texts):
+        row = next(i for i, t in enumerate(texts) if len(t) != 1)
+        raise DataError(f"data.dataset: {dataset}", f"label column '{col}' row {row + 1} holds {texts[row]!r}, not one "
+                        "character", "label each example with the one character that follows it")
+    return encode_characters(texts, col, dataset)[:, 0]
+
+
+def num_classes(cfg: DataSection, labels: np.ndarray, regression: bool) -> int:
+    """0 for regression; with data.vocabulary its size (every character is a class), else max label + 1."""
+    if regression:
+        return 0
+    if cfg.vocabulary is not None:
+        from fedsim.models.leaf import VOCABULARY
+
+        return len(VOCABULARY)
+    return class_count(labels)
 
 
 def _first_non_number(values) -> tuple[int, object]:
@@ -243,6 +307,6 @@ def load_embedded(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]
 
 
 def load_file(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]:
-    columns, shape, regression = standardise_columns(_read_file(cfg.dataset.split(":", 1)[1]), cfg)
-    info = SourceInfo(shape, 0 if regression else class_count(columns["label"]))
+    columns, shape, classes = standardise_columns(_read_file(cfg.dataset.split(":", 1)[1]), cfg)
+    info = SourceInfo(shape, classes)
     return split_train_test(columns, cfg.test_fraction, seed), info

@@ -248,6 +248,8 @@ class DataSection(Section):
     partitioner: PartitionerSection = Field(default_factory=IidPartitioner)
     feature_skew: FeatureSkewSection | None = None
     generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    vocabulary: Literal["leaf-shakespeare"] | None = None  # text: characters -> indices (fedsim.models.leaf)
+    task: Literal["auto", "classification", "regression"] = "auto"  # auto: float labels regress, others classes
     images: ImagesSection | None = None
     transforms: list[TransformSection] | None = None  # [[data.transforms]], applied in order (fedsim.inputs)
 
@@ -268,6 +270,9 @@ class DataSection(Section):
         if self.images is not None and not self.dataset.startswith(IMAGE_SOURCES):
             raise ValueError(f"data.images reads image files, but data.dataset = '{self.dataset}' is not one; use "
                              "dataset = 'folder:PATH' or 'images:LABELS.csv', or remove [data.images]")
+        if self.task != "auto" and self.dataset in EMBEDDED_DATASETS:
+            raise ValueError(f"data.task applies to files and hub datasets; '{self.dataset}' has its own task, so "
+                             "remove data.task")
         if self.partitioner.name == "listed" and not self.dataset.startswith(IMAGE_SOURCES):
             raise ValueError("data.partitioner 'listed' names examples by file, which needs an image dataset "
                              "('folder:PATH' or 'images:LABELS.csv'); pick another partitioner")

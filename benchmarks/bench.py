@@ -8,6 +8,8 @@ start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R
   W3  scenarios/bench-w3.toml  CNN on digits, 10 clients, training dominates
   W4  scenarios/bench-w4.toml  pfl-research's CIFAR-10 set-up on synthetic 3x32x32 images: 1,000 clients x 50,
                                50 a round, batch 10, a 2-conv CNN of 1.6M parameters
+  W5  scenarios/bench-w5.toml  a ResNet-18 (CIFAR stem, GroupNorm, 11.2M parameters) round: 50 clients x 50
+                               synthetic 3x32x32 images, all 50 a round, batch 10; sequential vs vectorised
   profile                      where a vectorised W1 round's time goes (benchmarks/round_profile.py)
   fedld                        FedLD's aggregation vs the Gram matrices it needs (m = 50, 1M parameters)
   dp                           DP-SGD local training vs plain, on the quickstart clients
@@ -36,6 +38,7 @@ WORKLOADS = {
     "W2 (1,000 clients)": ("bench-w2", W2_SMALL, ["fedsim-sequential", "fedsim-vectorized", "fedsim-ray"]),
     "W3": ("bench-w3", [], ["plain", "fedsim-sequential", "fedsim-vectorized", "fedsim-ray"]),
     "W4": ("bench-w4", [], ["plain", "stock-flower", "fedsim-sequential", "fedsim-vectorized"]),
+    "W5": ("bench-w5", [], ["fedsim-sequential", "fedsim-vectorized"]),
 }
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, on a machine with an NVIDIA GPU (after `make install TORCH=torch` for a CUDA build of torch):
-# W3 (CNN on digits) and W4 (pfl-research's CIFAR-10 set-up on synthetic images, 1.6M-parameter CNN) with the
+# W3 (CNN on digits), W4 (pfl-research's CIFAR-10 set-up on synthetic images, 1.6M-parameter CNN) and W5 (a
+# ResNet-18 with GroupNorm, 50 clients x 50 images) with the
 # clients on the GPU, inline one after another vs vectorised, and W4 vectorised on Ray with 4 actors sharing the
 # GPU (num_gpus = 0.25 each). Prints the card, then steady-state seconds per round (rounds 2..R), ratios to the
 # sequential engine, and final accuracies (the same for every runner of a workload).
@@ -16,7 +17,7 @@ run() {  # SCENARIO RUNNER [--set k=v ...] -> "SCENARIO RUNNER {json}"
   echo "$1 $2 $($PY runners.py "$2" "$1" --set client.device="\"$DEVICE\"" "${@:3}" | tail -1)"
 }
 {
-  for workload in bench-w3 bench-w4; do
+  for workload in bench-w3 bench-w4 bench-w5; do
     run "$workload" fedsim-sequential
     run "$workload" fedsim-vectorized
   done

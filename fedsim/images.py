@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.errors import DataError
+from fedsim.example_data import missing_hint
 from fedsim.scenario import DataSection, ImagesSection
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
@@ -153,7 +154,7 @@ def from_folder(cfg: DataSection) -> Collection:
     """folder:PATH: PATH/<class>/<image>; with PATH/train and PATH/test, those are the splits."""
     root = Path(cfg.dataset.split(":", 1)[1])
     if not root.is_dir():
-        raise DataError(f"data.dataset: {cfg.dataset}", "no such folder", "check the path")
+        raise DataError(f"data.dataset: {cfg.dataset}", "no such folder", missing_hint(cfg.dataset, "check the path"))
     split = (root / "train").is_dir() and (root / "test").is_dir()
     folder = root / "train" if split else root
     names, labels, classes = _class_files(folder)
@@ -170,7 +171,7 @@ def from_folder(cfg: DataSection) -> Collection:
 def _read_csv(path: Path, image_column: str | None, label_column: str | None) -> tuple[list[str], list[str]]:
     """(names, labels) of a CSV with or without a header (without one: name, then label)."""
     if not path.is_file():
-        raise DataError(f"data.dataset: {path}", "file not found", "check the path")
+        raise DataError(f"data.dataset: {path}", "file not found", missing_hint(str(path), "check the path"))
     with open(path, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.reader(fh) if r]
     if not rows:

@@ -16,6 +16,7 @@ import pyarrow as pa
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
 from fedsim.errors import DataError
+from fedsim.example_data import missing_hint
 from fedsim.inputs import InputPipeline
 from fedsim.scenario import DataSection, GeneratorSection
 
@@ -123,7 +124,7 @@ def _embedded(cfg: DataSection, seed: int) -> tuple[dict[str, np.ndarray], tuple
 def _read_file(path_text: str) -> Dataset:
     path = Path(path_text)
     if not path.is_file():
-        raise DataError(f"data.dataset: file:{path_text}", "file not found", "check the path")
+        raise DataError(f"data.dataset: file:{path_text}", "file not found", missing_hint(path_text, "check the path"))
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":

@@ -23,7 +23,7 @@ LAYERS = {
     "fedsim.loop": 1,
     "fedsim.scenario": 2,
     "fedsim.sources": 3, "fedsim.data": 3, "fedsim.models": 3, "fedsim.unlearning": 3, "fedsim.images": 3,
-    "fedsim.transforms": 3,
+    "fedsim.example_data": 3, "fedsim.transforms": 3,
     "fedsim.clients": 4, "fedsim.strategies": 4, "fedsim.features": 4,
     "fedsim.runtime": 5,
     "fedsim.callbacks": 6, "fedsim.results": 6, "fedsim.server": 6,

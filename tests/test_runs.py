@@ -62,13 +62,50 @@ def test_every_flower_strategy_runs(name, tmp_path, small_scenario):
         assert "train_loss" in result.metrics[0]["train"]
 
 
-@pytest.mark.parametrize("name", sorted(shipped_scenarios()))
-def test_shipped_scenario_runs(name, tmp_path):
-    shorter = ["run.rounds=2"]
-    if name.startswith("unlearn-"):
-        shorter.append("unlearning.requests.0.at_round=1")
+# the papers' set-ups read example data (fedsim example-data); the slow tier runs them, smaller
+SET_UPS = ("dru-age-regression", "fedld-retina", "fedld-retina-cpu", "femnist-natural", "salun-cifar10",
+           "shakespeare-lstm")
+SMALL_IMAGES = {"data.images.size": [16, 16], "client.batch_size": 8, "data.transforms": [
+    {"kind": "random_resized_crop", "size": [16], "scale": [0.6, 1.0]}, {"kind": "horizontal_flip"}]}
+FEWER = {"cifar10": {"per_class": 5, "test_per_class": 2}, "faces": {"n": 60}}  # example images, for time
+SMALLER = {"fedld-retina": {**SMALL_IMAGES, "model.name": "resnet18", "model.stem": "cifar", "model.norm": "group"},
+           "fedld-retina-cpu": SMALL_IMAGES, "dru-age-regression": {"data.images.size": [16, 16]}}
+
+
+def test_the_set_ups_name_their_example_data():
+    from fedsim.example_data import layout_of
+
+    assert {name for name, path in shipped_scenarios().items()
+            if layout_of(Scenario.load(str(path)).data.dataset)} == set(SET_UPS)
+
+
+@pytest.mark.parametrize("name", SET_UPS)
+def test_a_set_up_validates_on_its_example_data(name, tmp_path, monkeypatch, cli):
+    """The whole set-up as shipped (ResNet-50 at 384 px for FedLD's): data, model, one batch through it."""
+    from fedsim.example_data import layout_of, write
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("validate", name)
+    assert code == 2 and f"fedsim example-data {layout_of(Scenario.load(name).data.dataset)}" in err
+    write(layout_of(Scenario.load(name).data.dataset))
+    code, out, err = cli("validate", name)
+    assert code == 0 and out.startswith(f"ok: {name}"), err
+
+
+@pytest.mark.parametrize("name", [n if n not in SET_UPS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(shipped_scenarios())])
+def test_shipped_scenario_runs(name, tmp_path, monkeypatch):
+    from fedsim.example_data import LAYOUTS, WRITERS, layout_of
+
+    layout = layout_of(Scenario.load(name).data.dataset)
+    if layout:
+        monkeypatch.chdir(tmp_path)
+        WRITERS[layout](tmp_path / LAYOUTS[layout][0], **FEWER.get(layout, {}))
+    shorter = {"run.rounds": 2, **SMALLER.get(name, {})}
+    if Scenario.load(name).unlearning is not None:
+        shorter["unlearning.requests.0.at_round"] = 1
     if name == "bench-w4":  # 55,000 generated images and a 1.6M-parameter CNN: the same set-up, 1,100 images
-        shorter += ["data.generator.n_samples=1100", "data.partitioner.num_partitions=20"]
+        shorter.update({"data.generator.n_samples": 1100, "data.partitioner.num_partitions": 20})
     scenario = Scenario.load(name, shorter)
     result = fedsim.run(scenario, out=tmp_path / name)
     assert len(result.metrics) == 2 and result.summary["failures"] == 0

@@ -1,6 +1,6 @@
-"""The `fedsim` command: run, list, validate, partition, show, plot, report, sweep, compare, privacy; one module
-per command group (fedsim.cli.running, scenarios, runs, experiments, privacy), sharing fedsim.cli.common (the app,
-consoles, options) and fedsim.cli.render (tables and result lines).
+"""The `fedsim` command: run, list, validate, partition, example-data, show, plot, report, sweep, compare,
+privacy; one module per command group (fedsim.cli.running, scenarios, runs, experiments, privacy), sharing
+fedsim.cli.common (the app, consoles, options) and fedsim.cli.render (tables and result lines).
 
 Errors a user can cause print one line `error: <where>: <what>; <fix>` on stderr and exit with code 2.
 """
@@ -20,6 +20,7 @@ app.command()(scenarios.validate)
 app.command()(runs.show)
 app.command()(runs.plot)
 app.command()(scenarios.partition)
+app.command(name="example-data")(scenarios.example_data)
 app.command()(experiments.sweep)
 app.command()(experiments.compare)
 app.command()(runs.report)

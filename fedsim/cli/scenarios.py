@@ -22,6 +22,21 @@ def list_scenarios() -> None:
         table.add_row(name, describe(path))
     out_console.print(table)
 
+def example_data(
+    name: Annotated[str, typer.Argument(help="retina | cifar10 | faces | femnist | shakespeare")],
+    out: Annotated[Path | None, typer.Option(help="Folder (default: the layout's own, e.g. data/Retina).")] = None,
+) -> None:
+    """Write generated data in the layout a shipped set-up reads (FedLD's Retina, CIFAR-10, faces, FEMNIST,
+    Shakespeare), so it runs here; the real data goes in the same place."""
+    from fedsim.errors import FedsimError, suggest
+    from fedsim.example_data import LAYOUTS, write
+
+    if name not in LAYOUTS:
+        raise FedsimError("fedsim example-data", f"no layout '{name}'", suggest(name, LAYOUTS))
+    folder = write(name, out)
+    print_line(f"wrote {folder}: {LAYOUTS[name][1]}")
+
+
 def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
     """Check a scenario (schema, data, model, strategy) without running it."""
     from fedsim.server import prepare
@@ -39,7 +54,7 @@ def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
                           highlight=False, soft_wrap=True)
     for r in sc.unlearning.requests if sc.unlearning else []:
         out_console.print(f"unlearning: {r.kind} {r.target} after round {r.at_round}: {', '.join(r.method)}",
-                          markup=False, highlight=False)
+                          markup=False, highlight=False, soft_wrap=True)
 
 TABLE_MAX_CLIENTS = 40  # `fedsim partition` lists the first and last 20 clients beyond this
 

@@ -59,7 +59,7 @@ def run_figure(result: RunResult):
     for request in result.scenario.unlearning.requests if result.scenario.unlearning else []:
         for ax in (ax_main, ax_loss):  # served after its round: the next round is the first without the data
             ax.axvline(request.at_round + 0.5, color="grey", linestyle="--", linewidth=1,
-                       label=f"unlearning {request.kind} {request.target}")
+                       label=f"unlearning {request.kind} {request.fraction or request.target}")
     for ax in (ax_main, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

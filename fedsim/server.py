@@ -34,7 +34,7 @@ from fedsim.stacked import pays_off, unsupported_model
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.unlearning import Unlearning
 from fedsim.trackers import check_installed, trackers
-from fedsim.unlearning.forget import check_requests
+from fedsim.unlearning.forget import check_requests, partition_sizes
 from fedsim.unlearning.history import HistoryStore
 from fedsim.unlearning.metrics import UnlearningEvaluator
 
@@ -162,7 +162,8 @@ def unlearning_strategy(scenario: Scenario, data: FederatedData, model: nn.Modul
     store = HistoryStore(run_dir / "history", u.history_interval) if run_dir is not None else None
     return Unlearning(strategy, u.requests, settings=u, local=c.local(), seed=scenario.run.seed,
                       timeout=scenario.run.round_timeout_s, store=store, evaluate=evaluator,
-                      random_model=lambda seed: fresh_model(scenario.model, data.info, seed, given).state_dict())
+                      random_model=lambda seed: fresh_model(scenario.model, data.info, seed, given).state_dict(),
+                      sizes=partition_sizes(data))
 
 
 def train_config(prepared: Prepared) -> ConfigRecord:

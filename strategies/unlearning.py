@@ -69,8 +69,10 @@ class Unlearning(Strategy):
                  settings: UnlearningSection | None = None, local: LocalTraining | None = None, seed: int = 0,
                  timeout: float | None = None, store: HistoryStore | None = None,
                  evaluate: Callable[[ArrayRecord, Forgotten, Forgotten, ArrayRecord], dict] | None = None,
-                 random_model: Callable[[int], State] | None = None) -> None:
+                 random_model: Callable[[int], State] | None = None, sizes: list[int] | None = None) -> None:
+        """`sizes`: every client's number of examples (kind 'random' requests forget a share of each)."""
         self.inner = strategy
+        self.sizes, self.seed = sizes, seed
         self.session = RequestSession(strategy, settings or UnlearningSection(), local or LocalTraining(), seed,
                                       timeout, store, random_model)
         self.requests = list(requests)
@@ -186,7 +188,12 @@ class Unlearning(Strategy):
 
     # ---- serving a request ---------------------------------------------------------------------------------
     def _serve(self, request: UnlearningRequest, arrays: ArrayRecord, grid: Grid) -> ArrayRecord:
-        target = Forgotten.of(request.kind, request.target, request.samples)
+        if request.kind == "random":
+            if self.sizes is None:
+                raise ValueError("a kind 'random' request needs the clients' sizes: pass sizes= to Unlearning")
+            target = Forgotten.random(request.fraction, self.sizes, self.seed, request.at_round)
+        else:
+            target = Forgotten.of(request.kind, request.target, request.samples)
         job = Job(request, self.forgotten, target, arrays, grid)
         remaining = len(self.session.nodes) - len(job.now.clients)
         needed = clients_needed(self)
@@ -210,9 +217,11 @@ class Unlearning(Strategy):
     def _report(self, job: Job, outcomes: list[Outcome]) -> None:
         reference_arrays, _, reference = self.session.retrain(job)
         baseline = self.evaluate(reference_arrays, job.target, job.now, job.arrays)
-        described = {"at_round": job.request.at_round, "kind": job.request.kind, "target": job.request.target}
-        if job.request.samples is not None:
-            described["samples"] = len(job.request.samples)
+        request = job.request  # a random request is described by its fraction where others name their target
+        described = {"at_round": request.at_round, "kind": request.kind,
+                     "target": request.fraction if request.kind == "random" else request.target}
+        if job.request.samples is not None or job.request.kind == "random":
+            described["samples"] = sum(len(idx) for idx in job.target.samples.values())
         for outcome in outcomes:
             elapsed = reference["time_s"] if outcome.name == "retrain" else outcome.time_s
             measured = self.evaluate(outcome.arrays, job.target, job.now, job.arrays)

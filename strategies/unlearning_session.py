@@ -103,7 +103,7 @@ class RequestSession:
 
     def holders(self, job: Job) -> list[int] | None:
         """The nodes holding this request's data, when the request says (client, samples); else None: all."""
-        return None if job.request.kind == "class" else [self.nodes[job.request.target]]
+        return None if job.request.kind in ("class", "random") else [self.nodes[job.request.target]]
 
     def config_without(self, forgotten: Forgotten) -> ConfigRecord:
         """The run's train config, telling clients to drop `forgotten`."""

@@ -102,8 +102,8 @@ def test_shipped_scenario_runs(name, tmp_path, monkeypatch):
         monkeypatch.chdir(tmp_path)
         WRITERS[layout](tmp_path / LAYOUTS[layout][0], **FEWER.get(layout, {}))
     shorter = {"run.rounds": 2, **SMALLER.get(name, {})}
-    if Scenario.load(name).unlearning is not None:
-        shorter["unlearning.requests.0.at_round"] = 1
+    for i, _ in enumerate(Scenario.load(name).unlearning.requests if Scenario.load(name).unlearning else []):
+        shorter[f"unlearning.requests.{i}.at_round"] = 1
     if name == "bench-w4":  # 55,000 generated images and a 1.6M-parameter CNN: the same set-up, 1,100 images
         shorter.update({"data.generator.n_samples": 1100, "data.partitioner.num_partitions": 20})
     scenario = Scenario.load(name, shorter)

@@ -450,12 +450,14 @@ def _unlearning_methods() -> dict:
 
 
 class UnlearningRequest(Section):
-    """Forget a client, a class, or samples of one client, after round `at_round`; compare `method`s."""
+    """Forget a client, a class, samples of one client, or a random fraction of every client's examples, after
+    round `at_round`; compare `method`s."""
 
     at_round: int = Field(ge=1)
-    kind: Literal["client", "class", "samples"]
-    target: int = Field(ge=0)  # client id (client, samples) or class label (class)
+    kind: Literal["client", "class", "samples", "random"]
+    target: int | None = Field(None, ge=0)  # client id (client, samples) or class label (class); random: none
     samples: list[int] | None = None  # kind = "samples": indices into the client's partition
+    fraction: float | None = Field(None, gt=0, lt=1)  # kind = "random": the share of each client's examples
     method: list[str] = Field(default_factory=lambda: ["retrain"], min_length=1)
 
     @field_validator("method", mode="before")
@@ -470,6 +472,12 @@ class UnlearningRequest(Section):
             _one_of(name, tuple(known), "unlearning method")
         if len(set(self.method)) != len(self.method):
             raise ValueError("a method is listed twice; list each method once")
+        if (self.kind == "random") != (self.target is None):
+            raise ValueError("kind 'random' forgets from every client and takes no target; the other kinds need "
+                             "one; set target (or remove it for 'random')")
+        if (self.kind == "random") != (self.fraction is not None):
+            raise ValueError("fraction is the share of each client's examples a kind 'random' request forgets, and "
+                             "only that; set fraction = 0.1 for 'random', or remove it")
         if self.kind == "samples" and not self.samples:
             raise ValueError("kind 'samples' needs samples = [indices into the client's partition]; add them")
         if self.kind != "samples" and self.samples is not None:
@@ -572,7 +580,7 @@ class ScenarioSchema(Section):
                 raise ValueError(f"unlearning.requests.{i}.at_round = {request.at_round} is not before the run's "
                                  f"last round ({self.run.rounds}); requests are served after round at_round, "
                                  f"so use at most {self.run.rounds - 1}")
-            if request.kind != "class" and request.target >= n:
+            if request.kind in ("client", "samples") and request.target >= n:
                 raise ValueError(f"unlearning.requests.{i}.target: there is no client {request.target} "
                                  f"(clients are 0..{n - 1}); use a client id below {n}")
         return self

@@ -1,4 +1,5 @@
-"""What has been forgotten: whole clients, classes everywhere, and sample indices of one client.
+"""What has been forgotten: whole clients, classes everywhere, sample indices of one client, and random shares of
+every client's examples (resolved to indices, seeded).
 
 Servers send it to clients in the ConfigRecord (int lists under a prefix); clients drop those examples from their
 partition before doing anything with it. `check_requests` rejects requests naming data a run does not have.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from flwr.app import ConfigRecord
 
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from fedsim.scenario import Scenario
 
 
+RANDOM_FORGETTING = 0x5A11  # the stream a kind 'random' request's draws come from
+
+
 @dataclass(frozen=True)
 class Forgotten:
     """A set of forgotten data; `kept(pid, y)` marks the examples of partition `pid` that remain."""
@@ -29,13 +34,25 @@ class Forgotten:
     samples: dict[int, frozenset[int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, kind: str, target: int, samples: list[int] | None = None) -> Forgotten:
-        """The data one request names."""
+    def of(cls, kind: str, target: int | None, samples: list[int] | None = None) -> Forgotten:
+        """The data one request names (kind 'random': `Forgotten.random`)."""
         if kind == "client":
             return cls(clients=frozenset([target]))
         if kind == "class":
             return cls(classes=frozenset([target]))
         return cls(samples={target: frozenset(samples or [])})
+
+    @classmethod
+    def random(cls, fraction: float, sizes: list[int], seed: int, at_round: int) -> Forgotten:
+        """round(fraction * n_i) examples of every client i (n_i examples), drawn without replacement, seeded by
+        (seed, at_round, client): SalUn's random forgetting, federated."""
+        samples = {}
+        for pid, n in enumerate(sizes):
+            k = round(fraction * n)
+            if k:
+                rng = np.random.default_rng([seed, at_round, pid, RANDOM_FORGETTING])
+                samples[pid] = frozenset(int(i) for i in rng.choice(n, k, replace=False))
+        return cls(samples=samples)
 
     def __or__(self, other: Forgotten) -> Forgotten:
         samples = dict(self.samples)
@@ -118,6 +135,9 @@ def check_requests(scenario: Scenario, data: FederatedData) -> None:
             if bad:
                 raise ScenarioError(f"{where}.samples", f"index {bad[0]} is outside client {r.target}'s data "
                                     f"({size} examples)", f"use indices 0..{size - 1}")
+        if r.kind == "random" and not any(round(r.fraction * n) for n in partition_sizes(data)):
+            raise ScenarioError(f"{where}.fraction", f"{r.fraction} of every client's examples rounds to none",
+                                "raise the fraction")
         if r.kind == "client":
             forgotten_clients.add(r.target)
     n, minimums = data.num_partitions, scenario.strategy.node_minimums(data.num_partitions)
@@ -126,3 +146,8 @@ def check_requests(scenario: Scenario, data: FederatedData) -> None:
         raise ScenarioError("unlearning.requests", f"forgetting {len(forgotten_clients)} clients leaves "
                             f"{n - len(forgotten_clients)}, fewer than the {needed} the strategy waits for",
                             "forget fewer clients or lower strategy.min_available_nodes / min_train_nodes")
+
+
+def partition_sizes(data: FederatedData) -> list[int]:
+    """Every client's number of examples (image data: without decoding them)."""
+    return [len(data.labels(i)) for i in range(data.num_partitions)]

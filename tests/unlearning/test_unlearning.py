@@ -23,7 +23,7 @@ from fedsim.protocol import LocalTraining
 from fedsim.runner import make_grid, run_on_grid
 from fedsim.runtime import InlineGrid
 from fedsim.runtime.base import node_id_of
-from fedsim.scenario import Scenario
+from fedsim.scenario import Scenario, UnlearningRequest
 from fedsim.server import prepare
 from fedsim.strategies.unlearning import Unlearning
 from fedsim.strategies.unlearning_session import RequestSession
@@ -156,6 +156,54 @@ def test_forgotten_classes_and_samples_are_dropped_from_partitions(tmp_path, mon
     full_y = fedsim.data.federated_data(scenario.data, scenario.run.seed).partition(1)[1]
     expected = int((full_y != 7).sum()) - sum(int(full_y[i] != 7) for i in (0, 5, 9))
     assert client_1 and all(len(y) == expected for y, _ in client_1)
+
+
+def test_a_random_request_forgets_a_seeded_share_of_every_client(tmp_path, monkeypatch, small_scenario):
+    """kind 'random' (SalUn's random forgetting, federated): round(f n_i) of every client's n_i examples, drawn
+    without replacement and seeded, dropped from every partition from the request on (retrain included)."""
+    sizes = [50, 30, 7, 3]
+    once, again = Forgotten.random(0.1, sizes, 1, 3), Forgotten.random(0.1, sizes, 1, 3)
+    assert once == again and once != Forgotten.random(0.1, sizes, 2, 3)
+    assert {pid: len(idx) for pid, idx in once.samples.items()} == {0: 5, 1: 3, 2: 1}  # round(0.3) = 0: none
+    assert all(0 <= i < sizes[pid] for pid, idx in once.samples.items() for i in idx)
+    scenario = unlearn_scenario(small_scenario, [{"at_round": AT, "kind": "random", "fraction": 0.1,
+                                                  "method": ["retrain", "finetune", "salun"]}])
+    data = fedsim.data.federated_data(scenario.data, scenario.run.seed)
+    full = [len(data.partition(i)[1]) for i in range(5)]
+    expected = Forgotten.random(0.1, full, scenario.run.seed, AT)
+    seen, original, phase = [], client_module.partition_of, ["training"]
+
+    def spy(context, ws, config=None):
+        pid, x, y = original(context, ws, config)
+        seen.append((phase[0], pid, len(y)))
+        return pid, x, y
+
+    serve = Unlearning._serve
+
+    def serving(self, request, *args):
+        phase[0] = "request"
+        return serve(self, request, *args)
+
+    monkeypatch.setattr(client_module, "partition_of", spy)
+    monkeypatch.setattr(handler, "partition_of", spy)
+    monkeypatch.setattr(Unlearning, "_serve", serving)
+    result = fedsim.run(scenario, out=tmp_path / "run")
+    rows = result.summary["unlearning"]
+    assert [r["method"] for r in rows] == ["retrain", "finetune", "salun"]
+    assert rows[0]["request"] == {"at_round": AT, "kind": "random", "target": 0.1,
+                                  "samples": sum(round(0.1 * n) for n in full)}
+    after = {(pid, n) for p, pid, n in seen if p == "request"}
+    assert after and all(n == full[pid] - len(expected.samples.get(pid, ())) for pid, n in after)
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    ({"kind": "random", "target": 1, "fraction": 0.1}, "takes no target"),
+    ({"kind": "random"}, "fraction is the share"),
+    ({"kind": "client", "target": 1, "fraction": 0.1}, "fraction is the share"),
+])
+def test_random_requests_are_checked(request_, message):
+    with pytest.raises(ValueError, match=message):
+        UnlearningRequest(at_round=2, method="retrain", **request_)
 
 
 # ---- the history store ---------------------------------------------------------------------------------------

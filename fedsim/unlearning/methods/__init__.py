@@ -9,7 +9,7 @@ import functools
 import importlib
 import pkgutil
 
-from fedsim.unlearning.methods.base import ClientStep, Method
+from fedsim.unlearning.methods.base import KINDS, ClientStep, Method
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def markdown_table() -> str:
     """The README's method table: name, requests and data it serves, what runs (the module's first paragraph)."""
     lines = ["| method | requests | data | what runs |", "|---|---|---|---|"]
     for m in methods().values():
-        kinds = "any" if len(m.kinds) == 3 else ", ".join(sorted(m.kinds))
+        kinds = "any" if m.kinds == KINDS else ", ".join(sorted(m.kinds))
         tasks = "any" if len(m.tasks) == 2 else ", ".join(sorted(m.tasks))
         lines.append(f"| `{m.name}` | {kinds} | {tasks} | {m.summary} |")
     return "\n".join(lines)

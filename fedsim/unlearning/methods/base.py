@@ -25,7 +25,7 @@ from torch import nn
 from fedsim import protocol as p
 from fedsim.protocol import LocalTraining
 
-KINDS = frozenset({"client", "class", "samples"})
+KINDS = frozenset({"client", "class", "samples", "random"})
 TASKS = frozenset({"classification", "regression"})
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_r, y_r, x_f, y_f
 

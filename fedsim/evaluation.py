@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fedsim.inputs import pipeline_of
 
 
 def task_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -14,9 +18,23 @@ def task_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.
     return F.cross_entropy(outputs, targets)
 
 
+LARGE_BATCH = 4096  # examples per evaluation batch while an example has at most this many inputs
+BATCH_INPUTS = 2**24  # beyond, batches hold about this many model inputs (64 MB of float32; e.g. 37 384x384 RGB)
+
+
+def batch_size_for(model: nn.Module, x: torch.Tensor) -> int:
+    """Evaluation batch size: large for small inputs, bounded by BATCH_INPUTS for images (a raw uint8 batch grows
+    to the model's input shape in its pipeline, fedsim.inputs)."""
+    pipeline = pipeline_of(model)
+    per_example = math.prod(pipeline.output_shape()) if pipeline is not None else (x[0].numel() if len(x) else 1)
+    return LARGE_BATCH if per_example <= LARGE_BATCH else max(1, BATCH_INPUTS // per_example)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    """The model's outputs in eval mode, in large batches; its train/eval mode is left as it was."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The model's outputs in eval mode, in large batches (`batch_size_for` by default); its train/eval mode is
+    left as it was."""
+    batch_size = batch_size or batch_size_for(model, x)
     was_training = model.training
     model.eval()
     outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else model(x)
@@ -24,7 +42,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.
     return outputs
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int | None = None
+             ) -> dict[str, float]:
     """Evaluate in large batches; returns {'loss', 'accuracy'} or {'loss', 'mse', 'mae'}."""
     outputs = predict(model, x, batch_size)
     loss = task_loss(task, outputs, y).item()

@@ -1,7 +1,7 @@
 """Sweeps: a base scenario run over a grid of overrides and several seeds, one run dir per combination.
 
 A sweep file (TOML):
-    base = "fedld-noniid"                     # shipped scenario name or path
+    base = "fedld-noniid"                     # shipped scenario name, or a path (next to this file first)
     seeds = [0, 1, 2]
     [grid]                                    # every combination of these values
     "data.partitioner.alpha" = [0.1, 0.3, 1.0]
@@ -54,7 +54,7 @@ def load_sweep(name_or_path: str) -> tuple[SweepFile, Path]:
                                                                                              shipped_sweeps()))
         path = shipped_sweeps()[name_or_path]
     try:
-        return SweepFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8"))), path
+        sweep = SweepFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(str(path), f"TOML syntax error: {exc}", "fix the TOML at that line") from None
     except ValidationError as exc:
@@ -62,6 +62,10 @@ def load_sweep(name_or_path: str) -> tuple[SweepFile, Path]:
         loc = ".".join(str(p) for p in err["loc"])
         raise ScenarioError(f"{path}: {loc}", err["msg"],
                             "see `fedsim sweep --help` for the sweep file format") from None
+    beside = path.parent / sweep.base  # a base file is found next to the sweep file first
+    if not Path(sweep.base).is_absolute() and beside.is_file():
+        sweep = sweep.model_copy(update={"base": str(beside)})
+    return sweep, path
 
 
 def _label(key: str, value: Any) -> str:

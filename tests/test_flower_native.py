@@ -103,3 +103,21 @@ def test_flwr_run_with_the_wrong_number_of_supernodes_says_the_command(tmp_path)
     assert f'run: flwr run . --stream --federation-config "num-supernodes=4" --run-config \'scenario="{scenario}"\'' \
         in text
     assert not (tmp_path / "flwr").exists()
+
+
+def test_flwr_run_builds_a_factory_model_next_to_the_scenario(tmp_path):
+    """The ServerApp and every ClientApp resolve `[model] factory` from the scenario file's folder."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "net_here.py").write_text(
+        "from torch import nn\n\ndef net(num_outputs, width=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, num_outputs))\n")
+    scenario = tmp_path / "exp" / "tiny.toml"
+    scenario.write_text(TINY.replace('[model]\nname = "mlp"\nhidden = [32]\n',
+                                     '[model]\nfactory = "net_here:net"\n[model.args]\nwidth = 6\n'))
+    proc = _flwr_run(tmp_path, scenario, 4)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "flwr" / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["runtime"] == {"kind": "flower"}
+    import torch
+
+    assert torch.load(tmp_path / "flwr" / "model.pt", weights_only=True)["1.weight"].shape == (6, 64)

@@ -68,7 +68,9 @@ SET_UPS = ("dru-age-regression", "fedld-retina", "fedld-retina-cpu", "femnist-na
 SMALL_IMAGES = {"data.images.size": [16, 16], "client.batch_size": 8, "data.transforms": [
     {"kind": "random_resized_crop", "size": [16], "scale": [0.6, 1.0]}, {"kind": "horizontal_flip"}]}
 FEWER = {"cifar10": {"per_class": 5, "test_per_class": 2}, "faces": {"n": 60}}  # example images, for time
-SMALLER = {"fedld-retina": {**SMALL_IMAGES, "model.name": "resnet18", "model.stem": "cifar", "model.norm": "group"},
+HEAVY = ("bench-w5",)  # a ResNet-18 benchmark: make test-all runs it, smaller
+SMALLER = {"bench-w5": {"data.generator.n_samples": 110, "data.partitioner.num_partitions": 4},
+           "fedld-retina": {**SMALL_IMAGES, "model.name": "resnet18", "model.stem": "cifar", "model.norm": "group"},
            "fedld-retina-cpu": SMALL_IMAGES, "dru-age-regression": {"data.images.size": [16, 16]}}
 
 
@@ -92,7 +94,7 @@ def test_a_set_up_validates_on_its_example_data(name, tmp_path, monkeypatch, cli
     assert code == 0 and out.startswith(f"ok: {name}"), err
 
 
-@pytest.mark.parametrize("name", [n if n not in SET_UPS else pytest.param(n, marks=pytest.mark.slow)
+@pytest.mark.parametrize("name", [n if n not in (*SET_UPS, *HEAVY) else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(shipped_scenarios())])
 def test_shipped_scenario_runs(name, tmp_path, monkeypatch):
     from fedsim.example_data import LAYOUTS, WRITERS, layout_of

@@ -163,3 +163,15 @@ def test_augmented_images_from_disk_train_on_ray_as_inline(tmp_path):
     on_ray = fedsim.run(fedsim.Scenario.from_dict(raw, overrides=["run.runtime=ray"]), out=tmp_path / "ray")
     assert all(torch.equal(inline.state_dict[k], on_ray.state_dict[k]) for k in inline.state_dict)
     assert [r["eval"] for r in inline.metrics] == [r["eval"] for r in on_ray.metrics]
+
+
+def test_evaluation_batches_are_bounded_by_the_model_s_input_size():
+    """A raw uint8 batch grows to the model's input in the pipeline: 4096 FedLD test images at 384 px would be 7 GB."""
+    from fedsim.evaluation import BATCH_INPUTS, batch_size_for
+    from fedsim.inputs import InputPipeline
+
+    small = torch.nn.Linear(64, 10)
+    assert batch_size_for(small, torch.zeros(5, 64)) == 4096
+    big = torch.nn.Identity()
+    big.register_forward_pre_hook(InputPipeline((1, 256, 256), 3, [], [Op("resize", size=(384,))]))
+    assert batch_size_for(big, torch.zeros(5, 256 * 256, dtype=torch.uint8)) == BATCH_INPUTS // (3 * 384 * 384) == 37

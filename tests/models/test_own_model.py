@@ -246,3 +246,14 @@ def test_a_factory_model_trains_vectorised_and_under_dp_sgd(experiment, tmp_path
     private = fedsim.run(fedsim.Scenario.load(path, ["privacy.mode=dp-sgd", "privacy.noise_multiplier=1.0",
                                                      "privacy.max_grad_norm=1.0"]), out=tmp_path / "dp")
     assert private.summary["privacy"]["epsilon"] > 0 and private.summary["privacy"]["steps"] > 0
+
+
+def test_a_sweep_over_a_factory_s_arguments_in_parallel_processes(experiment, tmp_path, cli):
+    """Each run of a sweep (here two processes at once) imports the factory from the scenario's folder."""
+    (experiment / "widths.toml").write_text('base = "experiment.toml"\nseeds = [0]\n\n[grid]\n'
+                                            '"model.args.width" = [2, 3]\n')
+    code, _, err = cli("sweep", str(experiment / "widths.toml"), "--set", "run.rounds=1", "--parallel", "2",
+                       "--out", str(tmp_path / "sweep"))
+    assert code == 0, err
+    built = sorted(json.loads(p.read_text())["parameters"] for p in (tmp_path / "sweep").glob("*/model.json"))
+    assert built == [2 * 9 + 2 + 8 * 10 + 10, 3 * 9 + 3 + 12 * 10 + 10]

@@ -175,3 +175,20 @@ def test_evaluation_batches_are_bounded_by_the_model_s_input_size():
     big = torch.nn.Identity()
     big.register_forward_pre_hook(InputPipeline((1, 256, 256), 3, [], [Op("resize", size=(384,))]))
     assert batch_size_for(big, torch.zeros(5, 256 * 256, dtype=torch.uint8)) == BATCH_INPUTS // (3 * 384 * 384) == 37
+
+
+def test_q_fedavg_s_received_loss_is_bounded_the_same_way():
+    from flwr.app import ConfigRecord
+
+    from fedsim import protocol
+    from fedsim.clients.app import received_loss
+    from fedsim.inputs import InputPipeline
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 384 * 384, 3))
+    model.register_forward_pre_hook(InputPipeline((1, 256, 256), 3, [], [Op("resize", size=(384,))]))
+    x = torch.randint(0, 256, (80, 256 * 256), dtype=torch.uint8)  # 80 > 37 a batch
+    y = torch.randint(0, 3, (80,))
+    batched = received_loss(ConfigRecord({protocol.REPORT_TRAIN_LOSS: True}), model, x, y, "classification")
+    with torch.no_grad():
+        whole = F.cross_entropy(model(x), y).item()
+    assert batched[protocol.TRAIN_LOSS] == pytest.approx(whole, rel=1e-5)

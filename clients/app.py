@@ -16,7 +16,7 @@ from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
-from fedsim.evaluation import batch_size_for, evaluate, task_loss
+from fedsim.evaluation import evaluate, outputs_of, task_loss
 from fedsim.features import ClientJob, RoundSetup
 from fedsim.inputs import augmentation_generator
 from fedsim.models import norm_keys
@@ -90,13 +90,8 @@ def received_loss(config: ConfigRecord, model: torch.nn.Module, x: torch.Tensor,
     """The received model's loss on the partition, when the config asks for it (before training)."""
     if not config.get(p.REPORT_TRAIN_LOSS, False):
         return {}
-    size = batch_size_for(model, x)  # one batch unless examples are large images (then bounded, as evaluation)
-    with torch.no_grad():
-        if len(x) <= size:
-            return {p.TRAIN_LOSS: task_loss(task, model(x), y).item()}
-        total = sum(task_loss(task, model(x[i : i + size]), y[i : i + size]).item() * len(y[i : i + size])
-                    for i in range(0, len(x), size))
-        return {p.TRAIN_LOSS: total / len(x)}
+    # in batches bounded as evaluation's are (one batch unless the examples are large images)
+    return {p.TRAIN_LOSS: task_loss(task, outputs_of(model, x), y).item()}
 
 
 def train_seed(ws: Workspace, config: ConfigRecord, pid: int) -> int:

@@ -320,7 +320,7 @@ def with_pipeline(cfg: DataSection, info: SourceInfo, stored_shape: tuple[int, .
         raise DataError("data.images.channels", f"{channels}, but the images have {stored_shape[0]}",
                         f"use channels = {stored_shape[0]}, or leave it out")
     pipeline = pipeline_for(cfg.transforms or [], stored_shape, channels)
-    return SourceInfo(pipeline.output_shape(), info.num_classes, pipeline)
+    return SourceInfo(pipeline.output_shape, info.num_classes, pipeline)
 
 
 def federated_data(cfg: DataSection, seed: int) -> FederatedData:

@@ -26,20 +26,25 @@ def batch_size_for(model: nn.Module, x: torch.Tensor) -> int:
     """Evaluation batch size: large for small inputs, bounded by BATCH_INPUTS for images (a raw uint8 batch grows
     to the model's input shape in its pipeline, fedsim.inputs)."""
     pipeline = pipeline_of(model)
-    per_example = math.prod(pipeline.output_shape()) if pipeline is not None else (x[0].numel() if len(x) else 1)
+    per_example = math.prod(pipeline.output_shape) if pipeline is not None else (x[0].numel() if len(x) else 1)
     return LARGE_BATCH if per_example <= LARGE_BATCH else max(1, BATCH_INPUTS // per_example)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """The model's outputs in eval mode, in large batches (`batch_size_for` by default); its train/eval mode is
-    left as it was."""
+def outputs_of(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The model's outputs on `x`, in its current mode, in large batches (`batch_size_for` by default)."""
     batch_size = batch_size or batch_size_for(model, x)
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else model(x)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The model's outputs in eval mode, in large batches; its train/eval mode is left as it was."""
     was_training = model.training
     model.eval()
-    outputs = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else model(x)
-    model.train(was_training)
-    return outputs
+    try:
+        return outputs_of(model, x, batch_size)
+    finally:
+        model.train(was_training)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int | None = None

@@ -223,8 +223,8 @@ def from_csv(cfg: DataSection) -> Collection:
         values = np.array([float(v) for v in raw])
         labels = values.astype(np.float32) if regression else values.astype(np.int64)
     else:
-        classes = sorted(set(raw))
-        labels = np.array([classes.index(v) for v in raw], dtype=np.int64)
+        index = {c: i for i, c in enumerate(sorted(set(raw)))}
+        labels = np.array([index[v] for v in raw], dtype=np.int64)
     label_of = dict(zip(names, labels, strict=True))
     folder = root / settings.folder if settings.folder else root
     test_names: list[str] = []

@@ -17,6 +17,7 @@ zero fill (torchvision's default).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -199,7 +200,9 @@ class InputPipeline:
             x = op(x, generator)
         return x
 
+    @functools.cached_property
     def output_shape(self) -> tuple[int, ...]:
+        """What the model takes: the test transforms' output for one example (computed once)."""
         return tuple(self.test(torch.zeros(1, math.prod(self.stored_shape), dtype=torch.uint8)).shape[1:])
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple | None:

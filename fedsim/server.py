@@ -92,8 +92,8 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str |
     check_model(model, data.info, data.test[0][:2], model_key(scenario, given))
     for feature in enabled:
         model = feature.check(scenario, data, model)
-    vectorize = decide_vectorize(scenario, enabled, model, data)
-    because = not_vectorizable(scenario, enabled, model) if scenario.run.vectorize == "auto" else None
+    because = not_vectorizable(scenario, enabled, model) if scenario.run.vectorize is not False else None
+    vectorize = decide_vectorize(scenario, because, model, data)
     check_installed(scenario.output.trackers)
     for feature in enabled:
         strategy = feature.strategy(scenario, strategy)
@@ -103,8 +103,8 @@ def prepare(scenario: Scenario, strategy: Strategy | None = None, run_dir: str |
     run_dir = Path(run_dir) if run_dir is not None else None
     unlearning = unlearning_strategy(scenario, data, model, strategy, run_dir, given) \
         if scenario.unlearning is not None else None
-    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize, because, unlearning, given,
-                    run_dir)
+    return Prepared(scenario, data, model, unlearning or strategy, enabled, vectorize,
+                    because if scenario.run.vectorize == "auto" else None, unlearning, given, run_dir)
 
 
 def model_key(scenario: Scenario, given: GivenModel | None) -> str:
@@ -132,11 +132,11 @@ def not_vectorizable(scenario: Scenario, enabled: list[Feature], model: nn.Modul
     return next((r for r in (f.not_vectorizable(scenario) for f in enabled) if r), None) or unsupported_model(model)
 
 
-def decide_vectorize(scenario: Scenario, enabled: list[Feature], model: nn.Module, data: FederatedData) -> bool:
-    """Whether a round's clients are trained together: `true` (an error where it cannot be), `false`, or `auto`:
-    where it applies and pays off (fedsim.stacked.pays_off, on the device the clients will train on)."""
+def decide_vectorize(scenario: Scenario, reason: str | None, model: nn.Module, data: FederatedData) -> bool:
+    """Whether a round's clients are trained together: `true` (an error where it cannot be, `reason`: from
+    not_vectorizable), `false`, or `auto`: where it applies and pays off (fedsim.stacked.pays_off, on the device the
+    clients will train on)."""
     choice = scenario.run.vectorize
-    reason = not_vectorizable(scenario, enabled, model) if choice is not False else None
     if choice is True and reason:
         raise ScenarioError("run.vectorize", f"true, but {reason}", "set vectorize = 'auto' (or false)")
     if choice is not True and (choice is False or reason):

@@ -37,7 +37,7 @@ def pipeline_for(transforms: Sequence[TransformSection], stored_shape: tuple[int
                              [op_of(t) for t in transforms if "test" in stages(t)])
     example = torch.zeros(1, int(torch.tensor(stored_shape).prod()), dtype=torch.uint8)
     train_shape = tuple(pipeline.train(example, torch.Generator().manual_seed(0)).shape[1:])
-    test_shape = pipeline.output_shape()
+    test_shape = pipeline.output_shape
     if train_shape != test_shape:
         raise DataError("data.transforms", f"training inputs come out {train_shape} but test inputs {test_shape}",
                         "end both stages at one size (e.g. a test-stage resize and center_crop)")

@@ -62,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
                                      augmentation=augmentation_generator(job.seed)))
     if local_norms:
         keep_local_norms(setup.model, context.state)
-    reply = train_reply(msg, config, setup.model.state_dict(), metrics, len(x))
+    reply = train_reply(msg, setup.model.state_dict(), reply_metrics(config, metrics, len(x)))
     ws.release()
     return reply
 
@@ -99,12 +99,15 @@ def train_seed(ws: Workspace, config: ConfigRecord, pid: int) -> int:
     return derive_seed(ws.spec.seed, int(config[p.SERVER_ROUND]), pid)
 
 
-def train_reply(msg: Message, config: ConfigRecord, state: dict[str, torch.Tensor], metrics: dict[str, float],
-                num_examples: int) -> Message:
-    """A train reply: the trained weights and the metrics the config allows, weighted by `num_examples`."""
+def reply_metrics(config: ConfigRecord, metrics: dict[str, float], num_examples: int) -> dict[str, float]:
+    """The metrics a train reply carries: those the config allows, and its weight `num_examples`."""
     if not config.get(p.REPORT_TRAIN_METRICS, True):  # under privacy: epsilon does not cover the training loss
         metrics = {k: v for k, v in metrics.items() if k in p.DP_REPORT}
-    metrics[p.NUM_EXAMPLES] = num_examples
+    return {**metrics, p.NUM_EXAMPLES: num_examples}
+
+
+def train_reply(msg: Message, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> Message:
+    """A train reply: the trained weights and their metrics (reply_metrics)."""
     content = RecordDict({p.ARRAYS: state_to_record(state), p.METRICS: MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 

@@ -5,6 +5,9 @@ global model and its config) trained together, one reply per message as `train` 
 them: plain local training (task loss, FedLD's margin loss, FedProx's proximal term; SGD or Adam) with
 `fedsim.stacked`, a feature's training with its `train_together` (DP-SGD: fedsim.features.dp_sgd). It raises
 rather than declines: the runtime then reruns the messages one by one, so each failure is its own error reply.
+
+With a `Reduction` (fedsim.reduction: the strategy allows it, fedsim.strategies.early) the cohort's arrays leave
+as one partial result computed here, on the device it trained on; each member's reply carries only its metrics.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedsim import features
 from fedsim import protocol as p
-from fedsim.clients.app import partition_of, received_loss, round_setup, train_reply, train_seed
+from fedsim.clients.app import partition_of, received_loss, reply_metrics, round_setup, train_reply, train_seed
 from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
 from fedsim.features.base import StackedTrainingFeature
 from fedsim.inputs import augmentation_generator
+from fedsim.reduction import Partial, Reduction, metrics_reply, reduce_stack
 from fedsim.stacked import train_stacked
 
 
-def train_together(messages: list[Message], contexts: list[Context]) -> list[Message]:
-    """Replies to `messages` (train messages sharing one content object, each with its node's context), in order."""
+def train_together(messages: list[Message], contexts: list[Context], reduction: Reduction | None = None
+                   ) -> tuple[list[Message], Partial | None]:
+    """Replies to `messages` (train messages sharing one content object, each with its node's context), in order,
+    and with `reduction` the cohort's partial result (the replies then carry metrics only)."""
     ws = workspace(contexts[0])
     config: ConfigRecord = messages[0].content[p.CONFIG]
     setup = round_setup(ws, config, ws.load_global(messages[0].content[p.ARRAYS]))
@@ -32,15 +38,23 @@ def train_together(messages: list[Message], contexts: list[Context]) -> list[Mes
     metrics = [received_loss(config, setup.model, job.x, job.y, ws.task) for job in jobs]
     feature, settings = features.client_trainer(config)
     if isinstance(feature, StackedTrainingFeature):
-        trained = feature.train_together(settings, setup, jobs)
+        states, extras = feature.train_together(settings, setup, jobs)
     elif feature is not None:  # prepare keeps such runs one by one (not_vectorizable)
         raise TypeError(f"{feature.name} has no vectorised trainer")
     else:
         generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
-        results = train_stacked(setup.model, [(job.x, job.y) for job in jobs], setup.local, ws.task, generators,
-                                setup.memory_mb, [augmentation_generator(job.seed) for job in jobs])
-        trained = [(r.state, r.stats.metrics(accuracy=ws.task == "classification")) for r in results]
-    replies = [train_reply(msg, config, state, {**m, **extra}, len(job.x))
-               for msg, (state, extra), m, job in zip(messages, trained, metrics, jobs)]
+        result = train_stacked(setup.model, [(job.x, job.y) for job in jobs], setup.local, ws.task, generators,
+                               setup.memory_mb, [augmentation_generator(job.seed) for job in jobs])
+        states, extras = result.states, [s.metrics(accuracy=ws.task == "classification") for s in result.stats]
+    metrics = [reply_metrics(config, {**m, **extra}, len(job.x)) for m, extra, job in zip(metrics, extras, jobs)]
+    partial = None
+    if reduction is None:
+        replies = [train_reply(msg, {k: v[i] for k, v in states.items()}, m)
+                   for i, (msg, m) in enumerate(zip(messages, metrics))]
+    else:
+        start = {k: v.detach() for k, v in setup.model.state_dict().items()}  # training leaves the model as sent
+        partial = reduce_stack(reduction, [m.metadata.dst_node_id for m in messages],
+                               [float(m[reduction.weighted_by_key]) for m in metrics], states, start)
+        replies = [metrics_reply(msg, m) for msg, m in zip(messages, metrics)]
     ws.release()
-    return replies
+    return replies, partial

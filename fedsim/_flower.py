@@ -13,9 +13,7 @@ tests/test_flower_internals.py; docs/design.md, "Flower's internals", lists them
 4. Flower's strategies build one RecordDict for all the train messages of a round (configure_train); fedsim trains
    the messages sharing one content object together (`shared_content_groups`). A Flower that built one per message
    would only turn vectorisation off, never change a result.
-5. A DP helper from flwr.supercore.differential_privacy: the clipping of a model update
-   (`compute_clip_model_update`).
-6. Flower's strategies sample nodes with Python's module-level `random` (strategy_utils.sample_nodes): fedsim seeds
+5. Flower's strategies sample nodes with Python's module-level `random` (strategy_utils.sample_nodes): fedsim seeds
    it right before each configure step (`seed_sampling`) and keeps the stream of ordinary rounds unchanged by the
    rounds an unlearning request runs in between (`sampling_kept`).
 """
@@ -28,14 +26,13 @@ from collections.abc import Iterable, Iterator
 
 from flwr.app import Array, ArrayRecord, Message
 from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.differential_privacy import compute_clip_model_update
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 FLOWER_VERSION = "1.42"  # the version every assumption below was checked against
 
 __all__ = ["FLOWER_VERSION", "Run", "act_as_server", "array_from_parts", "assign_message_id",
-           "compute_clip_model_update", "fill_record", "passes_as_array", "sampling_kept", "seed_sampling",
+           "fill_record", "passes_as_array", "sampling_kept", "seed_sampling",
            "shared_content_groups"]
 
 
@@ -81,13 +78,13 @@ def shared_content_groups(messages: Iterable[Message]) -> dict[int, list[int]]:
 
 
 def seed_sampling(seed: int) -> None:
-    """Seed the generator Flower's strategies sample nodes from (6)."""
+    """Seed the generator Flower's strategies sample nodes from (5)."""
     random.seed(seed)
 
 
 @contextlib.contextmanager
 def sampling_kept() -> Iterator[None]:
-    """Inside, sampling may be reseeded; after, it continues where it was (6)."""
+    """Inside, sampling may be reseeded; after, it continues where it was (5)."""
     state = random.getstate()
     try:
         yield

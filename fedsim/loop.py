@@ -11,6 +11,11 @@ Per round `r`, in this order:
     before_configure(r, "train")      then strategy.configure_train, grid.send_and_receive
     on_train_replies(r, replies)      every reply, errors included, before aggregation
     strategy.aggregate_train          (skipped when too few replies succeeded and failures are tolerated)
+
+With `early` (fedsim.strategies.early.EARLY) and a Grid that can (`send_and_reduce`), the clients a Grid trains
+together send one partial result per cohort (fedsim.reduction) where the strategy allows it; `on_train_replies`
+still sees every client's reply (a reduced client's carries its metrics only), and the strategy aggregates the
+partial results with what it gives on one reply per client (to float rounding).
     before_configure(r, "evaluate")   then configure_evaluate, send_and_receive, aggregate_evaluate
     central evaluation                -> row["eval"]
     round_metrics(r)                  -> fields each callback adds to the round's row
@@ -30,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import ClientFailure
+from fedsim.reduction import EarlyReduction
 
 Phase = Literal["train", "evaluate"]
 INTERRUPTED = "interrupted"  # LoopOutcome.stopped when the stop event ended the run early
@@ -93,12 +99,16 @@ def _metrics(record: MetricRecord | None) -> dict[str, float]:
 
 def _train(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
            timeout: float, callbacks: Sequence[RoundCallback], tolerate_failures: bool,
-           row: dict[str, Any]) -> ArrayRecord:
+           row: dict[str, Any], early: EarlyReduction | None) -> ArrayRecord:
     """Configure, send, aggregate one training round; fills row's train / replies / failures fields."""
     for cb in callbacks:
         cb.before_configure(server_round, "train")
-    replies = list(grid.send_and_receive(strategy.configure_train(server_round, arrays, config, grid),
-                                         timeout=timeout))
+    messages = strategy.configure_train(server_round, arrays, config, grid)
+    reduction = early.plan(strategy, server_round) if early is not None and hasattr(grid, "send_and_reduce") else None
+    if reduction is not None:
+        replies, partials = grid.send_and_reduce(messages, reduction, timeout=timeout)
+    else:
+        replies, partials = list(grid.send_and_receive(messages, timeout=timeout)), []
     for cb in callbacks:
         cb.on_train_replies(server_round, replies)
     errors = [m for m in replies if m.has_error()]
@@ -114,7 +124,10 @@ def _train(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecor
     elif errors and not good:
         raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: {errors[0].error.reason}",
                             "fix the cause above and run again")
-    new, metrics = strategy.aggregate_train(server_round, replies)
+    if partials:
+        new, metrics = early.aggregate(strategy, server_round, replies, partials)
+    else:
+        new, metrics = strategy.aggregate_train(server_round, replies)
     row["train"] = _metrics(metrics)
     return new if new is not None else arrays
 
@@ -122,13 +135,15 @@ def _train(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecor
 def run_rounds(strategy: Strategy, grid: Grid, initial: ArrayRecord, *, first_round: int, last_round: int,
                train_config: ConfigRecord, evaluate_fn: Callable[[ArrayRecord], dict[str, float]],
                callbacks: Sequence[RoundCallback] = (), timeout: float | None = None,
-               tolerate_failures: bool = False, stop: threading.Event | None = None) -> LoopOutcome:
+               tolerate_failures: bool = False, stop: threading.Event | None = None,
+               early: EarlyReduction | None = None) -> LoopOutcome:
     """Rounds `first_round`..`last_round` of `strategy` on `grid` from the global model `initial`.
 
     `evaluate_fn(arrays)` is the central evaluation. With `tolerate_failures` (simulated faults) a round with
     fewer good replies than the strategy's `min_train_nodes` is skipped (model unchanged), unless the strategy
     `releases_every_round` (client-level DP: its noise is added whatever answered); otherwise a round
     in which every client fails raises ClientFailure. A set `stop` event ends the run after the current round.
+    `early`: aggregate cohorts' partial results where the strategy allows it (module docstring).
     """
     timeout = math.inf if timeout is None else timeout
     initial_metrics = evaluate_fn(initial) if first_round == 1 else None
@@ -142,7 +157,7 @@ def run_rounds(strategy: Strategy, grid: Grid, initial: ArrayRecord, *, first_ro
         row: dict[str, Any] = {"round": server_round}
         trained = {}
         arrays = _train(strategy, grid, server_round, arrays, train_config, timeout, callbacks, tolerate_failures,
-                        trained)
+                        trained, early)
         for cb in callbacks:
             cb.before_configure(server_round, "evaluate")
         evaluate_replies = grid.send_and_receive(

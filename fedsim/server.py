@@ -31,6 +31,7 @@ from fedsim.quiet import quiet
 from fedsim.results import RunRecorder
 from fedsim.scenario import Scenario
 from fedsim.stacked import pays_off, unsupported_model
+from fedsim.strategies.early import EARLY
 from fedsim.strategies.registry import build_strategy
 from fedsim.strategies.unlearning import Unlearning
 from fedsim.trackers import check_installed, trackers
@@ -236,7 +237,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
                              last_round=scenario.run.rounds, train_config=train_config(prepared),
                              evaluate_fn=central_evaluation, callbacks=callbacks,
                              timeout=scenario.run.round_timeout_s, tolerate_failures=scenario.faults is not None,
-                             stop=stop)
+                             stop=stop, early=EARLY if prepared.vectorize and scenario.run.reduce_early else None)
     if outcome.stopped == INTERRUPTED:
         raise Interrupted(outcome.last_round)
     if outcome.stopped is not None:

@@ -48,6 +48,27 @@ class TrainedClient:
 
 
 @dataclass
+class StackedClients:
+    """Every client's final state, stacked along a leading client axis, and each client's training stats."""
+
+    states: dict[str, torch.Tensor]
+    stats: list[Stats]
+
+    def clients(self) -> list[TrainedClient]:
+        """Each client's slice of the stack (views, no copies) with its stats."""
+        per_client = {name: p.unbind(0) for name, p in self.states.items()}
+        return [TrainedClient({name: p[c] for name, p in per_client.items()}, s) for c, s in enumerate(self.stats)]
+
+    @staticmethod
+    def joined(chunks: list[StackedClients]) -> StackedClients:
+        """Chunks of one cohort as one (no copy for a single chunk)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        return StackedClients({k: torch.cat([c.states[k] for c in chunks]) for k in chunks[0].states},
+                              [s for c in chunks for s in c.stats])
+
+
+@dataclass
 class Schedule:
     """Every client's batches as rows of the concatenated data: rows[t, c] (padded), mask[t, c] (real rows)."""
 
@@ -105,10 +126,9 @@ def stacked(start: dict[str, torch.Tensor], clients: int) -> dict[str, torch.Ten
     return {name: p.unsqueeze(0).repeat(clients, *([1] * p.dim())) for name, p in start.items()}
 
 
-def client_results(params: dict[str, torch.Tensor], stats: list[Stats]) -> list[TrainedClient]:
-    """Each client's slice of the stacked parameters (its state) with its stats."""
-    per_client = {name: p.detach().unbind(0) for name, p in params.items()}
-    return [TrainedClient({name: p[c] for name, p in per_client.items()}, s) for c, s in enumerate(stats)]
+def stacked_clients(params: dict[str, torch.Tensor], stats: list[Stats]) -> StackedClients:
+    """The trained stack (detached) with every client's stats."""
+    return StackedClients({name: p.detach() for name, p in params.items()}, stats)
 
 
 class Optimizer:
@@ -215,25 +235,26 @@ def chunk_size(model: nn.Module, sample: torch.Tensor, cfg: LocalTraining, memor
 
 def train_stacked(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
                  generators: list[torch.Generator], memory_mb: float,
-                 augmentations: list[torch.Generator] | None = None) -> list[TrainedClient]:
+                 augmentations: list[torch.Generator] | None = None) -> StackedClients:
     """Train one copy of `model` (its current weights) per client on that client's (x, y), all at once; returns
-    each client's final state and training stats, as `train_locally` would have left them one by one
+    every client's final state (stacked) and training stats, as `train_locally` would have left them one by one
     (`augmentations`: each client's generator of the data's random transforms, fedsim.inputs)."""
-    results: list[TrainedClient] = []
     if not data:
-        return results
+        return StackedClients({}, [])
+    results: list[StackedClients] = []
     sample = next((x for x, _ in data if len(x)), data[0][0])
     size = chunk_size(model, sample, cfg, memory_mb) if len(sample) else len(data)
     augmentations = augmentations or [None] * len(data)
     for start in range(0, len(data), size):
         end = start + size
-        results += _train_chunk(model, data[start:end], cfg, task, generators[start:end], augmentations[start:end])
-    return results
+        results.append(_train_chunk(model, data[start:end], cfg, task, generators[start:end],
+                                    augmentations[start:end]))
+    return StackedClients.joined(results)
 
 
 def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
                  generators: list[torch.Generator], augmentations: list[torch.Generator | None]
-                 ) -> list[TrainedClient]:
+                 ) -> StackedClients:
     classification = task == "classification"
     start = {name: p.detach() for name, p in model.named_parameters()}
     plan = schedule([len(x) for x, _ in data], cfg, generators)
@@ -262,4 +283,4 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
     weights, steps = plan.counts.sum(0), (plan.counts > 0).sum(0)
     losses, hits = loss_sum.tolist(), correct.tolist()
     stats = [Stats(losses[c], int(weights[c]), round(hits[c]), int(steps[c])) for c in range(clients)]
-    return client_results(params, stats)
+    return stacked_clients(params, stats)

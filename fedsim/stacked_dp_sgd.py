@@ -23,7 +23,7 @@ from torch.func import functional_call, grad, vmap
 from fedsim.evaluation import task_loss
 from fedsim.inputs import augment_stack
 from fedsim.protocol import LocalTraining
-from fedsim.stacked import Optimizer, TrainedClient, chunk_size, client_results, stacked
+from fedsim.stacked import Optimizer, StackedClients, chunk_size, stacked, stacked_clients
 from fedsim.training import Stats
 
 
@@ -48,18 +48,18 @@ class PrivateClient:
 
 
 def train_stacked_dp_sgd(model: nn.Module, clients: list[PrivateClient], cfg: LocalTraining, task: str,
-                    max_grad_norm: float, memory_mb: float) -> list[TrainedClient]:
-    """Train one copy of `model` per client with DP-SGD, all at once; returns each client's final state and stats
-    (task loss over its Poisson batches, steps taken), as its Opacus run would leave them."""
-    results: list[TrainedClient] = []
+                    max_grad_norm: float, memory_mb: float) -> StackedClients:
+    """Train one copy of `model` per client with DP-SGD, all at once; returns every client's final state (stacked)
+    and stats (task loss over its Poisson batches, steps taken), as its Opacus run would leave them."""
+    results: list[StackedClients] = []
     sample = next((c.x for c in clients if len(c.x)), None)
     if sample is None:
         size = len(clients)
     else:
         size = chunk_size(model, sample, cfg, memory_mb, per_example=True)
     for start in range(0, len(clients), size):
-        results += _train_chunk(model, clients[start : start + size], cfg, task, max_grad_norm)
-    return results
+        results.append(_train_chunk(model, clients[start : start + size], cfg, task, max_grad_norm))
+    return StackedClients.joined(results) if results else StackedClients({}, [])
 
 
 def _per_example_gradients(model: nn.Module, task: str):
@@ -88,7 +88,7 @@ def _noise(client: PrivateClient, shapes: list[torch.Size], std: float) -> list[
 
 
 def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTraining, task: str,
-                 max_grad_norm: float) -> list[TrainedClient]:
+                 max_grad_norm: float) -> StackedClients:
     start = {name: p.detach() for name, p in model.named_parameters()}
     names, shapes = list(start), [p.shape for p in start.values()]
     device = next(iter(start.values())).device
@@ -132,4 +132,4 @@ def _train_chunk(model: nn.Module, clients: list[PrivateClient], cfg: LocalTrain
                 s.loss_sum += losses[c, : len(b)].sum().item()  # the batch's mean loss x its size
                 s.weight += len(b)
                 s.steps += 1
-    return client_results(params, stats)
+    return stacked_clients(params, stats)

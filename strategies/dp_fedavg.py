@@ -3,9 +3,12 @@
 Why not Flower's `DifferentialPrivacyServerSideFixedClipping`: it samples a fixed number of clients and scales the
 noise by that number, while Opacus's subsampled-Gaussian accountants assume each client is included independently
 with probability q. This is the smallest strategy that matches the accountant: every round each client is sampled
-with probability q (seeded by (seed, round)); each update is clipped to `clipping_norm` C with Flower's own
-`compute_clip_model_update`; N(0, (sigma C)^2) noise is added to the sum; the sum is divided by the expected cohort
-size q N. A round with no sampled client still adds noise (the accountant counts every round).
+with probability q (seeded by (seed, round)); each update is scaled by min(1, C / norm) to `clipping_norm` C (the
+flat clipping of Flower's DP wrappers); N(0, (sigma C)^2) noise is added to the sum; the sum is divided by the
+expected cohort size q N. A round with no sampled client still adds noise (the accountant counts every round).
+
+Clients trained together clip where they trained: a cohort sends the sum of its members' clipped updates and their
+norms (fedsim.reduction, CLIPPED_SUM); the replies of clients that ran one by one are clipped here the same way.
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import protocol
-from fedsim._flower import compute_clip_model_update
 from fedsim.arrays import NpyArray, record_to_state
+from fedsim.reduction import CLIPPED_SUM, Partial, Reduction, merged, partial_of_replies, split_replies
 from fedsim.seeding import derive_seed
-from fedsim.strategies.replies import valid_replies
 
 
 class PoissonDPFedAvg(FedAvg):
@@ -63,30 +65,34 @@ class PoissonDPFedAvg(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node) for node in chosen]
 
+    def reduction(self, server_round: int) -> Reduction:
+        """A cohort sends the sum of its members' updates, each clipped to this round's clipping norm."""
+        return Reduction(CLIPPED_SUM, self.weighted_by_key, self.clipping_norm)
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = valid_replies(replies, self.weighted_by_key)
+        return self.aggregate_partials(server_round, replies, [])
+
+    def aggregate_partials(self, server_round: int, replies: Iterable[Message], partials: list[Partial]
+                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """global + (sum of clipped updates + N(0, (sigma C)^2)) / (q N), from the cohorts' clipped sums and the
+        other replies' arrays (clipped here, in float64)."""
+        good, own = split_replies(replies, partials, self.weighted_by_key)
         if self._global is None:
             return None, None
-        keys = list(self._global.keys())
         state = record_to_state(self._global)
-        global_arrays = [state[k].numpy().astype(np.float64) for k in keys]
-        total, norms = [np.zeros_like(a) for a in global_arrays], []
-        for msg in valid:
-            client = next(iter(msg.content.array_records.values()))
-            clipped = [client[k].numpy().astype(np.float64) for k in keys]
-            norm = np.sqrt(sum(np.sum((c - g) ** 2) for c, g in zip(clipped, global_arrays)))
-            norms.append(float(norm))
-            if norm > self.clipping_norm:  # (Flower's helper divides by the norm: a zero update would fail)
-                compute_clip_model_update(clipped, global_arrays, self.clipping_norm)  # = global + clip(update)
-            for acc, c, g in zip(total, clipped, global_arrays):
-                acc += c - g
+        parts = list(partials)
+        if own:
+            parts.append(partial_of_replies(own, self.reduction(server_round), state))
+        summed = merged(parts) if parts else None
         rng = np.random.default_rng(derive_seed(self.seed, server_round, 8))
         sigma = self.update_noise_multiplier() * self.clipping_norm
         new = ArrayRecord()
-        for key, g, acc in zip(keys, global_arrays, total):
+        for key, start in state.items():
+            g = start.numpy().astype(np.float64)
+            acc = summed.arrays[key].cpu().numpy() if summed is not None else np.zeros_like(g)
             noisy = (acc + rng.normal(0.0, sigma, acc.shape)) / self._expected_cohort
-            new[key] = NpyArray.from_numpy_ndarray((g + noisy).astype(self._global[key].dtype))
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key) if valid else None
-        self.observe_norms(server_round, norms)
+            new[key] = NpyArray.from_numpy_ndarray((g + noisy).astype(start.numpy().dtype))
+        metrics = self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key) if good else None
+        self.observe_norms(server_round, summed.norms if summed is not None else [])
         return new, metrics

@@ -21,36 +21,39 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim import protocol
 from fedsim.arrays import NpyArray, record_to_state
-from fedsim.strategies.replies import valid_replies
+from fedsim.reduction import STACK, Partial, Reduction, merged, partial_of_replies, split_replies
 
 EIGEN_FLOOR = 1e-12  # relative to the largest eigenvalue: smaller ones are numerical zeros
 
 
-def principal_layer_update(g: np.ndarray, k_proportion: float = 0.8, weights: np.ndarray | None = None) -> np.ndarray:
-    """Delta for one layer: `g` is (m, d) float64 (one flattened update per client); `weights` sum to 1."""
+def principal_layer_update(g: torch.Tensor, k_proportion: float = 0.8, weights: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+    """Delta for one layer: `g` is (m, d) float64 (one flattened update per client), on any device; `weights` sum
+    to 1."""
     m, d = g.shape
-    w = np.full(m, 1.0 / m) if weights is None else weights
+    w = torch.full((m,), 1.0 / m, dtype=g.dtype, device=g.device) if weights is None else weights
     if d == 1:
         return w @ g
     gram = g @ g.T  # m x m, the only O(m^2 d) step
-    s, e = np.linalg.eigh(gram / m)
-    s, e = s[::-1], e[:, ::-1]  # descending
+    s, e = torch.linalg.eigh(gram / m)
+    s, e = s.flip(0), e.flip(1)  # descending
     total = s.sum()
     k = max(1, int(m * k_proportion))
-    keep = np.flatnonzero(s[:k] > EIGEN_FLOOR * max(s[0], 0.0)) if total > 0 else np.array([], dtype=int)
-    if keep.size == 0:
-        return np.zeros(d)
+    keep = torch.nonzero(s[:k] > EIGEN_FLOOR * max(float(s[0]), 0.0)).view(-1) if total > 0 else s.new_zeros(0).long()
+    if keep.numel() == 0:
+        return g.new_zeros(d)
     s_k, e_k = s[keep], e[:, keep]
-    signs = np.sign(gram @ e_k)  # sign(g_i . v_j), since G v_j = G G^T e_j
-    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))  # |g_i|
+    signs = torch.sign(gram @ e_k)  # sign(g_i . v_j), since G v_j = G G^T e_j
+    norms = torch.diagonal(gram).clamp(min=0.0).sqrt()  # |g_i|
     a = (w * norms) @ signs  # per direction: weighted mean of |g_i| sign(g_i . w_j)
-    coeff = (s_k / total) * a / np.sqrt(m * s_k)  # c_j a_j / |v_j|
+    coeff = (s_k / total) * a / torch.sqrt(m * s_k)  # c_j a_j / |v_j|
     return g.T @ (e_k @ coeff)  # sum_j c_j a_j v_j / |v_j|
 
 
@@ -63,16 +66,19 @@ def principal_gradient_update(updates: list[dict[str, np.ndarray]], k_proportion
     """
     if not updates:
         raise ValueError("principal_gradient_update needs at least one client update")
-    w = None
-    if weights is not None:
-        w = np.asarray(list(weights), dtype=np.float64)
-        w = w / w.sum()
+    w = _normalised(weights)
     out = {}
     for name in updates[0]:
-        shape = np.shape(updates[0][name])
-        g = np.stack([np.asarray(u[name], dtype=np.float64).reshape(-1) for u in updates])
-        out[name] = principal_layer_update(g, k_proportion, w).reshape(shape)
+        g = torch.stack([torch.as_tensor(np.asarray(u[name]), dtype=torch.float64).reshape(-1) for u in updates])
+        out[name] = principal_layer_update(g, k_proportion, w).numpy().reshape(np.shape(updates[0][name]))
     return out
+
+
+def _normalised(weights: Iterable[float] | None, device: torch.device | None = None) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = torch.tensor(list(weights), dtype=torch.float64, device=device)
+    return w / w.sum()
 
 
 class FedLD(FedAvg):
@@ -120,32 +126,43 @@ class FedLD(FedAvg):
         """Every reply counts the same, whatever its example count (weighting = "uniform", the reference)."""
         return self.weighting == "uniform"
 
+    def reduction(self, server_round: int) -> Reduction:
+        """A cohort sends its members' states stacked (the principal gradients need every update)."""
+        return Reduction(STACK, self.weighted_by_key)
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid = valid_replies(replies, self.weighted_by_key)
-        if not valid or self._global is None:
+        return self.aggregate_partials(server_round, replies, [])
+
+    def aggregate_partials(self, server_round: int, replies: Iterable[Message], partials: list[Partial]
+                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The aggregate of every client's update, from the replies' arrays and the cohorts' stacks (fedsim.reduction),
+        computed per layer in float64 on the device the stacks are on."""
+        good, own = split_replies(replies, partials, self.weighted_by_key)
+        if not good or self._global is None:
             return None, None
-        contents = [msg.content for msg in valid]
-        global_arrays = {k: t.numpy() for k, t in record_to_state(self._global).items()}
-        updates = []
-        for content in contents:
-            client = next(iter(content.array_records.values()))
-            updates.append({k: client[k].numpy().astype(np.float64) - global_arrays[k] for k in global_arrays})
-        weights = None
-        if self.weighting == "num-examples":
-            weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
-        if not self.history:  # first aggregation: plain mean, as in the reference
-            total = np.ones(len(updates)) if weights is None else np.asarray(weights)
-            total = total / total.sum()
-            delta = {k: sum(t * u[k] for t, u in zip(total, updates)) for k in global_arrays}
-        else:
-            delta = principal_gradient_update(updates, self.k_proportion, weights)
+        parts = [*partials, *([partial_of_replies(own, self.reduction(server_round))] if own else [])]
+        stack = merged(parts)
+        global_state = record_to_state(self._global)
+        device = next(iter(stack.arrays.values())).device
+        weights = None if self.weighting == "uniform" else _normalised(stack.weights, device)
+        share = torch.full((len(stack.nodes),), 1.0 / len(stack.nodes), dtype=torch.float64, device=device) \
+            if weights is None else weights
+        delta = {}
+        for key, start in global_state.items():
+            g = (stack.arrays[key].double() - start.to(device).double()).reshape(len(stack.nodes), -1)
+            if not self.history:  # first aggregation: plain mean, as in the reference
+                layer = share @ g
+            else:
+                layer = principal_layer_update(g, self.k_proportion, weights)
+            delta[key] = layer.reshape(start.shape).cpu().numpy()
         self.history = {k: self.history_decay * self.history.get(k, 0.0) + (1 - self.history_decay) * v
                         for k, v in delta.items()}
         new = ArrayRecord()
-        for key, value in global_arrays.items():
+        for key, start in global_state.items():
+            value = start.numpy().astype(np.float64)
             updated = value + self.server_lr * delta[key]
-            if np.issubdtype(value.dtype, np.integer):
+            if np.issubdtype(start.numpy().dtype, np.integer):
                 updated = np.rint(updated)
-            new[key] = NpyArray.from_numpy_ndarray(updated.astype(value.dtype))
-        return new, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+            new[key] = NpyArray.from_numpy_ndarray(updated.astype(start.numpy().dtype))
+        return new, self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)

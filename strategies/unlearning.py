@@ -35,7 +35,9 @@ from fedsim.checkpoint import decode, encode, object_state, restore_object
 from fedsim.errors import FedsimError
 from fedsim.loop import clients_needed
 from fedsim.protocol import LocalTraining
+from fedsim.reduction import STACK, Partial, Reduction, reduce_stack
 from fedsim.scenario import UnlearningRequest, UnlearningSection
+from fedsim.strategies import early
 from fedsim.strategies.unlearning_session import Job, RequestSession, WithoutForgotten
 from fedsim.unlearning.forget import Forgotten
 from fedsim.unlearning.history import HistoryStore
@@ -147,11 +149,27 @@ class Unlearning(Strategy):
                                           self._without_forgotten(grid))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        return self.aggregate_partials(server_round, replies, [])
+
+    def reduction(self, server_round: int) -> Reduction | None:
+        """The wrapped strategy's reduction; in a round the history store keeps, every member's state (a stack)."""
+        inner = early.reduction_for(self.inner, server_round)
+        if inner is not None and self.store is not None and self.store.due(server_round):
+            return Reduction(STACK, inner.weighted_by_key)
+        return inner
+
+    def aggregate_partials(self, server_round: int, replies: Iterable[Message], partials: list[Partial]):
+        """Store the round's updates when due, then aggregate with the wrapped strategy (stacks reduced here to what
+        it takes)."""
         replies = list(replies)
         self._last_round = server_round
         if self.store is not None and self.store.due(server_round):
-            self._store(server_round, replies)
-        return self.inner.aggregate_train(server_round, replies)
+            self._store(server_round, replies, partials)
+        inner = early.reduction_for(self.inner, server_round)
+        if partials and partials[0].kind == STACK and inner.kind != STACK:
+            sent = record_to_state(self._sent)
+            partials = [reduce_stack(inner, p.nodes, p.weights, p.arrays, sent) for p in partials]
+        return early.aggregate(self.inner, server_round, replies, partials)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -173,15 +191,20 @@ class Unlearning(Strategy):
                 if not reply.has_error():
                     self.session.nodes[int(reply.content[p.METRICS][p.PARTITION_ID])] = reply.metadata.src_node_id
 
-    def _store(self, server_round: int, replies: list[Message]) -> None:
+    def _store(self, server_round: int, replies: list[Message], partials: list[Partial]) -> None:
+        """Every client's update of the round (from its reply's arrays, or its row of its cohort's stack)."""
         clients = {node: pid for pid, node in self.session.nodes.items()}
         sent = record_to_state(self._sent)  # read-only: updates are new tensors, the store only saves it
+        states = {}
+        for partial in partials:
+            for i, node in enumerate(partial.nodes):
+                states[node] = {k: v[i].cpu() for k, v in partial.arrays.items()}
         updates = {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error() or node not in clients:
                 continue
-            state = reply.content[p.ARRAYS].to_torch_state_dict()
+            state = states[node] if node in states else reply.content[p.ARRAYS].to_torch_state_dict()
             updates[clients[node]] = ({k: state[k] - sent[k] for k in sent},
                                       int(reply.content[p.METRICS][p.NUM_EXAMPLES]))
         self.store.save(server_round, sent, updates)

@@ -50,7 +50,7 @@ def assert_cohort_matches(model, cfg, task, features=12, classes=4, memory_mb=10
     seeds = [100 + i for i in range(len(SIZES))]
     expected = one_by_one(model, data, cfg, task, seeds)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    got = train_stacked(model, data, cfg, task, [torch.Generator().manual_seed(s) for s in seeds], memory_mb)
+    got = train_stacked(model, data, cfg, task, [torch.Generator().manual_seed(s) for s in seeds], memory_mb).clients()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the received model is untouched
     rel_tol = tolerance(max(r.stats.steps for r in got), FLOAT64_ROUNDOFF)
     for (state, metrics), result in zip(expected, got):

@@ -30,7 +30,7 @@ def assert_dp_cohort_matches(model, cfg, noises, features=12, classes=4, memory_
     seeds = [200 + i for i in range(len(SIZES))]
     clients = [PrivateClient(x, y, torch.Generator().manual_seed(seed), round_plan(len(x), cfg)[1] // cfg.local_epochs,
                              noise) for (x, y), seed, noise in zip(data, seeds, noises)]
-    got = train_stacked_dp_sgd(model, clients, cfg, "classification", 0.7, memory_mb)
+    got = train_stacked_dp_sgd(model, clients, cfg, "classification", 0.7, memory_mb).clients()
     for (x, y), seed, noise, result in zip(data, seeds, noises, got):
         local = copy.deepcopy(model)
         metrics, history = train_dp_sgd(local, x, y, cfg, "classification", seed, noise, privacy(noise), [])

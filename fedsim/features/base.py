@@ -119,8 +119,9 @@ class StackedTrainingFeature(ClientTrainingFeature):
 
     @abstractmethod
     def train_together(self, settings: Any, setup: RoundSetup, jobs: list[ClientJob]
-                       ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
-        """Every job trained from `setup.model` at once: (final state, metrics) per job, as `train` leaves them."""
+                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+        """Every job trained from `setup.model` at once: the final states (stacked along a leading client axis) and
+        each job's metrics, as `train` leaves them."""
 
 
 class PrivacyFeature(Feature):

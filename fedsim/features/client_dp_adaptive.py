@@ -47,9 +47,9 @@ class AdaptiveClippingDPFedAvg(PoissonDPFedAvg):
         share = (unclipped + rng.normal(0.0, self.clipped_count_stddev)) / self._expected_cohort
         self.clipping_norm *= math.exp(-self.clip_learning_rate * (share - self.target_quantile))
 
-    def aggregate_train(self, server_round, replies):
+    def aggregate_partials(self, server_round, replies, partials):
         used = self.clipping_norm
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_partials(server_round, replies, partials)
         if arrays is not None:  # the norm this round clipped at and the next round's (both are released)
             metrics = MetricRecord({**(metrics or {}), "clipping-norm": used, "next-clipping-norm": self.clipping_norm})
         return arrays, metrics

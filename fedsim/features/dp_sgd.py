@@ -299,7 +299,7 @@ class DPSGD(PrivacyFeature, StackedTrainingFeature):
         return metrics
 
     def train_together(self, settings: DPSGDSettings, setup: RoundSetup, jobs: list[ClientJob]
-                       ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
+                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
         """Noise, budget check and accountant as `train` has them per client; each client's history is written only
         once every client has trained (a cohort that raises is rerun one by one)."""
         local = setup.local
@@ -316,12 +316,12 @@ class DPSGD(PrivacyFeature, StackedTrainingFeature):
                    for job, (sigma, _, _, steps, _) in zip(jobs, plans)]
         results = train_stacked_dp_sgd(setup.model, private, local, setup.task, settings.max_grad_norm,
                                        setup.memory_mb)
-        out = []
-        for job, r, (sigma, history, q, steps, spent) in zip(jobs, results, plans):
+        metrics = []
+        for job, stats, (sigma, history, q, steps, spent) in zip(jobs, results.stats, plans):
             after = accountant_history(history, sigma, q, steps, settings.accountant)
             save_history(job.state, after, sigma)
-            out.append((r.state, round_metrics(r.stats, spent, after, sigma, q, steps, settings)))
-        return out
+            metrics.append(round_metrics(stats, spent, after, sigma, q, steps, settings))
+        return results.states, metrics
 
 
 FEATURE = DPSGD()

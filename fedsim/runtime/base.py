@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from fedsim._flower import Run, act_as_server, assign_message_id, shared_content_groups
 from fedsim.checkpoint import decode, encode
 from fedsim.protocol import CONFIG, QUERY_PARTITION, SERVER_ROUND, TRAIN
+from fedsim.reduction import Partial, Reduction
 
 NODE_ID_OFFSET = 1000  # node ids 1000, 1001, ...: stable, and clear of Flower's server node id (1)
 
@@ -37,34 +38,39 @@ def run_client(app: ClientApp, msg: Message, context: Context) -> Message:
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
 
-Cohort = Callable[[list[Message], list[Context]], list[Message]]
+# (messages, contexts, reduction) -> (replies, the cohort's partial result when reduced): train_together
+Cohort = Callable[[list[Message], list[Context], Reduction | None], tuple[list[Message], Partial | None]]
 
 
 def run_clients(app: ClientApp, cohort: Cohort | None, messages: list[Message], contexts: list[Context],
-                delays: list[float]) -> tuple[list[Message], int]:
-    """Execute `messages` (each with its node's context); returns the replies in order and how many were trained
-    vectorised. Train messages sharing one content object go to `cohort` together (given where the run
+                delays: list[float], reduction: Reduction | None = None
+                ) -> tuple[list[Message], int, list[Partial]]:
+    """Execute `messages` (each with its node's context); returns the replies in order, how many were trained
+    vectorised and, with `reduction`, the partial result of each cohort (fedsim.reduction: those members' replies
+    carry metrics only). Train messages sharing one content object go to `cohort` together (given where the run
     vectorises: fedsim.clients.train_together); the rest, and any whose `delay` (a straggler on the real clock) is
     set, run one by one after sleeping their delay. A cohort that raises is rerun one by one, so a failing client
     is still its own error reply."""
     replies: list[Message | None] = [None] * len(messages)
     eligible = [i for i, (msg, delay) in enumerate(zip(messages, delays))
                 if cohort is not None and not delay and msg.metadata.message_type == TRAIN]
-    vectorized = 0
+    vectorized, partials = 0, []
     for group in shared_content_groups(messages[i] for i in eligible).values():
         members = [eligible[j] for j in group]
         try:
-            together = cohort([messages[i] for i in members], [contexts[i] for i in members])
+            together, partial = cohort([messages[i] for i in members], [contexts[i] for i in members], reduction)
         except Exception:  # noqa: BLE001, S112 - one by one, each failure becomes that client's error reply
             continue
         vectorized += len(members)
+        if partial is not None:
+            partials.append(partial)
         for i, reply in zip(members, together, strict=True):
             replies[i] = reply
     for i, (msg, context, delay) in enumerate(zip(messages, contexts, delays)):
         if replies[i] is None:
             time.sleep(delay)
             replies[i] = run_client(app, msg, context)
-    return replies, vectorized
+    return replies, vectorized, partials
 
 
 def error_reply(msg: Message, code: int, reason: str) -> Message:
@@ -108,6 +114,8 @@ class VirtualNodesGrid(Grid):
         self._node_ids = list(self.contexts)
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
+        self._reduction: Reduction | None = None  # what the push under way asks cohorts to send (send_and_reduce)
+        self._partials: list[Partial] = []
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -140,7 +148,7 @@ class VirtualNodesGrid(Grid):
                     msg, ErrorCode.NODE_UNAVAILABLE, f"no node {msg.metadata.dst_node_id}")
         if self.faults is not None:
             known = self._inject_faults(known)
-        self._replies.update(self._execute(known, timeout))
+        self._replies.update(self._execute(known, timeout, self._reduction))
         return [m.metadata.message_id for m in batch]
 
     def _inject_faults(self, messages: list[Message]) -> list[Message]:
@@ -201,8 +209,10 @@ class VirtualNodesGrid(Grid):
         return counts
 
     @abstractmethod
-    def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
-        """Run the ClientApp for each message (updating `self.contexts`); returns replies by message id."""
+    def _execute(self, messages: list[Message], timeout: float | None, reduction: Reduction | None
+                 ) -> dict[str, Message]:
+        """Run the ClientApp for each message (updating `self.contexts`); returns replies by message id. With
+        `reduction`, cohorts send partial results (fedsim.reduction), appended to `self._partials`."""
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return [self._replies.pop(i) for i in message_ids if i in self._replies]
@@ -210,6 +220,17 @@ class VirtualNodesGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         replies = self.pull_messages(self.push_messages(messages, timeout))
         return sorted(replies, key=lambda m: m.metadata.src_node_id)
+
+    def send_and_reduce(self, messages: Iterable[Message], reduction: Reduction, *, timeout: float | None = None
+                        ) -> tuple[list[Message], list[Partial]]:
+        """send_and_receive, where every cohort trained together sends its partial result (fedsim.reduction): the
+        replies (its members' with metrics only) and the partials."""
+        self._reduction, self._partials = reduction, []
+        try:
+            replies = self.send_and_receive(messages, timeout=timeout)
+        finally:
+            self._reduction, partials, self._partials = None, self._partials, []
+        return replies, partials
 
     def describe(self) -> dict:
         """What ran the clients, for summary.json."""

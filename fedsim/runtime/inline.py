@@ -6,6 +6,7 @@ import torch
 from flwr.app import Message
 from flwr.clientapp import ClientApp
 
+from fedsim.reduction import Reduction
 from fedsim.runtime.base import Cohort, VirtualNodesGrid, run_clients
 
 
@@ -23,16 +24,19 @@ class InlineGrid(VirtualNodesGrid):
         super().__init__(num_nodes, run_config, run_id, faults, seed)
         self.client_app, self.cohort, self.threads = client_app, cohort, threads
 
-    def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
+    def _execute(self, messages: list[Message], timeout: float | None, reduction: Reduction | None
+                 ) -> dict[str, Message]:
         contexts = [self.contexts[m.metadata.dst_node_id] for m in messages]
         delays = [self.delays.get(m.metadata.message_id, 0.0) for m in messages]  # stragglers on the real clock
         server_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            replies, vectorized = run_clients(self.client_app, self.cohort, messages, contexts, delays)
+            replies, vectorized, partials = run_clients(self.client_app, self.cohort, messages, contexts, delays,
+                                                        reduction)
         finally:
             torch.set_num_threads(server_threads)
         self.vectorized += vectorized
+        self._partials += partials  # on the device the clients trained on
         return {m.metadata.message_id: r for m, r in zip(messages, replies)}
 
     def describe(self) -> dict:

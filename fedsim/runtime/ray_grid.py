@@ -26,6 +26,7 @@ from flwr.app import Context, Message, Metadata, RecordDict
 from flwr.common.constant import ErrorCode
 
 from fedsim.errors import FedsimError
+from fedsim.reduction import Partial, Reduction
 from fedsim.runtime.base import VirtualNodesGrid, error_reply, run_clients
 from fedsim.runtime.ray_cluster import connect, package_modules
 from fedsim.scenario import ResourcesSection
@@ -56,17 +57,20 @@ class ClientWorker:
         return ray.get_runtime_context().get_node_id(), str(Path(fedsim.__file__).parent)
 
     def run(self, content_ref: list, run_config: dict, tasks: list[tuple[Metadata, dict, RecordDict, float]],
-            ) -> tuple[list[tuple[Message, RecordDict]], int]:
+            reduction: Reduction | None = None) -> tuple[list[tuple[Message, RecordDict]], int, list[Partial]]:
         """Execute a chunk of virtual clients (metadata, node config, node state, delay), through the vectorised
-        handler where the run vectorises; returns (reply, state) per task and how many were trained vectorised."""
+        handler where the run vectorises; returns (reply, state) per task, how many were trained vectorised and,
+        with `reduction`, the chunk's partial results (in host memory: one model a chunk, not one a client)."""
         ref = content_ref[0]  # wrapped in a list so Ray hands us the reference, not a fresh copy per call
         if ref.hex() != self._content_key:
             self._content, self._content_key = ray.get(ref), ref.hex()
         messages = [Message(content=self._content, metadata=metadata) for metadata, _, _, _ in tasks]
         contexts = [Context(metadata.run_id, metadata.dst_node_id, node_config, state, run_config)
                     for metadata, node_config, state, _ in tasks]
-        replies, vectorized = run_clients(self.app, self.cohort, messages, contexts, [t[3] for t in tasks])
-        return [(reply, context.state) for reply, context in zip(replies, contexts)], vectorized
+        replies, vectorized, partials = run_clients(self.app, self.cohort, messages, contexts, [t[3] for t in tasks],
+                                                    reduction)
+        return ([(reply, context.state) for reply, context in zip(replies, contexts)], vectorized,
+                [p.cpu() for p in partials])
 
 
 @dataclass
@@ -169,15 +173,16 @@ class RayGrid(VirtualNodesGrid):
                 start += size
         return chunks
 
-    def _submit(self, chunk: _Chunk, actor: int) -> ray.ObjectRef:
+    def _submit(self, chunk: _Chunk, actor: int, reduction: Reduction | None) -> ray.ObjectRef:
         chunk.actor = actor
         chunk.attempts += 1
         contexts = [self.contexts[m.metadata.dst_node_id] for m in chunk.messages]
         tasks = [(m.metadata, c.node_config, c.state, self.delays.get(m.metadata.message_id, 0.0))
                  for m, c in zip(chunk.messages, contexts)]
-        return self.actors[actor].run.remote([chunk.content_ref], self.run_config, tasks)
+        return self.actors[actor].run.remote([chunk.content_ref], self.run_config, tasks, reduction)
 
-    def _execute(self, messages: list[Message], timeout: float | None) -> dict[str, Message]:
+    def _execute(self, messages: list[Message], timeout: float | None, reduction: Reduction | None
+                 ) -> dict[str, Message]:
         replies: dict[str, Message] = {}
         waiting = self._chunks(messages)
         running: dict[ray.ObjectRef, _Chunk] = {}
@@ -186,7 +191,7 @@ class RayGrid(VirtualNodesGrid):
         while waiting or running:
             while waiting and idle:
                 chunk = waiting.popleft()
-                running[self._submit(chunk, idle.popleft())] = chunk
+                running[self._submit(chunk, idle.popleft(), reduction)] = chunk
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=left)
             if not done:  # the round's time is up: give up on what is still running
@@ -218,8 +223,9 @@ class RayGrid(VirtualNodesGrid):
                             msg, ErrorCode.CLIENT_APP_CRASHED, f"client process died twice: {exc}")
                 continue
             idle.append(chunk.actor)
-            results, vectorized = results
+            results, vectorized, partials = results
             self.vectorized += vectorized
+            self._partials += partials
             for msg, (reply, state) in zip(chunk.messages, results):
                 self.contexts[msg.metadata.dst_node_id].state = state
                 replies[msg.metadata.message_id] = reply

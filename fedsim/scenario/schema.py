@@ -63,6 +63,8 @@ class RunSection(Section):
     checkpoint_every: int = Field(1, ge=0)  # write RUN_DIR/checkpoint.pt every N rounds (0: never)
     # "auto": train a round's clients together (fedsim.stacked) where it applies and pays off
     vectorize: Literal["auto"] | bool = "auto"
+    # clients trained together send one partial result per cohort where the strategy allows it (fedsim.reduction)
+    reduce_early: bool = True
     stop_on_nan: bool = True  # a round whose loss or metrics are not finite ends the run with an error
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
 

@@ -55,13 +55,13 @@ class SpyGrid(InlineGrid):
         self.replies: list = []
         self.phase = "training"
 
-    def _execute(self, messages, timeout):
+    def _execute(self, messages, timeout, reduction):
         for m in messages:
             config = m.content.config_records.get("config", ConfigRecord())
             self.log.append({"phase": self.phase, "type": m.metadata.message_type, "node": m.metadata.dst_node_id,
                              "round": config.get("server-round"), "config": dict(config), "content": m.content,
                              "id": m.metadata.message_id})
-        replies = super()._execute(messages, timeout)
+        replies = super()._execute(messages, timeout, reduction)
         self.replies.extend(replies.values())
         return replies
 

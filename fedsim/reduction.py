@@ -1,0 +1,153 @@
+"""Early reduction: a group of clients trained together (one vectorised cohort, inline or on one Ray actor) sends
+the server its contribution to the aggregate, computed where it trained, instead of one serialised model per client.
+
+What a group sends depends on the strategy (`Reduction.kind`; which strategies allow it: fedsim.strategies.early):
+- MEAN: the members' weighted mean state and their total weight, for strategies whose aggregation is a weighted
+  mean of the replies' arrays (Flower's FedAvg family): a weighted mean of group means is the mean of all;
+- CLIPPED_SUM: the sum of the members' updates each clipped to a norm, and every update's norm (DP-FedAvg);
+- STACK: every member's state, stacked along a leading client axis (FedLD's principal gradients, the unlearning
+  history store): one tensor per state entry instead of one record per client.
+Each member still gets its own reply with its metrics (accountants, fault counts, callbacks see every client);
+only the arrays travel per group. The same functions reduce on the server the replies of clients that ran one
+by one, so every strategy aggregates one kind of input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, validate_message_reply_consistency
+
+from fedsim import protocol
+from fedsim.arrays import state_to_record
+
+MEAN, CLIPPED_SUM, STACK = "mean", "clipped-sum", "stack"
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What a group of clients trained together sends instead of one model per client."""
+
+    kind: str  # MEAN, CLIPPED_SUM or STACK
+    weighted_by_key: str = protocol.NUM_EXAMPLES  # the reply metric that weighs a client
+    clipping_norm: float = 0.0  # CLIPPED_SUM: every update is clipped to this L2 norm (relative to the global model)
+
+
+@dataclass
+class Partial:
+    """A group's contribution: MEAN: the weighted mean state; STACK: every member's state (m, ...); CLIPPED_SUM: the
+    float64 sum of the clipped updates. `nodes` and `weights` are the members' node ids and weights, in order."""
+
+    kind: str
+    nodes: list[int]
+    weights: list[float]
+    arrays: dict[str, torch.Tensor]
+    norms: list[float] = field(default_factory=list)  # CLIPPED_SUM: each member's update norm before clipping
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.weights))
+
+    def cpu(self) -> Partial:
+        """This partial with its tensors in host memory (to leave a Ray actor)."""
+        return Partial(self.kind, self.nodes, self.weights, {k: v.cpu() for k, v in self.arrays.items()}, self.norms)
+
+
+def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], states: dict[str, torch.Tensor],
+                 global_state: dict[str, torch.Tensor] | None = None) -> Partial:
+    """The partial of members whose trained `states` are stacked along dimension 0 (`global_state`: the model they
+    started from, for CLIPPED_SUM)."""
+    if reduction.kind == STACK:
+        return Partial(STACK, nodes, weights, states)
+    device = next(iter(states.values())).device
+    if reduction.kind == MEAN:
+        share = torch.tensor(weights, dtype=torch.float64, device=device)
+        share = share / share.sum()
+        # in the state's own float type, as Flower's mean is; integer entries (counters) as float64, as Flower's
+        mean = {}
+        for key, s in states.items():
+            dtype = s.dtype if s.is_floating_point() else torch.float64
+            mean[key] = torch.tensordot(share.to(dtype), s.to(dtype), dims=1)
+        return Partial(MEAN, nodes, weights, mean)
+    if reduction.kind == CLIPPED_SUM:
+        updates = {k: s.double() - global_state[k].to(device).double() for k, s in states.items()}
+        squared = sum(u.flatten(1).pow(2).sum(1) for u in updates.values())
+        norms = squared.sqrt()
+        factor = (reduction.clipping_norm / norms.clamp(min=1e-300)).clamp(max=1.0)
+        summed = {k: torch.tensordot(factor, u, dims=1) for k, u in updates.items()}
+        return Partial(CLIPPED_SUM, nodes, weights, summed, norms.tolist())
+    raise ValueError(f"unknown reduction {reduction.kind!r}")
+
+
+def stacked_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-client state dicts as one stack per entry."""
+    return {key: torch.stack([s[key] for s in states]) for key in states[0]}
+
+
+def split_replies(replies: Iterable[Message], partials: list[Partial], weighted_by_key: str
+                  ) -> tuple[list[Message], list[Message]]:
+    """(every reply without an error, the ones that carry their own arrays: clients outside every partial), each
+    checked as Flower's strategies check replies (one MetricRecord with `weighted_by_key`; one ArrayRecord each)."""
+    covered = {n for p in partials for n in p.nodes}
+    good = [m for m in replies if not m.has_error()]
+    own = [m for m in good if m.metadata.src_node_id not in covered]
+    if good:
+        validate_message_reply_consistency([m.content for m in good], weighted_by_key, check_arrayrecord=False)
+    if own:
+        validate_message_reply_consistency([m.content for m in own], weighted_by_key, check_arrayrecord=True)
+    return good, own
+
+
+def partial_of_replies(replies: list[Message], reduction: Reduction,
+                       global_state: dict[str, torch.Tensor] | None = None) -> Partial | None:
+    """What a group of these per-client replies (each with its arrays) would have sent (None for no reply)."""
+    if not replies:
+        return None
+    states = stacked_states([next(iter(m.content.array_records.values())).to_torch_state_dict() for m in replies])
+    weights = [float(next(iter(m.content.metric_records.values()))[reduction.weighted_by_key]) for m in replies]
+    return reduce_stack(reduction, [m.metadata.src_node_id for m in replies], weights, states, global_state)
+
+
+def merged(partials: list[Partial]) -> Partial:
+    """STACK or CLIPPED_SUM partials as one, members in node order (the order per-client replies come in)."""
+    nodes = [n for p in partials for n in p.nodes]
+    order = sorted(range(len(nodes)), key=nodes.__getitem__)
+    weights = [w for p in partials for w in p.weights]
+    norms = [x for p in partials for x in p.norms]
+    if partials[0].kind == STACK:
+        arrays = {}
+        for key in partials[0].arrays:
+            device = partials[0].arrays[key].device
+            stack = torch.cat([p.arrays[key].to(device) for p in partials])
+            arrays[key] = stack if order == sorted(order) else stack[torch.tensor(order, device=device)]
+    else:
+        arrays = {key: sum(p.arrays[key].to(partials[0].arrays[key].device) for p in partials)
+                  for key in partials[0].arrays}
+    return Partial(partials[0].kind, [nodes[i] for i in order], [weights[i] for i in order], arrays,
+                   [norms[i] for i in order] if norms else [])
+
+
+def group_message(partial: Partial, members: list[Message], arrayrecord_key: str, weighted_by_key: str) -> Message:
+    """A MEAN partial as the one reply Flower's weighted-mean strategies aggregate it as: its mean state, weighted by
+    its members' total weight, with its members' weighted-mean metrics (the keys every reply carries)."""
+    metrics = aggregate_metricrecords([m.content for m in members], weighted_by_key)
+    metrics[weighted_by_key] = partial.total
+    content = RecordDict({arrayrecord_key: state_to_record(partial.arrays), protocol.METRICS: MetricRecord(metrics)})
+    return Message(content=content, dst_node_id=0, message_type=protocol.TRAIN)
+
+
+def metrics_reply(msg: Message, metrics: dict[str, float]) -> Message:
+    """A reduced client's own reply: its metrics (its arrays are in its group's partial)."""
+    return Message(content=RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+@dataclass(frozen=True)
+class EarlyReduction:
+    """How the round loop asks for partial results and aggregates them (fedsim.strategies.early.EARLY)."""
+
+    plan: Callable[[Any, int], Reduction | None]  # (strategy, round) -> what cohorts send (None: a reply each)
+    aggregate: Callable[[Any, int, list[Message], list[Partial]], tuple]  # -> aggregate_train's result

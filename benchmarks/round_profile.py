@@ -1,34 +1,36 @@
-"""Where a vectorised round's time goes: `python round_profile.py [SCENARIO]` (default bench-w1), inline.
+"""Where a vectorised round's time goes: `python round_profile.py [SCENARIO ...] [--rounds N]` (default bench-w1),
+inline, one torch thread.
 
 Times the parts of every round by wrapping the functions that do them (wall clock, inclusive), after a warm-up
-run: local training (fedsim.stacked), the rest of the client side (partitions, received loss, reply Messages),
-Flower's FedAvg.aggregate_train (reply checks, array and metric aggregation), central evaluation, the
-checkpoint, and the remainder (sampling, configure, callbacks, metrics.jsonl). Means per round over all rounds.
+run: local training (fedsim.stacked), the rest of the client side (partitions, received loss, the cohort's partial
+result or reply Messages), the aggregation (fedsim.strategies.early.aggregate: Flower's aggregate_train on the
+partial results, or on one reply per client), central evaluation, the checkpoint on the round's path (encoding
+its snapshot; the write itself runs in the background), and the remainder (sampling, configure, callbacks,
+metrics.jsonl). Means per round over all rounds; "outside training" is the round minus local training.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from flwr.serverapp.strategy import FedAvg
 
 import fedsim
-from fedsim import checkpoint, server
+from fedsim import callbacks, loop, server
 from fedsim.clients import train_together as handler
 from fedsim.runtime import inline
 
 TRAINING = "client side: local training (fedsim.stacked)"  # inside the client side's total
 PARTS = {  # label -> (object, attribute) whose calls are timed
     TRAINING: (handler, "train_stacked"),
-    "client side: total (partitions, received loss, training, reply Messages)": (inline, "run_clients"),
-    "Flower FedAvg.aggregate_train": (FedAvg, "aggregate_train"),
+    "client side: total (partitions, received loss, training, partial results / replies)": (inline, "run_clients"),
+    "aggregation": (loop, "aggregate"),
     "central evaluation": (server, "evaluate"),
-    "checkpoint": (checkpoint, "write"),
+    "checkpoint": (callbacks.Checkpointer, "after_round"),
 }
 
 
@@ -43,11 +45,14 @@ def _timed(spent: dict[str, float], label: str, fn):
     return wrapper
 
 
-def measure(name: str = "bench-w1") -> dict[str, float]:
+def measure(name: str = "bench-w1", rounds: int | None = None, reduce_early: bool = True) -> dict[str, float]:
     """Mean milliseconds per round of each part (and `round`, the whole round), vectorised, inline."""
     torch.set_num_threads(1)
-    scenario = fedsim.Scenario.load(name).with_overrides({"run.runtime": "inline", "run.vectorize": True})
-    fedsim.run(scenario.with_overrides({"run.rounds": 2}), out=None)  # warm-up: imports, caches
+    scenario = fedsim.Scenario.load(name).with_overrides({"run.runtime": "inline", "run.vectorize": True,
+                                                          "run.reduce_early": reduce_early})
+    if rounds is not None:
+        scenario = scenario.with_overrides({"run.rounds": rounds})
+    fedsim.run(scenario.with_overrides({"run.rounds": 1}), out=None)  # warm-up: imports, caches
     spent: dict[str, float] = defaultdict(float)
     originals = {label: getattr(obj, attr) for label, (obj, attr) in PARTS.items()}
     for label, (obj, attr) in PARTS.items():
@@ -61,16 +66,31 @@ def measure(name: str = "bench-w1") -> dict[str, float]:
     rounds = len(result.metrics)
     out = {label: 1000 * spent[label] / rounds for label in PARTS}
     out["round"] = 1000 * sum(row["time_s"] for row in result.metrics) / rounds
+    out["clients"] = result.summary["runtime"]["vectorized_clients"] / rounds
     return out
 
 
 def describe(parts: dict[str, float]) -> str:
-    total = parts["round"]
-    named = sum(v for k, v in parts.items() if k not in ("round", TRAINING))
-    rows = [f"{label} {ms:.1f} ms ({ms / total:.0%})" for label, ms in parts.items() if label != "round"]
-    rest = total - named
-    return f"round {total:.1f} ms: " + "; ".join(rows) + f"; the rest {rest:.1f} ms ({rest / total:.0%})"
+    total, clients = parts["round"], parts["clients"]
+    named = sum(v for k, v in parts.items() if k not in ("round", "clients", TRAINING))
+    rows = [f"{label} {ms:.1f} ms ({ms / total:.0%})" for label, ms in parts.items()
+            if label not in ("round", "clients")]
+    rest, outside = total - named, total - parts[TRAINING]
+    return (f"round {total:.1f} ms: " + "; ".join(rows) + f"; the rest {rest:.1f} ms ({rest / total:.0%}). Outside "
+            f"local training: {outside:.1f} ms ({outside / total:.0%}), {outside / max(clients, 1):.2f} ms per client")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", default=["bench-w1"])
+    parser.add_argument("--rounds", type=int, help="rounds per run (default: the scenario's)")
+    parser.add_argument("--both", action="store_true", help="also with run.reduce_early = false (one reply each)")
+    args = parser.parse_args()
+    for name in args.scenarios:
+        for reduce_early in (True, False) if args.both else (True,):
+            label = "" if not args.both else (" early reduction" if reduce_early else " one reply per client")
+            print(f"{name}{label}: {describe(measure(name, args.rounds, reduce_early))}", flush=True)
 
 
 if __name__ == "__main__":
-    print(describe(measure(*sys.argv[1:])))
+    main()

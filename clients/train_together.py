@@ -21,8 +21,8 @@ from fedsim.clients.app import partition_of, received_loss, reply_metrics, round
 from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
 from fedsim.features.base import StackedTrainingFeature
-from fedsim.inputs import augmentation_generator
-from fedsim.reduction import Partial, Reduction, metrics_reply, reduce_stack
+from fedsim.inputs import augmentation_generator, pipeline_of
+from fedsim.reduction import Partial, Reduction, metrics_reply, reduce_stack, weighted_mean
 from fedsim.stacked import train_stacked
 
 
@@ -43,8 +43,9 @@ def train_together(messages: list[Message], contexts: list[Context], reduction: 
         raise TypeError(f"{feature.name} has no vectorised trainer")
     else:
         generators = [torch.Generator().manual_seed(job.seed) for job in jobs]
+        augmentations = [augmentation_generator(job.seed) for job in jobs] if pipeline_of(setup.model) else None
         result = train_stacked(setup.model, [(job.x, job.y) for job in jobs], setup.local, ws.task, generators,
-                               setup.memory_mb, [augmentation_generator(job.seed) for job in jobs])
+                               setup.memory_mb, augmentations)
         states, extras = result.states, [s.metrics(accuracy=ws.task == "classification") for s in result.stats]
     metrics = [reply_metrics(config, {**m, **extra}, len(job.x)) for m, extra, job in zip(metrics, extras, jobs)]
     partial = None
@@ -53,8 +54,9 @@ def train_together(messages: list[Message], contexts: list[Context], reduction: 
                    for i, (msg, m) in enumerate(zip(messages, metrics))]
     else:
         start = {k: v.detach() for k, v in setup.model.state_dict().items()}  # training leaves the model as sent
-        partial = reduce_stack(reduction, [m.metadata.dst_node_id for m in messages],
-                               [float(m[reduction.weighted_by_key]) for m in metrics], states, start)
+        weights = [float(m[reduction.weighted_by_key]) for m in metrics]
+        partial = reduce_stack(reduction, [m.metadata.dst_node_id for m in messages], weights, states, start)
+        partial.metrics = weighted_mean(metrics, weights, reduction.weighted_by_key)
         replies = [metrics_reply(msg, m) for msg, m in zip(messages, metrics)]
     ws.release()
     return replies, partial

@@ -6,10 +6,10 @@ tests/test_flower_internals.py; docs/design.md, "Flower's internals", lists them
 2. Messages created in a process belong to the node `TaskIdentity` names; fedsim's in-process Grids make the
    process the server's, as Flower's ServerApp runner does (`act_as_server`). `Run` (flwr.supercore) is what a Grid
    reports as its run.
-3. An `Array`'s attributes and an `ArrayRecord`'s storage: fedsim.arrays builds an Array from bytes it already
-   has without Flower's argument dispatch (`array_from_parts`), fills a record without its per-item type checks
-   (`fill_record`), and names its Array subclass "Array" so that Flower's wire format (object heads,
-   content-addressed ids) treats it as one (`passes_as_array`).
+3. An `Array`'s attributes and an `ArrayRecord`'s (and a `MetricRecord`'s) storage: fedsim.arrays builds an Array
+   from bytes it already has without Flower's argument dispatch (`array_from_parts`), fills a record without its
+   per-item type checks (`fill_record`, `metric_record`), and names its Array subclass "Array" so that Flower's wire
+   format (object heads, content-addressed ids) treats it as one (`passes_as_array`).
 4. Flower's strategies build one RecordDict for all the train messages of a round (configure_train); fedsim trains
    the messages sharing one content object together (`shared_content_groups`). A Flower that built one per message
    would only turn vectorisation off, never change a result.
@@ -24,7 +24,7 @@ import contextlib
 import random
 from collections.abc import Iterable, Iterator
 
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -32,7 +32,7 @@ from flwr.supercore.task_identity import TaskIdentity
 FLOWER_VERSION = "1.42"  # the version every assumption below was checked against
 
 __all__ = ["FLOWER_VERSION", "Run", "act_as_server", "array_from_parts", "assign_message_id",
-           "fill_record", "passes_as_array", "sampling_kept", "seed_sampling",
+           "fill_record", "metric_record", "passes_as_array", "sampling_kept", "seed_sampling",
            "shared_content_groups"]
 
 
@@ -53,14 +53,22 @@ def array_from_parts(cls: type[Array], dtype: str, shape: tuple[int, ...], data:
     return array
 
 
-def fill_record(record: ArrayRecord, arrays: dict[str, Array]) -> None:
-    """record.update(arrays) for string keys and Array values, skipping the per-item checks where it can (3)."""
+def fill_record(record: ArrayRecord | MetricRecord, items: dict[str, Array | int | float]) -> None:
+    """record.update(items) for string keys and values of the record's own type (Arrays; numbers), skipping the
+    per-item checks where it can (3)."""
     storage = record.__dict__.get("_data")
-    if isinstance(storage, dict) and all(isinstance(k, str) for k in arrays):
-        storage.update(arrays)
+    if isinstance(storage, dict) and all(isinstance(k, str) for k in items):
+        storage.update(items)
     else:
-        for key, array in arrays.items():
-            record[key] = array
+        for key, value in items.items():
+            record[key] = value
+
+
+def metric_record(values: dict[str, int | float]) -> MetricRecord:
+    """MetricRecord(values), for numbers fedsim computed itself, without the per-item checks (3)."""
+    record = MetricRecord()
+    fill_record(record, values)
+    return record
 
 
 def passes_as_array(cls: type[Array]) -> type[Array]:

@@ -32,7 +32,8 @@ class SeededSampling(RoundCallback):
 
 
 class Checkpointer(RoundCallback):
-    """Writes RUN_DIR/checkpoint.pt every `every` rounds and when the run is stopping (Ctrl-C, SIGTERM).
+    """Writes RUN_DIR/checkpoint.pt every `every` rounds (on a background thread: checkpoint.BackgroundWriter) and
+    when the run is stopping (Ctrl-C, SIGTERM: on disk before the run ends). `wait()`: the last one is on disk.
 
     `stateful` are the objects whose state a resumed run needs (the strategy, the privacy monitor, ...): their
     `checkpoint_state()` or, failing that, their encodable attributes (fedsim.checkpoint.object_state).
@@ -42,15 +43,22 @@ class Checkpointer(RoundCallback):
                  initial_metrics: Callable[[], dict]) -> None:
         self.run_dir, self.every, self.scenario_toml, self.grid = run_dir, every, scenario_toml, grid
         self.stateful, self.initial_metrics = stateful, initial_metrics
+        self.writer = checkpoint.BackgroundWriter()
 
     def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> None:
         if stopping or (self.every and server_round % self.every == 0):
-            checkpoint.write(self.run_dir, {
+            self.writer.write(self.run_dir, {
                 "round": server_round, "arrays": checkpoint.encode(arrays),
                 "initial": checkpoint.encode(self.initial_metrics()), "scenario": self.scenario_toml,
                 **{name: checkpoint.object_state(obj) if obj is not None else None
                    for name, obj in self.stateful.items()},
                 "grid": self.grid.checkpoint_state(), "rng": checkpoint.rng_state()})
+            if stopping:
+                self.writer.wait()
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Until the last checkpoint is on disk (raising its write's error, with `raise_error`)."""
+        self.writer.wait(raise_error)
 
     def restore(self, state: dict) -> None:
         """Put every stateful object, the Grid and the random generators back as the checkpoint has them."""
@@ -62,13 +70,16 @@ class Checkpointer(RoundCallback):
 
 
 class UnlearningRecords(RoundCallback):
-    """Deletes forgotten clients' stored updates after each round (after its checkpoint, so a resumed run can
-    serve the request again) and adds the unlearning table and the history store's size to summary.json."""
+    """Deletes forgotten clients' stored updates after each round (once its checkpoint is on disk: `checkpointed`
+    waits for it, so a resumed run can serve the request again) and adds the unlearning table and the history
+    store's size to summary.json."""
 
-    def __init__(self, strategy: Unlearning) -> None:
-        self.strategy = strategy
+    def __init__(self, strategy: Unlearning, checkpointed: Callable[[], None] = lambda: None) -> None:
+        self.strategy, self.checkpointed = strategy, checkpointed
 
     def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> None:
+        if self.strategy.forgotten.clients:
+            self.checkpointed()
         self.strategy.purge()
 
     def on_run_end(self) -> dict:

@@ -10,6 +10,7 @@ strings, lists and dicts, so it loads with `torch.load(weights_only=True)`: noth
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,36 @@ def restore_rng(state: dict) -> None:
 def write(run_dir: Path, payload: dict) -> Path:
     """Write RUN_DIR/checkpoint.pt atomically: a reader sees the previous checkpoint or this one, never a mix."""
     return save_tensors({"format": FORMAT, **payload}, Path(run_dir) / FILE, durable=True)
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a background thread, one after another, off the round's critical path. The payload is
+    already encoded (`encode` copies every tensor: a snapshot the next round cannot change); `wait()` returns once
+    the last one is on disk and raises its error (a full disk, say), so a run's end, a stop or a purge that needs it
+    waits for it. A crash before the rename leaves the previous checkpoint, from which a resume is just as exact."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, run_dir: Path, payload: dict) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(run_dir, payload), name="fedsim-checkpoint")
+        self._thread.start()
+
+    def _write(self, run_dir: Path, payload: dict) -> None:
+        try:
+            write(run_dir, payload)
+        except BaseException as exc:  # noqa: BLE001 - raised in the run's thread by wait()
+            self._error = exc
+
+    def wait(self, raise_error: bool = True) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def read(run_dir: Path) -> dict:

@@ -124,12 +124,17 @@ def _train(strategy: Strategy, grid: Grid, server_round: int, arrays: ArrayRecor
     elif errors and not good:
         raise ClientFailure(f"round {server_round}", f"all {len(replies)} clients failed: {errors[0].error.reason}",
                             "fix the cause above and run again")
-    if partials:
-        new, metrics = early.aggregate(strategy, server_round, replies, partials)
-    else:
-        new, metrics = strategy.aggregate_train(server_round, replies)
+    new, metrics = aggregate(strategy, server_round, replies, partials, early)
     row["train"] = _metrics(metrics)
     return new if new is not None else arrays
+
+
+def aggregate(strategy: Strategy, server_round: int, replies: list[Message], partials: list,
+              early: EarlyReduction | None) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    """The round's aggregation: the strategy's aggregate_train on the replies, or on the cohorts' partial results."""
+    if partials:
+        return early.aggregate(strategy, server_round, replies, partials)
+    return strategy.aggregate_train(server_round, replies)
 
 
 def run_rounds(strategy: Strategy, grid: Grid, initial: ArrayRecord, *, first_round: int, last_round: int,

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, validate_message_reply_consistency
+from flwr.app import Message, RecordDict
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedsim import protocol
+from fedsim._flower import metric_record
 from fedsim.arrays import state_to_record
 
 MEAN, CLIPPED_SUM, STACK = "mean", "clipped-sum", "stack"
@@ -47,6 +48,7 @@ class Partial:
     weights: list[float]
     arrays: dict[str, torch.Tensor]
     norms: list[float] = field(default_factory=list)  # CLIPPED_SUM: each member's update norm before clipping
+    metrics: dict[str, float] = field(default_factory=dict)  # the members' weighted-mean reply metrics (MEAN)
 
     @property
     def total(self) -> float:
@@ -54,13 +56,22 @@ class Partial:
 
     def cpu(self) -> Partial:
         """This partial with its tensors in host memory (to leave a Ray actor)."""
-        return Partial(self.kind, self.nodes, self.weights, {k: v.cpu() for k, v in self.arrays.items()}, self.norms)
+        return Partial(self.kind, self.nodes, self.weights, {k: v.cpu() for k, v in self.arrays.items()}, self.norms,
+                       self.metrics)
+
+
+def weighted_mean(metrics: list[dict[str, float]], weights: list[float], weighted_by_key: str) -> dict[str, float]:
+    """Every reply metric's weighted mean over the members (the weight itself left out), as Flower's
+    aggregate_metricrecords computes it."""
+    total = sum(weights)
+    return {key: sum(m[key] * (w / total) for m, w in zip(metrics, weights)) for key in metrics[0]
+            if key != weighted_by_key}
 
 
 def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], states: dict[str, torch.Tensor],
                  global_state: dict[str, torch.Tensor] | None = None) -> Partial:
     """The partial of members whose trained `states` are stacked along dimension 0 (`global_state`: the model they
-    started from, for CLIPPED_SUM)."""
+    started from, for CLIPPED_SUM); a cohort adds its members' `metrics` (weighted_mean)."""
     if reduction.kind == STACK:
         return Partial(STACK, nodes, weights, states)
     device = next(iter(states.values())).device
@@ -90,13 +101,12 @@ def stacked_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 def split_replies(replies: Iterable[Message], partials: list[Partial], weighted_by_key: str
                   ) -> tuple[list[Message], list[Message]]:
-    """(every reply without an error, the ones that carry their own arrays: clients outside every partial), each
-    checked as Flower's strategies check replies (one MetricRecord with `weighted_by_key`; one ArrayRecord each)."""
+    """(every reply without an error, the ones that carry their own arrays: clients outside every partial, checked
+    as Flower's strategies check replies: one ArrayRecord and one MetricRecord with `weighted_by_key` each). The
+    reduced members' replies are fedsim's own (fedsim.clients.train_together)."""
     covered = {n for p in partials for n in p.nodes}
     good = [m for m in replies if not m.has_error()]
     own = [m for m in good if m.metadata.src_node_id not in covered]
-    if good:
-        validate_message_reply_consistency([m.content for m in good], weighted_by_key, check_arrayrecord=False)
     if own:
         validate_message_reply_consistency([m.content for m in own], weighted_by_key, check_arrayrecord=True)
     return good, own
@@ -131,18 +141,17 @@ def merged(partials: list[Partial]) -> Partial:
                    [norms[i] for i in order] if norms else [])
 
 
-def group_message(partial: Partial, members: list[Message], arrayrecord_key: str, weighted_by_key: str) -> Message:
+def group_message(partial: Partial, arrayrecord_key: str, weighted_by_key: str) -> Message:
     """A MEAN partial as the one reply Flower's weighted-mean strategies aggregate it as: its mean state, weighted by
     its members' total weight, with its members' weighted-mean metrics (the keys every reply carries)."""
-    metrics = aggregate_metricrecords([m.content for m in members], weighted_by_key)
-    metrics[weighted_by_key] = partial.total
-    content = RecordDict({arrayrecord_key: state_to_record(partial.arrays), protocol.METRICS: MetricRecord(metrics)})
+    metrics = metric_record({**partial.metrics, weighted_by_key: partial.total})
+    content = RecordDict({arrayrecord_key: state_to_record(partial.arrays), protocol.METRICS: metrics})
     return Message(content=content, dst_node_id=0, message_type=protocol.TRAIN)
 
 
 def metrics_reply(msg: Message, metrics: dict[str, float]) -> Message:
     """A reduced client's own reply: its metrics (its arrays are in its group's partial)."""
-    return Message(content=RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(content=RecordDict({protocol.METRICS: metric_record(metrics)}), reply_to=msg)
 
 
 @dataclass(frozen=True)

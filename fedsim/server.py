@@ -7,8 +7,9 @@ fedsim's runtimes only supply the Grid.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,6 +179,17 @@ def train_config(prepared: Prepared) -> ConfigRecord:
     return config
 
 
+@contextlib.contextmanager
+def _checkpoints_on_disk(checkpointer: Checkpointer) -> Iterator[None]:
+    """However the rounds end, the last checkpoint is on disk after them (a failed round keeps its own error)."""
+    try:
+        yield
+    except BaseException:
+        checkpointer.wait(raise_error=False)
+        raise
+    checkpointer.wait()
+
+
 class Interrupted(Exception):
     """The run stopped on request (Ctrl-C, SIGTERM) after a complete round, whose checkpoint is on disk."""
 
@@ -209,7 +221,7 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
         callbacks.append(checkpointer)
     if prepared.unlearning is not None:
-        callbacks.append(UnlearningRecords(prepared.unlearning))
+        callbacks.append(UnlearningRecords(prepared.unlearning, checkpointer.wait))
     callbacks += trackers(scenario, recorder)
     return callbacks, checkpointer
 
@@ -232,7 +244,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)
     if resume:
         checkpointer.restore(resume)
-    with quiet("flwr"):  # fedsim reports rounds itself
+    with quiet("flwr"), _checkpoints_on_disk(checkpointer):  # fedsim reports rounds itself
         outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1,
                              last_round=scenario.run.rounds, train_config=train_config(prepared),
                              evaluate_fn=central_evaluation, callbacks=callbacks,

@@ -22,11 +22,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pad_sequence
 
 from fedsim.inputs import augment_stack
 from fedsim.protocol import LocalTraining
-from fedsim.training import Stats, minibatches
+from fedsim.training import Stats
 
 
 def unsupported_model(model: nn.Module) -> str | None:
@@ -78,15 +77,17 @@ class Schedule:
 
 
 def schedule(sizes: list[int], cfg: LocalTraining, generators: list[torch.Generator]) -> Schedule:
-    """The batches `minibatches` draws for each client (same generator, same order), offset into the
-    concatenation of the clients' data and padded to the batch size."""
-    per_client = [list(minibatches(n, cfg.batch_size, cfg.local_epochs, g)) for n, g in zip(sizes, generators)]
-    steps = max((len(b) for b in per_client), default=0)
-    rows = torch.full((len(sizes), steps, cfg.batch_size), -1, dtype=torch.long)
-    for c, batches in enumerate(per_client):
-        if batches:
-            padded = pad_sequence(batches, batch_first=True, padding_value=-1)
-            rows[c, : len(batches), : padded.shape[1]] = padded
+    """The batches `minibatches` draws for each client (same generator, same draws: one permutation per epoch, cut
+    into batches), offset into the concatenation of the clients' data and padded to the batch size."""
+    size, epochs = cfg.batch_size, cfg.local_epochs
+    per_epoch = [math.ceil(n / size) for n in sizes]
+    steps = max((epochs * b for b in per_epoch), default=0)
+    rows = torch.full((len(sizes), steps * size), -1, dtype=torch.long)
+    for c, (n, generator, batches) in enumerate(zip(sizes, generators, per_epoch)):
+        for epoch in range(epochs):  # an epoch's batches fill its slots in order; its last one is padded
+            start = epoch * batches * size
+            rows[c, start : start + n] = torch.randperm(n, generator=generator)
+    rows = rows.view(len(sizes), steps, size)
     real = rows >= 0
     offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).view(-1, 1, 1)
     rows = torch.where(real, rows + offsets, offsets)  # padding: any real row of this client, masked out

@@ -36,9 +36,8 @@ def aggregate(strategy: flower.Strategy, server_round: int, replies: list[Messag
         return strategy.aggregate_train(server_round, replies)
     if type(strategy) in WEIGHTED_MEAN:
         key = strategy.weighted_by_key
-        good, own = split_replies(replies, partials, key)
-        by_node = {m.metadata.src_node_id: m for m in good}
-        groups = [group_message(p, [by_node[n] for n in p.nodes], strategy.arrayrecord_key, key) for p in partials]
+        _, own = split_replies(replies, partials, key)
+        groups = [group_message(p, strategy.arrayrecord_key, key) for p in partials]
         return strategy.aggregate_train(server_round, groups + own)
     return strategy.aggregate_partials(server_round, replies, partials)
 

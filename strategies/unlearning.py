@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -168,7 +168,8 @@ class Unlearning(Strategy):
         inner = early.reduction_for(self.inner, server_round)
         if partials and partials[0].kind == STACK and inner.kind != STACK:
             sent = record_to_state(self._sent)
-            partials = [reduce_stack(inner, p.nodes, p.weights, p.arrays, sent) for p in partials]
+            partials = [replace(reduce_stack(inner, p.nodes, p.weights, p.arrays, sent), metrics=p.metrics)
+                        for p in partials]
         return early.aggregate(self.inner, server_round, replies, partials)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

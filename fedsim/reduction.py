@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedsim import protocol
 from fedsim._flower import metric_record
 from fedsim.arrays import state_to_record
+
+if TYPE_CHECKING:  # torch loads with the first partial result, not with a scenario's validation (the registry's
+    import torch  # strategies name these kinds)
 
 MEAN, CLIPPED_SUM, STACK = "mean", "clipped-sum", "stack"
 
@@ -72,6 +74,8 @@ def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], s
                  global_state: dict[str, torch.Tensor] | None = None) -> Partial:
     """The partial of members whose trained `states` are stacked along dimension 0 (`global_state`: the model they
     started from, for CLIPPED_SUM); a cohort adds its members' `metrics` (weighted_mean)."""
+    import torch
+
     if reduction.kind == STACK:
         return Partial(STACK, nodes, weights, states)
     device = next(iter(states.values())).device
@@ -96,6 +100,8 @@ def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], s
 
 def stacked_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Per-client state dicts as one stack per entry."""
+    import torch
+
     return {key: torch.stack([s[key] for s in states]) for key in states[0]}
 
 
@@ -124,6 +130,8 @@ def partial_of_replies(replies: list[Message], reduction: Reduction,
 
 def merged(partials: list[Partial]) -> Partial:
     """STACK or CLIPPED_SUM partials as one, members in node order (the order per-client replies come in)."""
+    import torch
+
     nodes = [n for p in partials for n in p.nodes]
     order = sorted(range(len(nodes)), key=nodes.__getitem__)
     weights = [w for p in partials for w in p.weights]

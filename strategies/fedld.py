@@ -19,9 +19,9 @@ Where the reference code breaks, this implementation does the following (and tes
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -30,6 +30,9 @@ from fedsim import protocol
 from fedsim.arrays import NpyArray, record_to_state
 from fedsim.reduction import STACK, Partial, Reduction, merged, partial_of_replies, split_replies
 
+if TYPE_CHECKING:  # torch loads with the first aggregation, not with a scenario's validation (the registry)
+    import torch
+
 EIGEN_FLOOR = 1e-12  # relative to the largest eigenvalue: smaller ones are numerical zeros
 
 
@@ -37,6 +40,8 @@ def principal_layer_update(g: torch.Tensor, k_proportion: float = 0.8, weights: 
                            ) -> torch.Tensor:
     """Delta for one layer: `g` is (m, d) float64 (one flattened update per client), on any device; `weights` sum
     to 1."""
+    import torch
+
     m, d = g.shape
     w = torch.full((m,), 1.0 / m, dtype=g.dtype, device=g.device) if weights is None else weights
     if d == 1:
@@ -64,6 +69,8 @@ def principal_gradient_update(updates: list[dict[str, np.ndarray]], k_proportion
     `updates`: one dict per reply, name -> (client weights - global weights). `weights`: None for the reference's
     uniform mean, or per-client weights (e.g. example counts), normalised here. Returns name -> update (float64).
     """
+    import torch
+
     if not updates:
         raise ValueError("principal_gradient_update needs at least one client update")
     w = _normalised(weights)
@@ -75,6 +82,8 @@ def principal_gradient_update(updates: list[dict[str, np.ndarray]], k_proportion
 
 
 def _normalised(weights: Iterable[float] | None, device: torch.device | None = None) -> torch.Tensor | None:
+    import torch
+
     if weights is None:
         return None
     w = torch.tensor(list(weights), dtype=torch.float64, device=device)
@@ -138,6 +147,8 @@ class FedLD(FedAvg):
                            ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The aggregate of every client's update, from the replies' arrays and the cohorts' stacks (fedsim.reduction),
         computed per layer in float64 on the device the stacks are on."""
+        import torch
+
         good, own = split_replies(replies, partials, self.weighted_by_key)
         if not good or self._global is None:
             return None, None

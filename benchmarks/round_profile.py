@@ -1,5 +1,5 @@
-"""Where a vectorised round's time goes: `python round_profile.py [SCENARIO ...] [--rounds N]` (default bench-w1),
-inline, one torch thread.
+"""Where a vectorised round's time goes: `python round_profile.py [SCENARIO ...] [--rounds N] [--both] [--set K=V]`
+(default bench-w1), inline, one torch thread.
 
 Times the parts of every round by wrapping the functions that do them (wall clock, inclusive), after a warm-up
 run: local training (fedsim.stacked), the rest of the client side (partitions, received loss, the cohort's partial
@@ -45,11 +45,13 @@ def _timed(spent: dict[str, float], label: str, fn):
     return wrapper
 
 
-def measure(name: str = "bench-w1", rounds: int | None = None, reduce_early: bool = True) -> dict[str, float]:
-    """Mean milliseconds per round of each part (and `round`, the whole round), vectorised, inline."""
+def measure(name: str = "bench-w1", rounds: int | None = None, reduce_early: bool = True,
+            sets: list[str] = ()) -> dict[str, float]:
+    """Mean milliseconds per round of each part (and `round`, the whole round), vectorised, inline; `sets`:
+    KEY=VALUE overrides (e.g. client.device="cuda")."""
     torch.set_num_threads(1)
-    scenario = fedsim.Scenario.load(name).with_overrides({"run.runtime": "inline", "run.vectorize": True,
-                                                          "run.reduce_early": reduce_early})
+    scenario = fedsim.Scenario.load(name, list(sets)).with_overrides(
+        {"run.runtime": "inline", "run.vectorize": True, "run.reduce_early": reduce_early})
     if rounds is not None:
         scenario = scenario.with_overrides({"run.rounds": rounds})
     fedsim.run(scenario.with_overrides({"run.rounds": 1}), out=None)  # warm-up: imports, caches
@@ -85,11 +87,12 @@ def main() -> None:
     parser.add_argument("scenarios", nargs="*", default=["bench-w1"])
     parser.add_argument("--rounds", type=int, help="rounds per run (default: the scenario's)")
     parser.add_argument("--both", action="store_true", help="also with run.reduce_early = false (one reply each)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a scenario override")
     args = parser.parse_args()
     for name in args.scenarios:
         for reduce_early in (True, False) if args.both else (True,):
             label = "" if not args.both else (" early reduction" if reduce_early else " one reply per client")
-            print(f"{name}{label}: {describe(measure(name, args.rounds, reduce_early))}", flush=True)
+            print(f"{name}{label}: {describe(measure(name, args.rounds, reduce_early, args.set))}", flush=True)
 
 
 if __name__ == "__main__":

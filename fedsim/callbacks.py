@@ -32,8 +32,10 @@ class SeededSampling(RoundCallback):
 
 
 class Checkpointer(RoundCallback):
-    """Writes RUN_DIR/checkpoint.pt every `every` rounds (on a background thread: checkpoint.BackgroundWriter) and
-    when the run is stopping (Ctrl-C, SIGTERM: on disk before the run ends). `wait()`: the last one is on disk.
+    """Writes RUN_DIR/checkpoint.pt every `every` rounds and when the run is stopping (Ctrl-C, SIGTERM: on disk
+    before the run ends). A round's checkpoint is written on a background thread (checkpoint.BackgroundWriter) while
+    the next round's clients train; that round waits for it before it aggregates, so a failed write stops the run
+    there (its last good checkpoint intact, no row past it). `wait()`: the last one is on disk.
 
     `stateful` are the objects whose state a resumed run needs (the strategy, the privacy monitor, ...): their
     `checkpoint_state()` or, failing that, their encodable attributes (fedsim.checkpoint.object_state).
@@ -55,6 +57,9 @@ class Checkpointer(RoundCallback):
                 "grid": self.grid.checkpoint_state(), "rng": checkpoint.rng_state()})
             if stopping:
                 self.writer.wait()
+
+    def on_train_replies(self, server_round: int, replies) -> None:
+        self.wait()
 
     def wait(self, raise_error: bool = True) -> None:
         """Until the last checkpoint is on disk (raising its write's error, with `raise_error`)."""

@@ -2,7 +2,8 @@
 
 usage: python kill_helpers.py SCENARIO_JSON OUT_DIR KILL_ROUND
 Inline: the process dies when the second client of that round is about to train (one by one), or when the
-second reply of its vectorised cohort is being built. Ray: it dies right after the round's work has been handed
+second reply of its vectorised cohort is being built (with its arrays, or its metrics beside the cohort's partial
+result). Ray: it dies right after the round's work has been handed
 to the actors, while they train.
 """
 
@@ -14,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fedsim.clients import train_together  # the vectorised path builds each reply with train_together.train_reply
+from fedsim.clients import train_together  # the vectorised path builds each reply with train_reply / metrics_reply
 from fedsim.runner import run
 from fedsim.runtime import base  # run_clients calls base.run_client per message
 from fedsim.scenario import Scenario
@@ -40,23 +41,25 @@ def main() -> None:
         return run_client(app, msg, context)
 
     base.run_client = dying_client
-    train_reply = train_together.train_reply
+    def dying(build):
+        def dying_reply(msg, *args):
+            if _round_of(msg) == kill_round:
+                seen.append(msg)
+                if len(seen) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return build(msg, *args)
 
-    def dying_reply(msg, config, *args):
-        if int(config["server-round"]) == kill_round:
-            seen.append(msg)
-            if len(seen) == 2:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return train_reply(msg, config, *args)
+        return dying_reply
 
-    train_together.train_reply = dying_reply
+    train_together.train_reply = dying(train_together.train_reply)
+    train_together.metrics_reply = dying(train_together.metrics_reply)
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 
         submit = RayGrid._submit
 
-        def dying_submit(self, chunk, actor):
-            ref = submit(self, chunk, actor)
+        def dying_submit(self, chunk, actor, reduction):
+            ref = submit(self, chunk, actor, reduction)
             if chunk.messages[0].metadata.message_type == "train" and _round_of(chunk.messages[0]) == kill_round:
                 os.kill(os.getpid(), signal.SIGKILL)
             return ref

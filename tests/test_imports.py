@@ -14,11 +14,12 @@ FOLDERS = {"fedsim": "fedsim", "clients": "fedsim.clients", "strategies": "fedsi
 PACKAGE = "fedsim"
 LAYERS = {
     PACKAGE: 0, "fedsim.errors": 0, "fedsim._flower": 0, "fedsim.seeding": 0, "fedsim.files": 0, "fedsim.arrays": 0,
-    "fedsim.protocol": 0, "fedsim.privacy": 0, "fedsim.bag_theory": 0, "fedsim.checkpoint": 0,
+    "fedsim.reduction": 0, "fedsim.protocol": 0, "fedsim.privacy": 0, "fedsim.bag_theory": 0, "fedsim.checkpoint": 0,
     "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.stacked": 0,
           "fedsim.stacked_dp_sgd": 0, "fedsim.quiet": 0, "fedsim.inputs": 0,
     "fedsim.strategies.registry": 1, "fedsim.strategies.fedld": 1, "fedsim.strategies.fedbn": 1,
     "fedsim.strategies.dp_fedavg": 1, "fedsim.strategies.replies": 1, "fedsim.strategies.grid_view": 1,
+    "fedsim.strategies.early": 1,
     "fedsim.unlearning.methods": 1,
     "fedsim.loop": 1,
     "fedsim.scenario": 2,

@@ -108,8 +108,10 @@ def test_pool_size_from_resources():
 
 @pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
 def test_simulated_faults_are_identical_on_ray(local_ray, tmp_path, small_scenario):
+    """Bit for bit with one reply per client (early reduction groups the mean's sums by actor: next test)."""
     scenario = scenario_for_ray(small_scenario, **{"faults.dropout_rate": 0.3, "faults.failure_rate": 0.2,
-                                   "faults.straggler_rate": 0.3, "faults.straggler_delay_s": 0.01})
+                                   "faults.straggler_rate": 0.3, "faults.straggler_delay_s": 0.01,
+                                   "run.reduce_early": False})
     on_ray = fedsim.run(scenario, out=tmp_path / "ray")
     inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
     assert without_timings(on_ray.metrics) == without_timings(inline.metrics)
@@ -118,7 +120,7 @@ def test_simulated_faults_are_identical_on_ray(local_ray, tmp_path, small_scenar
 @pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
 def test_unlearning_on_ray_matches_inline(local_ray, tmp_path, small_scenario):
     """Client steps (train.unlearn), the partition query and retrain run on Ray actors with the same results."""
-    raw = small_scenario(run__rounds=4, run__runtime="ray").to_dict()
+    raw = small_scenario(run__rounds=4, run__runtime="ray", run__reduce_early=False).to_dict()
     raw["unlearning"] = {"rounds": 1, "requests": [{"at_round": 2, "kind": "client", "target": 1,
                                                     "method": ["salun", "retrain", "federaser", "pga"]}]}
     scenario = fedsim.Scenario.from_dict(raw)
@@ -130,3 +132,29 @@ def test_unlearning_on_ray_matches_inline(local_ray, tmp_path, small_scenario):
 
     assert untimed(on_ray.summary["unlearning"]) == untimed(inline.summary["unlearning"])
     assert without_timings(on_ray.metrics) == without_timings(inline.metrics)
+
+
+@pytest.mark.slow  # make test keeps one Ray run: bit-identical to inline
+@pytest.mark.parametrize("strategy", ["fedavg", "fedld"])
+def test_each_actor_returns_one_partial_result_per_round(local_ray, tmp_path, small_scenario, monkeypatch, strategy):
+    """Early reduction on Ray: the object store carries one partial per actor a round, not one model per client; the
+    run equals inline within float rounding (the weighted mean's sums are grouped by actor; a BLAS may round a
+    chunk of 2 stacked clients otherwise than one of 4, as without early reduction)."""
+    from test_early_reduction import assert_same_within_rounding
+
+    from fedsim.runtime.base import VirtualNodesGrid
+
+    seen, original = [], VirtualNodesGrid.send_and_reduce
+
+    def spy(self, messages, reduction, *, timeout=None):
+        replies, partials = original(self, messages, reduction, timeout=timeout)
+        seen.append((self.describe()["kind"], len(partials), sum(len(p.nodes) for p in partials)))
+        return replies, partials
+
+    monkeypatch.setattr(VirtualNodesGrid, "send_and_reduce", spy)
+    scenario = scenario_for_ray(small_scenario, strategy__name=strategy, run__vectorize=True)
+    on_ray = fedsim.run(scenario, out=tmp_path / "ray")
+    inline = fedsim.run(scenario.with_overrides({"run.runtime": "inline"}), out=tmp_path / "inline")
+    assert [s for s in seen if s[0] == "ray"] == [("ray", 2, 4)] * 3  # 4 clients a round, 2 actors
+    assert [s for s in seen if s[0] == "inline"] == [("inline", 1, 4)] * 3
+    assert_same_within_rounding(on_ray, inline)

@@ -183,3 +183,26 @@ def test_schedule_draws_the_batches_minibatches_draws():
         got = [plan.rows[t, c][plan.mask[t, c].bool()] - offsets[c] for t in range(len(want))]
         assert all(torch.equal(g, w) for g, w in zip(got, want)), n
         assert int((plan.counts[:, c] > 0).sum()) == len(want)
+
+
+def test_a_strategy_of_ones_own_takes_part_by_declaring_it(small_scenario, tmp_path, partials_seen):
+    """docs/extending.md's example: a FedAvg subclass that defines reduction and aggregate_partials is reduced early
+    and aggregates as FedAvg does."""
+    from fedsim.reduction import group_message, split_replies
+
+    class MyFedAvg(flower.FedAvg):
+        def reduction(self, server_round):
+            return Reduction(MEAN, self.weighted_by_key)
+
+        def aggregate_partials(self, server_round, replies, partials):
+            _, own = split_replies(replies, partials, self.weighted_by_key)
+            groups = [group_message(p, self.arrayrecord_key, self.weighted_by_key) for p in partials]
+            return self.aggregate_train(server_round, groups + own)
+
+    scenario = small_scenario(run__vectorize=True)
+    kwargs = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_available_nodes": 1}
+    own = fedsim.run(scenario, strategy=MyFedAvg(**kwargs), out=tmp_path / "own")
+    assert partials_seen == [1, 1, 1]
+    plain = fedsim.run(scenario.with_overrides({"run.reduce_early": False}), strategy=flower.FedAvg(**kwargs),
+                       out=tmp_path / "plain")
+    assert_same_within_rounding(own, plain)

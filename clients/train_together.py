@@ -54,9 +54,10 @@ def train_together(messages: list[Message], contexts: list[Context], reduction: 
                    for i, (msg, m) in enumerate(zip(messages, metrics))]
     else:
         start = {k: v.detach() for k, v in setup.model.state_dict().items()}  # training leaves the model as sent
+        nodes = [m.metadata.dst_node_id for m in messages]
         weights = [float(m[reduction.weighted_by_key]) for m in metrics]
-        partial = reduce_stack(reduction, [m.metadata.dst_node_id for m in messages], weights, states, start)
-        partial.metrics = weighted_mean(metrics, weights, reduction.weighted_by_key)
+        partial = reduce_stack(reduction, nodes, weights, states, start)
+        partial.metrics = weighted_mean(nodes, metrics, weights, reduction.weighted_by_key)
         replies = [metrics_reply(msg, m) for msg, m in zip(messages, metrics)]
     ws.release()
     return replies, partial

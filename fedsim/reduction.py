@@ -62,12 +62,36 @@ class Partial:
                        self.metrics)
 
 
-def weighted_mean(metrics: list[dict[str, float]], weights: list[float], weighted_by_key: str) -> dict[str, float]:
+def weighted_mean(nodes: list[int], metrics: list[dict[str, float]], weights: list[float], weighted_by_key: str
+                  ) -> dict[str, float]:
     """Every reply metric's weighted mean over the members (the weight itself left out), as Flower's
-    aggregate_metricrecords computes it."""
+    aggregate_metricrecords computes it (in node order, each value times its share, summed one after another)."""
     total = sum(weights)
-    return {key: sum(m[key] * (w / total) for m, w in zip(metrics, weights)) for key in metrics[0]
+    order = sorted(range(len(nodes)), key=nodes.__getitem__)
+    return {key: sum(metrics[i][key] * (weights[i] / total) for i in order) for key in metrics[0]
             if key != weighted_by_key}
+
+
+def weighted_mean_state(nodes: list[int], weights: list[float], states: dict[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+    """The members' weighted mean state, with Flower's arithmetic (aggregate_arrayrecords): in node order (the order
+    replies reach a strategy), each state times its share w / total in the state's own type (float64 for integer
+    entries), summed one after another. A whole round's cohort therefore gives Flower's mean of the per-client
+    replies bit for bit; cohorts on several workers, that mean within float rounding."""
+    import torch
+
+    total = sum(weights)
+    order = sorted(range(len(nodes)), key=nodes.__getitem__)
+    mean = {}
+    for key, s in states.items():
+        dtype = s.dtype if s.is_floating_point() else torch.float64
+        shares = torch.tensor([weights[i] / total for i in order], dtype=dtype, device=s.device)
+        products = s[torch.tensor(order, device=s.device)].to(dtype) * shares.view(-1, *[1] * (s.dim() - 1))
+        acc = products[0].clone()
+        for product in products[1:]:
+            acc += product
+        mean[key] = acc
+    return mean
 
 
 def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], states: dict[str, torch.Tensor],
@@ -78,17 +102,10 @@ def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], s
 
     if reduction.kind == STACK:
         return Partial(STACK, nodes, weights, states)
-    device = next(iter(states.values())).device
     if reduction.kind == MEAN:
-        share = torch.tensor(weights, dtype=torch.float64, device=device)
-        share = share / share.sum()
-        # in the state's own float type, as Flower's mean is; integer entries (counters) as float64, as Flower's
-        mean = {}
-        for key, s in states.items():
-            dtype = s.dtype if s.is_floating_point() else torch.float64
-            mean[key] = torch.tensordot(share.to(dtype), s.to(dtype), dims=1)
-        return Partial(MEAN, nodes, weights, mean)
+        return Partial(MEAN, nodes, weights, weighted_mean_state(nodes, weights, states))
     if reduction.kind == CLIPPED_SUM:
+        device = next(iter(states.values())).device
         updates = {k: s.double() - global_state[k].to(device).double() for k, s in states.items()}
         squared = sum(u.flatten(1).pow(2).sum(1) for u in updates.values())
         norms = squared.sqrt()

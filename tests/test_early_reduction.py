@@ -73,6 +73,9 @@ def test_every_listed_strategy_aggregates_partials_as_it_aggregates_replies(name
     assert partials_seen[:3] == [1, 1, 1]  # the reduced run: one partial a round (inline: one cohort)
     assert early.summary["runtime"]["vectorized_clients"] == each.summary["runtime"]["vectorized_clients"] == 12
     assert_same_within_rounding(early, each)
+    # one cohort a round: the partial is computed with Flower's own arithmetic (weighted means) or holds the very
+    # states the replies would (FedLD's stack), so the weights are the same bits
+    assert all(torch.equal(early.state_dict[k], v) for k, v in each.state_dict.items())
 
 
 @pytest.mark.parametrize("name", ["client-dp", "client-dp-adaptive"])

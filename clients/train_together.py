@@ -22,7 +22,7 @@ from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
 from fedsim.features.base import StackedTrainingFeature
 from fedsim.inputs import augmentation_generator, pipeline_of
-from fedsim.reduction import Partial, Reduction, metrics_reply, reduce_stack, weighted_mean
+from fedsim.reduction import Partial, Reduction, metrics_reply, reduce_stack, rows_of, weighted_mean
 from fedsim.stacked import train_stacked
 
 
@@ -38,7 +38,7 @@ def train_together(messages: list[Message], contexts: list[Context], reduction: 
     metrics = [received_loss(config, setup.model, job.x, job.y, ws.task) for job in jobs]
     feature, settings = features.client_trainer(config)
     if isinstance(feature, StackedTrainingFeature):
-        states, extras = feature.train_together(settings, setup, jobs)
+        parts, extras = feature.train_together(settings, setup, jobs)
     elif feature is not None:  # prepare keeps such runs one by one (not_vectorizable)
         raise TypeError(f"{feature.name} has no vectorised trainer")
     else:
@@ -46,17 +46,17 @@ def train_together(messages: list[Message], contexts: list[Context], reduction: 
         augmentations = [augmentation_generator(job.seed) for job in jobs] if pipeline_of(setup.model) else None
         result = train_stacked(setup.model, [(job.x, job.y) for job in jobs], setup.local, ws.task, generators,
                                setup.memory_mb, augmentations)
-        states, extras = result.states, [s.metrics(accuracy=ws.task == "classification") for s in result.stats]
+        parts, extras = result.parts, [s.metrics(accuracy=ws.task == "classification") for s in result.stats]
     metrics = [reply_metrics(config, {**m, **extra}, len(job.x)) for m, extra, job in zip(metrics, extras, jobs)]
     partial = None
     if reduction is None:
-        replies = [train_reply(msg, {k: v[i] for k, v in states.items()}, m)
-                   for i, (msg, m) in enumerate(zip(messages, metrics))]
+        replies = [train_reply(msg, {k: parts[p][k][r] for k in parts[p]}, m)
+                   for (p, r), msg, m in zip(rows_of(parts), messages, metrics, strict=True)]
     else:
         start = {k: v.detach() for k, v in setup.model.state_dict().items()}  # training leaves the model as sent
         nodes = [m.metadata.dst_node_id for m in messages]
         weights = [float(m[reduction.weighted_by_key]) for m in metrics]
-        partial = reduce_stack(reduction, nodes, weights, states, start)
+        partial = reduce_stack(reduction, nodes, weights, parts, start)
         partial.metrics = weighted_mean(nodes, metrics, weights, reduction.weighted_by_key)
         replies = [metrics_reply(msg, m) for msg, m in zip(messages, metrics)]
     ws.release()

@@ -72,46 +72,68 @@ def weighted_mean(nodes: list[int], metrics: list[dict[str, float]], weights: li
             if key != weighted_by_key}
 
 
-def weighted_mean_state(nodes: list[int], weights: list[float], states: dict[str, torch.Tensor]
+def rows_of(parts: list[dict[str, torch.Tensor]]) -> list[tuple[int, int]]:
+    """(part, row) of every member of a stack held in parts (consecutive members, each part stacked along dim 0)."""
+    return [(p, r) for p, part in enumerate(parts) for r in range(len(next(iter(part.values()))))]
+
+
+def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict[str, torch.Tensor]]
                         ) -> dict[str, torch.Tensor]:
     """The members' weighted mean state, with Flower's arithmetic (aggregate_arrayrecords): in node order (the order
     replies reach a strategy), each state times its share w / total in the state's own type (float64 for integer
     entries), summed one after another. A whole round's cohort therefore gives Flower's mean of the per-client
-    replies bit for bit; cohorts on several workers, that mean within float rounding."""
+    replies bit for bit; cohorts on several workers, that mean within float rounding. No copy of the stack."""
     import torch
 
-    total = sum(weights)
+    total, where = sum(weights), rows_of(parts)
     order = sorted(range(len(nodes)), key=nodes.__getitem__)
     mean = {}
-    for key, s in states.items():
-        dtype = s.dtype if s.is_floating_point() else torch.float64
-        shares = torch.tensor([weights[i] / total for i in order], dtype=dtype, device=s.device)
-        products = s[torch.tensor(order, device=s.device)].to(dtype) * shares.view(-1, *[1] * (s.dim() - 1))
-        acc = products[0].clone()
-        for product in products[1:]:
-            acc += product
+    for key, first in parts[0].items():
+        dtype = first.dtype if first.is_floating_point() else torch.float64
+        shares = torch.tensor([weights[i] / total for i in order], dtype=dtype, device=first.device)
+        acc = None
+        for share, i in zip(shares, order):
+            p, r = where[i]
+            product = parts[p][key][r].to(dtype) * share
+            acc = product if acc is None else acc.add_(product)
         mean[key] = acc
     return mean
 
 
-def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], states: dict[str, torch.Tensor],
+def clipped_sum(clipping_norm: float, parts: list[dict[str, torch.Tensor]], global_state: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The float64 sum of the members' updates (state - global), each scaled by min(1, C / its L2 norm) (the flat
+    clipping of Flower's DP wrappers), and every norm, part by part."""
+    import torch
+
+    summed, norms = {}, []
+    for part in parts:
+        device = next(iter(part.values())).device
+        updates = {k: s.double() - global_state[k].to(device).double() for k, s in part.items()}
+        norm = sum(u.flatten(1).pow(2).sum(1) for u in updates.values()).sqrt()
+        factor = (clipping_norm / norm.clamp(min=1e-300)).clamp(max=1.0)
+        for k, u in updates.items():
+            term = torch.tensordot(factor, u, dims=1)
+            summed[k] = term if k not in summed else summed[k] + term.to(summed[k].device)
+        norms += norm.tolist()
+    return summed, norms
+
+
+def reduce_stack(reduction: Reduction, nodes: list[int], weights: list[float], parts: list[dict[str, torch.Tensor]],
                  global_state: dict[str, torch.Tensor] | None = None) -> Partial:
-    """The partial of members whose trained `states` are stacked along dimension 0 (`global_state`: the model they
-    started from, for CLIPPED_SUM); a cohort adds its members' `metrics` (weighted_mean)."""
+    """The partial of members whose trained states are held in `parts` (consecutive members, each part stacked along
+    dimension 0; `global_state`: the model they started from, for CLIPPED_SUM); a cohort adds its members'
+    `metrics` (weighted_mean)."""
     import torch
 
     if reduction.kind == STACK:
+        states = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return Partial(STACK, nodes, weights, states)
     if reduction.kind == MEAN:
-        return Partial(MEAN, nodes, weights, weighted_mean_state(nodes, weights, states))
+        return Partial(MEAN, nodes, weights, weighted_mean_state(nodes, weights, parts))
     if reduction.kind == CLIPPED_SUM:
-        device = next(iter(states.values())).device
-        updates = {k: s.double() - global_state[k].to(device).double() for k, s in states.items()}
-        squared = sum(u.flatten(1).pow(2).sum(1) for u in updates.values())
-        norms = squared.sqrt()
-        factor = (reduction.clipping_norm / norms.clamp(min=1e-300)).clamp(max=1.0)
-        summed = {k: torch.tensordot(factor, u, dims=1) for k, u in updates.items()}
-        return Partial(CLIPPED_SUM, nodes, weights, summed, norms.tolist())
+        summed, norms = clipped_sum(reduction.clipping_norm, parts, global_state)
+        return Partial(CLIPPED_SUM, nodes, weights, summed, norms)
     raise ValueError(f"unknown reduction {reduction.kind!r}")
 
 
@@ -142,7 +164,7 @@ def partial_of_replies(replies: list[Message], reduction: Reduction,
         return None
     states = stacked_states([next(iter(m.content.array_records.values())).to_torch_state_dict() for m in replies])
     weights = [float(next(iter(m.content.metric_records.values()))[reduction.weighted_by_key]) for m in replies]
-    return reduce_stack(reduction, [m.metadata.src_node_id for m in replies], weights, states, global_state)
+    return reduce_stack(reduction, [m.metadata.src_node_id for m in replies], weights, [states], global_state)
 
 
 def merged(partials: list[Partial]) -> Partial:

@@ -48,23 +48,22 @@ class TrainedClient:
 
 @dataclass
 class StackedClients:
-    """Every client's final state, stacked along a leading client axis, and each client's training stats."""
+    """Every client's final state, chunk by chunk (each chunk's clients stacked along a leading client axis, in
+    order), and each client's training stats."""
 
-    states: dict[str, torch.Tensor]
+    parts: list[dict[str, torch.Tensor]]
     stats: list[Stats]
 
     def clients(self) -> list[TrainedClient]:
         """Each client's slice of the stack (views, no copies) with its stats."""
-        per_client = {name: p.unbind(0) for name, p in self.states.items()}
-        return [TrainedClient({name: p[c] for name, p in per_client.items()}, s) for c, s in enumerate(self.stats)]
+        states = [{name: p[row] for name, p in part.items()} for part in self.parts
+                  for row in range(len(next(iter(part.values()))))]
+        return [TrainedClient(state, s) for state, s in zip(states, self.stats, strict=True)]
 
     @staticmethod
     def joined(chunks: list[StackedClients]) -> StackedClients:
-        """Chunks of one cohort as one (no copy for a single chunk)."""
-        if len(chunks) == 1:
-            return chunks[0]
-        return StackedClients({k: torch.cat([c.states[k] for c in chunks]) for k in chunks[0].states},
-                              [s for c in chunks for s in c.stats])
+        """Chunks of one cohort as one (their parts in order, no copy)."""
+        return StackedClients([p for c in chunks for p in c.parts], [s for c in chunks for s in c.stats])
 
 
 @dataclass
@@ -129,7 +128,7 @@ def stacked(start: dict[str, torch.Tensor], clients: int) -> dict[str, torch.Ten
 
 def stacked_clients(params: dict[str, torch.Tensor], stats: list[Stats]) -> StackedClients:
     """The trained stack (detached) with every client's stats."""
-    return StackedClients({name: p.detach() for name, p in params.items()}, stats)
+    return StackedClients([{name: p.detach() for name, p in params.items()}], stats)
 
 
 class Optimizer:
@@ -241,7 +240,7 @@ def train_stacked(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]
     every client's final state (stacked) and training stats, as `train_locally` would have left them one by one
     (`augmentations`: each client's generator of the data's random transforms, fedsim.inputs)."""
     if not data:
-        return StackedClients({}, [])
+        return StackedClients([], [])
     results: list[StackedClients] = []
     sample = next((x for x, _ in data if len(x)), data[0][0])
     size = chunk_size(model, sample, cfg, memory_mb) if len(sample) else len(data)

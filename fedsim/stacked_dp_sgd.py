@@ -59,7 +59,7 @@ def train_stacked_dp_sgd(model: nn.Module, clients: list[PrivateClient], cfg: Lo
         size = chunk_size(model, sample, cfg, memory_mb, per_example=True)
     for start in range(0, len(clients), size):
         results.append(_train_chunk(model, clients[start : start + size], cfg, task, max_grad_norm))
-    return StackedClients.joined(results) if results else StackedClients({}, [])
+    return StackedClients.joined(results)
 
 
 def _per_example_gradients(model: nn.Module, task: str):

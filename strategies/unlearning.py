@@ -168,7 +168,7 @@ class Unlearning(Strategy):
         inner = early.reduction_for(self.inner, server_round)
         if partials and partials[0].kind == STACK and inner.kind != STACK:
             sent = record_to_state(self._sent)
-            partials = [replace(reduce_stack(inner, p.nodes, p.weights, p.arrays, sent), metrics=p.metrics)
+            partials = [replace(reduce_stack(inner, p.nodes, p.weights, [p.arrays], sent), metrics=p.metrics)
                         for p in partials]
         return early.aggregate(self.inner, server_round, replies, partials)
 

@@ -160,11 +160,11 @@ def test_partials_equal_their_definitions():
     states = {k: v + torch.randn(5, *v.shape) * torch.tensor([0.01, 0.1, 1, 3, 0]).view(-1, *[1] * v.dim())
               for k, v in start.items()}
     weights = [3.0, 1.0, 5.0, 2.0, 4.0]
-    mean = reduce_stack(Reduction(MEAN), list(range(5)), weights, states)
+    mean = reduce_stack(Reduction(MEAN), list(range(5)), weights, [states])
     for k, s in states.items():
         want = sum(w * s[i].double() for i, w in enumerate(weights)) / sum(weights)
         torch.testing.assert_close(mean.arrays[k].double(), want, rtol=1e-6, atol=1e-7)
-    clipped = reduce_stack(Reduction(CLIPPED_SUM, clipping_norm=1.0), list(range(5)), weights, states, start)
+    clipped = reduce_stack(Reduction(CLIPPED_SUM, clipping_norm=1.0), list(range(5)), weights, [states], start)
     for i in range(5):
         norm = math.sqrt(sum(float((states[k][i].double() - start[k].double()).pow(2).sum()) for k in start))
         assert math.isclose(clipped.norms[i], norm, rel_tol=1e-12, abs_tol=1e-300)
@@ -172,8 +172,18 @@ def test_partials_equal_their_definitions():
         want = sum((min(1.0, 1.0 / n) if n else 1.0) * (states[k][i].double() - origin.double())
                    for i, n in enumerate(clipped.norms))
         torch.testing.assert_close(clipped.arrays[k], want, rtol=1e-12, atol=1e-12)
-    stack = reduce_stack(Reduction(STACK), list(range(5)), weights, states)
+    stack = reduce_stack(Reduction(STACK), list(range(5)), weights, [states])
     assert all(stack.arrays[k] is states[k] for k in states)
+    # a cohort trained in chunks (memory) reduces them without joining: the same mean bit for bit, the same stack
+    chunks = [{k: v[:2] for k, v in states.items()}, {k: v[2:] for k, v in states.items()}]
+    for kind, extra in ((MEAN, {}), (STACK, {}), (CLIPPED_SUM, {"clipping_norm": 1.0})):
+        whole = reduce_stack(Reduction(kind, **extra), list(range(5)), weights, [states], start)
+        split = reduce_stack(Reduction(kind, **extra), list(range(5)), weights, chunks, start)
+        for k in states:
+            if kind == CLIPPED_SUM:
+                torch.testing.assert_close(split.arrays[k], whole.arrays[k], rtol=1e-12, atol=1e-12)
+            else:
+                assert torch.equal(split.arrays[k], whole.arrays[k]), (kind, k)
 
 
 def test_schedule_draws_the_batches_minibatches_draws():

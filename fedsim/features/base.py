@@ -119,9 +119,10 @@ class StackedTrainingFeature(ClientTrainingFeature):
 
     @abstractmethod
     def train_together(self, settings: Any, setup: RoundSetup, jobs: list[ClientJob]
-                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-        """Every job trained from `setup.model` at once: the final states (stacked along a leading client axis) and
-        each job's metrics, as `train` leaves them."""
+                       ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, float]]]:
+        """Every job trained from `setup.model` at once: the final states, chunk by chunk (each stacked along a
+        leading client axis, jobs in order: fedsim.stacked.StackedClients.parts), and each job's metrics, as `train`
+        leaves them."""
 
 
 class PrivacyFeature(Feature):

@@ -299,7 +299,7 @@ class DPSGD(PrivacyFeature, StackedTrainingFeature):
         return metrics
 
     def train_together(self, settings: DPSGDSettings, setup: RoundSetup, jobs: list[ClientJob]
-                       ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+                       ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, float]]]:
         """Noise, budget check and accountant as `train` has them per client; each client's history is written only
         once every client has trained (a cohort that raises is rerun one by one)."""
         local = setup.local
@@ -321,7 +321,7 @@ class DPSGD(PrivacyFeature, StackedTrainingFeature):
             after = accountant_history(history, sigma, q, steps, settings.accountant)
             save_history(job.state, after, sigma)
             metrics.append(round_metrics(stats, spent, after, sigma, q, steps, settings))
-        return results.states, metrics
+        return results.parts, metrics
 
 
 FEATURE = DPSGD()

@@ -10,7 +10,8 @@ start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R
                                50 a round, batch 10, a 2-conv CNN of 1.6M parameters
   W5  scenarios/bench-w5.toml  a ResNet-18 (CIFAR stem, GroupNorm, 11.2M parameters) round: 50 clients x 50
                                synthetic 3x32x32 images, all 50 a round, batch 10; sequential vs vectorised
-  profile                      where a vectorised W1 round's time goes (benchmarks/round_profile.py)
+  profile                      where a vectorised W1 round's time goes, with and without early reduction
+                               (benchmarks/round_profile.py)
   fedld                        FedLD's aggregation vs the Gram matrices it needs (m = 50, 1M parameters)
   dp                           DP-SGD local training vs plain, on the quickstart clients
 """
@@ -102,13 +103,18 @@ def _sweep() -> str:
 def _profile() -> str:
     from round_profile import describe, measure
 
-    return "bench-w1 vectorised, inline, mean per round: " + describe(measure("bench-w1"))
+    early, each = measure("bench-w1"), measure("bench-w1", reduce_early=False)
+    return (f"bench-w1 vectorised, inline, mean per round, in one process: with early reduction (a cohort's one "
+            f"partial result) {describe(early)}. With one reply per client (`run.reduce_early = false`, as before "
+            f"it): {describe(each)}. Round: {early['round'] / each['round']:.2f}x.")
 
 
 def _gpu() -> str:
     return ("missing: no NVIDIA GPU was available where these figures were made. On a machine with one, "
-            "`bash benchmarks/gpu_check.sh` runs W3 and W4 on the GPU one client after another vs vectorised (and W4 "
-            "on Ray with 4 actors sharing it) and prints the table with the card's name.")
+            "`bash benchmarks/gpu_check.sh` runs W3, W4 and W5 (ResNet-18) on the GPU one client after another, "
+            "vectorised with one reply per client (before early reduction) and vectorised with early reduction (and "
+            "W4 on Ray with 4 actors sharing it), prints the table with the card's name, then where a W4 and a W5 "
+            "round's time goes with and without early reduction.")
 
 
 MICRO = {"profile": _profile, "fedld": _fedld, "dp": _dp, "scale": _scale, "sweep": _sweep}

@@ -112,12 +112,17 @@ def restore_object(obj: Any, state: dict) -> None:
 def rng_state() -> dict:
     """The process-wide generators (Python's, NumPy's, torch's CPU one). fedsim reseeds them from (seed, round,
     client) wherever it draws, so this is for code that does not, e.g. a custom strategy drawing in aggregate."""
-    return {"python": encode(random.getstate()), "numpy": encode(np.random.get_state()),
-            "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()  # Mersenne Twister's 625 words as one tensor, not 625 numbers
+    return {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+            "numpy": encode(np.random.get_state()), "torch": torch.get_rng_state()}
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(decode(state["python"]))
+    python = state["python"]
+    if isinstance(python, dict) and "internal" in python:
+        random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss"]))
+    else:  # a checkpoint written before the state became a tensor
+        random.setstate(decode(python))
     np.random.set_state(decode(state["numpy"]))
     torch.set_rng_state(state["torch"])
 

@@ -77,27 +77,46 @@ def rows_of(parts: list[dict[str, torch.Tensor]]) -> list[tuple[int, int]]:
     return [(p, r) for p, part in enumerate(parts) for r in range(len(next(iter(part.values()))))]
 
 
+FLAT_MEAN_ELEMENTS = 2**20  # up to this many entries a member, its state is averaged as one flat vector (one
+# operation per member instead of one per entry and member: small models are dominated by the call overhead)
+
+
 def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict[str, torch.Tensor]]
                         ) -> dict[str, torch.Tensor]:
     """The members' weighted mean state, with Flower's arithmetic (aggregate_arrayrecords): in node order (the order
     replies reach a strategy), each state times its share w / total in the state's own type (float64 for integer
     entries), summed one after another. A whole round's cohort therefore gives Flower's mean of the per-client
-    replies bit for bit; cohorts on several workers, that mean within float rounding. No copy of the stack."""
+    replies bit for bit; cohorts on several workers, that mean within float rounding. Elementwise, so a small state
+    is averaged as one flat vector (the same bits); a large one entry by entry, without copying the stack."""
     import torch
 
     total, where = sum(weights), rows_of(parts)
     order = sorted(range(len(nodes)), key=nodes.__getitem__)
-    mean = {}
-    for key, first in parts[0].items():
-        dtype = first.dtype if first.is_floating_point() else torch.float64
-        shares = torch.tensor([weights[i] / total for i in order], dtype=dtype, device=first.device)
-        acc = None
-        for share, i in zip(shares, order):
-            p, r = where[i]
-            product = parts[p][key][r].to(dtype) * share
-            acc = product if acc is None else acc.add_(product)
-        mean[key] = acc
-    return mean
+    first = parts[0]
+    dtypes = {t.dtype for t in first.values()}
+    per_member = sum(t[0].numel() for t in first.values())
+    if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point and per_member <= FLAT_MEAN_ELEMENTS:
+        flat = [torch.cat([t.reshape(len(t), -1) for t in part.values()], dim=1) for part in parts]
+        mean = _ordered_mean(lambda i: flat[where[i][0]][where[i][1]], weights, total, order, next(iter(dtypes)))
+        sizes = [t[0].numel() for t in first.values()]
+        return {key: piece.view(t.shape[1:]) for (key, t), piece in zip(first.items(), mean.split(sizes))}
+    out = {}
+    for key, t in first.items():
+        dtype = t.dtype if t.is_floating_point() else torch.float64
+        out[key] = _ordered_mean(lambda i, key=key: parts[where[i][0]][key][where[i][1]], weights, total, order, dtype)
+    return out
+
+
+def _ordered_mean(row, weights: list[float], total: float, order: list[int], dtype) -> torch.Tensor:
+    """sum over `order` of row(i) * (w_i / total), each product rounded in `dtype`, added one after another."""
+    import torch
+
+    shares = torch.tensor([weights[i] / total for i in order], dtype=dtype, device=row(order[0]).device)
+    acc = row(order[0]).to(dtype) * shares[0]
+    buffer = torch.empty_like(acc)
+    for share, i in zip(shares[1:], order[1:]):
+        acc.add_(torch.mul(row(i).to(dtype), share, out=buffer))
+    return acc
 
 
 def clipped_sum(clipping_norm: float, parts: list[dict[str, torch.Tensor]], global_state: dict[str, torch.Tensor]

@@ -11,6 +11,7 @@ import torch
 from flwr.serverapp import strategy as flower
 
 import fedsim
+from fedsim import reduction
 from fedsim.features.client_dp_adaptive import AdaptiveClippingDPFedAvg
 from fedsim.protocol import LocalTraining
 from fedsim.reduction import CLIPPED_SUM, MEAN, STACK, Reduction, reduce_stack
@@ -153,7 +154,7 @@ def test_strategies_are_reduced_early_only_by_exact_class():
     assert reduction_for(adaptive, 1) == Reduction(CLIPPED_SUM, "num-examples", 0.3)
 
 
-def test_partials_equal_their_definitions():
+def test_partials_equal_their_definitions(monkeypatch):
     """MEAN is the weighted mean, CLIPPED_SUM the sum of min(1, C / |u_i|) u_i in float64, STACK the states."""
     torch.manual_seed(0)
     start = {"w": torch.randn(3, 4), "b": torch.randn(4)}
@@ -184,6 +185,10 @@ def test_partials_equal_their_definitions():
                 torch.testing.assert_close(split.arrays[k], whole.arrays[k], rtol=1e-12, atol=1e-12)
             else:
                 assert torch.equal(split.arrays[k], whole.arrays[k]), (kind, k)
+    # a large state is averaged entry by entry instead of as one flat vector: the same bits
+    monkeypatch.setattr(reduction, "FLAT_MEAN_ELEMENTS", 0)
+    by_entry = reduce_stack(Reduction(MEAN), list(range(5)), weights, chunks)
+    assert all(torch.equal(by_entry.arrays[k], mean.arrays[k]) for k in states)
 
 
 def test_schedule_draws_the_batches_minibatches_draws():

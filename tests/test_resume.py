@@ -269,3 +269,16 @@ def test_process_wide_random_generators_are_checkpointed():
     torch.manual_seed(0)
     checkpoint.restore_rng(state)
     assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+
+
+def test_the_python_generator_comes_back_from_either_checkpoint_layout():
+    """Checkpoints keep Python's Mersenne state as one tensor; ones written before (625 tagged numbers) restore too."""
+    import random
+
+    random.seed(5)
+    want = [random.random() for _ in range(3)]
+    random.seed(5)
+    for state in (checkpoint.rng_state(), {**checkpoint.rng_state(), "python": checkpoint.encode(random.getstate())}):
+        random.seed(99)
+        checkpoint.restore_rng(state)
+        assert [random.random() for _ in range(3)] == want

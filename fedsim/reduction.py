@@ -177,10 +177,8 @@ def split_replies(replies: Iterable[Message], partials: list[Partial], weighted_
 
 
 def partial_of_replies(replies: list[Message], reduction: Reduction,
-                       global_state: dict[str, torch.Tensor] | None = None) -> Partial | None:
-    """What a group of these per-client replies (each with its arrays) would have sent (None for no reply)."""
-    if not replies:
-        return None
+                       global_state: dict[str, torch.Tensor] | None = None) -> Partial:
+    """What a group of these per-client replies (at least one, each with its arrays) would have sent."""
     states = stacked_states([next(iter(m.content.array_records.values())).to_torch_state_dict() for m in replies])
     weights = [float(next(iter(m.content.metric_records.values()))[reduction.weighted_by_key]) for m in replies]
     return reduce_stack(reduction, [m.metadata.src_node_id for m in replies], weights, [states], global_state)

@@ -18,7 +18,7 @@ LAYERS = {
     "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.stacked": 0,
           "fedsim.stacked_dp_sgd": 0, "fedsim.quiet": 0, "fedsim.inputs": 0,
     "fedsim.strategies.registry": 1, "fedsim.strategies.fedld": 1, "fedsim.strategies.fedbn": 1,
-    "fedsim.strategies.dp_fedavg": 1, "fedsim.strategies.replies": 1, "fedsim.strategies.grid_view": 1,
+    "fedsim.strategies.dp_fedavg": 1, "fedsim.strategies.grid_view": 1,
     "fedsim.strategies.early": 1,
     "fedsim.unlearning.methods": 1,
     "fedsim.loop": 1,

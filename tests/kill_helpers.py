@@ -1,6 +1,8 @@
 """Run a scenario in this process and SIGKILL it in the middle of round KILL_ROUND (for the resume tests).
 
-usage: python kill_helpers.py SCENARIO_JSON OUT_DIR KILL_ROUND
+usage: python kill_helpers.py SCENARIO_JSON OUT_DIR KILL_ROUND [--hold-checkpoint]
+With --hold-checkpoint the background write of round KILL_ROUND - 1's checkpoint never finishes (the kill finds it
+in flight, as a fast round can), so the run dir holds round KILL_ROUND - 2's.
 Inline: the process dies when the second client of that round is about to train (one by one), or when the
 second reply of its vectorised cohort is being built (with its arrays, or its metrics beside the cohort's partial
 result). Ray: it dies right after the round's work has been handed
@@ -13,8 +15,10 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
+from fedsim import checkpoint
 from fedsim.clients import train_together  # the vectorised path builds each reply with train_reply / metrics_reply
 from fedsim.runner import run
 from fedsim.runtime import base  # run_clients calls base.run_client per message
@@ -30,6 +34,15 @@ def main() -> None:
     scenario = Scenario.model_validate(json.loads(Path(sys.argv[1]).read_text()))
     out, kill_round = sys.argv[2], int(sys.argv[3])
     seen = []
+    if "--hold-checkpoint" in sys.argv[4:]:
+        write = checkpoint.BackgroundWriter._write
+
+        def held_write(self, run_dir, payload):
+            if payload["round"] == kill_round - 1:
+                threading.Event().wait()  # never set: the process dies with this write in flight
+            write(self, run_dir, payload)
+
+        checkpoint.BackgroundWriter._write = held_write
 
     run_client = base.run_client
 

@@ -36,17 +36,24 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def killed_and_resumed(scenario: Scenario, tmp_path: Path, resume_runtime: str | None = None):
-    """Run `scenario` in a child process that SIGKILLs itself in the middle of round KILL_ROUND, then resume."""
+def killed_and_resumed(scenario: Scenario, tmp_path: Path, resume_runtime: str | None = None,
+                       hold_checkpoint: bool = False):
+    """Run `scenario` in a child process that SIGKILLs itself in the middle of round KILL_ROUND, then resume.
+    The previous round's checkpoint is written in the background while round KILL_ROUND trains, so the kill may
+    find it on disk or still in flight (then the one before is there); `hold_checkpoint` makes it the latter."""
     spec = tmp_path / "scenario.json"
     spec.write_text(scenario.model_dump_json())
     out = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, str(TESTS / "kill_helpers.py"), str(spec), str(out), str(KILL_ROUND)],
+    child = subprocess.Popen([sys.executable, str(TESTS / "kill_helpers.py"), str(spec), str(out), str(KILL_ROUND),
+                              *(["--hold-checkpoint"] if hold_checkpoint else [])],
                              start_new_session=True, stderr=subprocess.PIPE, text=True)
     _, stderr = child.communicate(timeout=300)
     kill_group(child.pid)
     assert child.returncode == -signal.SIGKILL, stderr[-2000:]
-    assert checkpoint.read(out)["round"] == KILL_ROUND - 1
+    on_disk = checkpoint.read(out)["round"]
+    assert on_disk == KILL_ROUND - 2 if hold_checkpoint else on_disk in (KILL_ROUND - 2, KILL_ROUND - 1)
+    if hold_checkpoint:  # round KILL_ROUND - 1's rows were written: the resume drops them and runs it again
+        assert max(row["round"] for row in load_run(out, unfinished=True).metrics) == KILL_ROUND - 1
     assert not (out / "summary.json").exists()
     return fedsim.resume(out, runtime=resume_runtime)
 
@@ -94,6 +101,12 @@ def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case,
 
         assert untimed(resumed.summary["unlearning"]) == untimed(reference.summary["unlearning"])
         assert not list((resumed.run_dir / "history").glob("round-*/client-1.pt"))
+
+
+def test_a_kill_while_the_last_checkpoint_is_written_resumes_from_the_one_before(tmp_path, small_scenario):
+    scenario = scenario_with(small_scenario, CASES["fedavg"][0])
+    reference = fedsim.run(scenario, out=tmp_path / "reference")
+    assert_same_run(killed_and_resumed(scenario, tmp_path, hold_checkpoint=True), reference)
 
 
 @pytest.mark.slow  # ~30 s each

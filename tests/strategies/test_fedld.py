@@ -149,3 +149,35 @@ def test_fedld_in_a_users_own_server_loop(small_scenario):
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=3)
     assert set(result.arrays.keys()) == set(model.state_dict().keys())
     assert strategy.history and all(np.isfinite(v).all() for v in strategy.history.values())
+
+
+def test_a_degenerate_spectrum_gives_one_result_whatever_the_reply_order():
+    """Orthogonal updates of equal norm: every eigenvalue ties, so the eigen-basis is the solver's choice and the
+    principal directions (and signs) depend on the order the updates are stacked in. FedLD stacks replies in node
+    order, so the order they arrive in does not matter; the same set in another stacking order does differ."""
+    import random
+
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fedsim.clients.app import train_reply
+    from fedsim.runtime import InlineGrid
+
+    m, d = 6, 8
+    start = {"w": torch.zeros(d)}
+    updates = torch.eye(d)[:m] * 0.5  # orthogonal, equal norms
+    strategy = FedLD(k_proportion=0.5, fraction_train=1.0, min_available_nodes=m)
+    strategy.history = {"w": np.zeros(d)}  # past the first round's plain mean
+    messages = list(strategy.configure_train(2, ArrayRecord(start), ConfigRecord(), InlineGrid(None, m, {})))
+    replies = [train_reply(msg, {"w": updates[msg.metadata.dst_node_id - min(x.metadata.dst_node_id
+                                                                             for x in messages)]},
+                           {"num-examples": 10.0}) for msg in messages]
+    results = []
+    for seed in range(4):
+        random.Random(seed).shuffle(replies)
+        strategy.history = {"w": np.zeros(d)}
+        arrays, _ = strategy.aggregate_train(2, replies)
+        results.append(arrays["w"].numpy())
+    assert all(np.array_equal(r, results[0]) for r in results)
+    stackings = {tuple(principal_gradient_update([{"w": u.numpy()} for u in updates[list(p)]], 0.5)["w"].round(12))
+                 for p in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 4, 1, 5, 3])}
+    assert len(stackings) > 1  # without a fixed order the result would vary (what this test guards against)

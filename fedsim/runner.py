@@ -151,6 +151,8 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
     check_resumed_model(prepared, checkpoint.decode(state["arrays"]))
     grid = make_grid(prepared)
     try:
+        if scenario.unlearning is not None:
+            grid.warm_up()  # its methods are timed against each other
         return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop, started=started)
     finally:
         grid.close()
@@ -170,6 +172,8 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
     prepared = prepare(scenario, strategy, new_run_dir(scenario, out), model)
     grid = make_grid(prepared)
     try:
+        if scenario.unlearning is not None:
+            grid.warm_up()  # its methods are timed against each other
         return run_on_grid(prepared, grid, None, on_round, grid.describe, stop=stop, callbacks=callbacks,
                            started=started)
     finally:

@@ -10,6 +10,7 @@ choice holds everywhere.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -57,6 +58,18 @@ def minibatches(n: int, batch_size: int, epochs: int, generator: torch.Generator
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             yield order[start : start + batch_size]
+
+
+@functools.cache
+def warm_up() -> None:
+    """Pay this process's one-off cost of eager training now, once: the first torch.optim optimizer imports
+    torch._dynamo (1-2 s). A run that times methods against each other (unlearning) calls it at start-up, so the
+    cost does not land in whichever method happens to train one by one first."""
+    param = torch.zeros(1, requires_grad=True)
+    for optimizer in (torch.optim.SGD([param], lr=0.0, momentum=0.9), torch.optim.Adam([param], lr=0.0)):
+        param.sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
 
 
 def make_optimizer(model: nn.Module, cfg: LocalTraining) -> torch.optim.Optimizer:

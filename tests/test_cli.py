@@ -138,11 +138,13 @@ def test_many_clients_get_a_summary_not_a_heatmap(cli, tmp_path, monkeypatch):
 
 
 def test_a_bad_scenario_is_answered_before_torch_or_flower_load():
-    """`fedsim run quikstart` and a bad field answer from the schema alone (under 1 s: no torch, no Flower stack)."""
-    probe = ("import sys\nfrom fedsim.cli import main\nsys.argv = ['fedsim', 'run', *sys.argv[1:]]\n"
+    """`fedsim run quikstart` and a bad field (run, validate) answer from the schema alone (under 1 s: no torch, no
+    Flower stack)."""
+    probe = ("import sys\nfrom fedsim.cli import main\nsys.argv = ['fedsim', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit as exc:\n"
              "    print(exc.code, sorted({'torch', 'ray', 'flwr_datasets', 'opacus'} & set(sys.modules)))\n")
-    for args in (["quikstart"], ["quickstart", "--set", "client.lr=-1"]):
+    for args in (["run", "quikstart"], ["run", "quickstart", "--set", "client.lr=-1"],
+                 ["validate", "quickstart", "--set", "client.lr=-1"]):
         done = subprocess.run([sys.executable, "-c", probe, *args], check=False, capture_output=True, text=True,
                               timeout=60)
         assert done.stdout.split("\n")[-2] == "2 []", (args, done.stdout, done.stderr)

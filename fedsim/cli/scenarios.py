@@ -39,9 +39,9 @@ def example_data(
 
 def validate(scenario: ScenarioArg, set_: SetOpt = None) -> None:
     """Check a scenario (schema, data, model, strategy) without running it."""
+    sc = Scenario.load(scenario, list(set_ or []))  # a bad field is answered before torch and Flower load
     from fedsim.server import prepare
 
-    sc = Scenario.load(scenario, list(set_ or []))
     prepared = prepare(sc)
     parameters = sum(p.numel() for p in prepared.model.parameters())
     out_console.print(

@@ -124,6 +124,13 @@ class VirtualNodesGrid(Grid):
     def run(self) -> Run:
         return self._run
 
+    def warm_up(self) -> None:
+        """Pay the clients' processes' one-off costs of training (fedsim.training.warm_up) before anything is
+        timed."""
+        from fedsim.training import warm_up
+
+        warm_up()
+
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
                        ttl: float | None = None) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)

@@ -50,6 +50,11 @@ class ClientWorker:
         self._content_key: str | None = None
         self._content: RecordDict | None = None
 
+    def warm_up(self) -> None:
+        from fedsim.training import warm_up
+
+        warm_up()
+
     def where(self) -> tuple[str, str]:
         """(Ray node id, directory fedsim was imported from) of this actor."""
         import fedsim
@@ -230,6 +235,9 @@ class RayGrid(VirtualNodesGrid):
                 self.contexts[msg.metadata.dst_node_id].state = state
                 replies[msg.metadata.message_id] = reply
         return replies
+
+    def warm_up(self) -> None:
+        ray.get([actor.warm_up.remote() for actor in self.actors])
 
     def describe(self) -> dict:
         return {"kind": "ray", "address": self.address or "local", "actors": self.num_actors,

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 class FedsimError(Exception):
     """A problem with user input (scenario, CLI arguments, files); exit code 2."""
 
+    exit_code = 2
+
     def __init__(self, where: str, what: str, fix: str = "") -> None:
         self.where, self.what, self.fix = where, what, fix
         self.also: list[FedsimError] = []  # further problems found in the same check, one line each
@@ -56,6 +58,14 @@ def suggest(name: str, choices: Iterable[str]) -> str:
 
 class ClientFailure(FedsimError):
     """Every client of a round failed, so the run cannot make progress."""
+
+
+class NothingTrained(FedsimError):
+    """Every round was skipped (too few clients answered): the run dir is complete, its model the initial one, and
+    `result` its RunResult; exit code 1, since the input was valid but the run means nothing."""
+
+    exit_code = 1
+    result = None
 
 
 class Diverged(FedsimError):

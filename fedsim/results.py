@@ -102,7 +102,7 @@ class RunRecorder(RoundCallback):
         self.initial: dict[str, float] = {}
         if resume is not None:
             self.initial = checkpoint.decode(resume["initial"])  # written encoded (fedsim.callbacks.Checkpointer)
-            self.rows = [r for r in _read_rows(run_dir, torn_tail=True) if r["round"] <= resume["round"]]
+            self.rows = rows_until(run_dir, resume["round"])
             atomic_write(run_dir / "metrics.jsonl",
                           lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in self.rows)))
         else:
@@ -164,6 +164,9 @@ class RunRecorder(RoundCallback):
             if self.rows and key in self.rows[-1]:
                 summary[key] = self.rows[-1][key]
         summary.update(self.summary_extras)
+        skipped = sum(1 for r in self.rows if r.get("skipped"))  # too few replies: the model stayed
+        if skipped:
+            summary["skipped_rounds"] = skipped
         if self.stopped:
             summary["stopped"] = self.stopped
         text = json.dumps(finite_json(summary), indent=2, allow_nan=False)
@@ -194,6 +197,23 @@ def _read_rows(run_dir: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if not (torn_tail and i == len(lines) - 1):
                 raise
+    return rows
+
+
+def rows_until(run_dir: Path, last_round: int) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows of rounds 1..last_round, the ones a resume from that round's checkpoint keeps (later
+    ones are dropped); RunDirError unless they are all there, in order (the file deleted, cut short or edited)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        rows = [r for r in _read_rows(run_dir, torn_tail=True) if r["round"] <= last_round]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        rows = None
+    rounds = [r["round"] for r in rows] if rows is not None else None
+    if rounds != list(range(1, last_round + 1)):
+        found = ("is missing" if not path.is_file() else "is not readable" if rounds is None else
+                 f"holds {len(rounds)} rows up to round {rounds[-1]}" if rounds else "holds no round")
+        raise RunDirError(str(path), f"{found}, but the checkpoint is at round {last_round} (the file was changed "
+                          "since)", "restore metrics.jsonl, or start the scenario again")
     return rows
 
 

@@ -16,11 +16,11 @@ from fedsim import checkpoint
 from fedsim.clients.app import app as client_app
 from fedsim.clients.train_together import train_together
 from fedsim.clients.workspace import ClientSpec, workspace_of
-from fedsim.errors import Diverged, FedsimError, RunDirError, ScenarioError, StorageError
+from fedsim.errors import Diverged, FedsimError, NothingTrained, RunDirError, ScenarioError, StorageError
 from fedsim.loop import RoundCallback
 from fedsim.models import describe_model
 from fedsim.models.factory import local_module
-from fedsim.results import RunRecorder, RunResult, new_run_dir, read_model_record
+from fedsim.results import RunRecorder, RunResult, new_run_dir, read_model_record, rows_until
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
 from fedsim.server import Interrupted, Prepared, check_resumed_model, prepare, server_main
@@ -99,6 +99,15 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
                          f"{run_dir} holds its rounds", "lower client.lr (or set run.stop_on_nan = false to run on)")
         error.result = result
         raise error
+    if result.metrics and result.summary.get("skipped_rounds") == len(result.metrics):
+        first_error = next((r["first_error"] for r in result.metrics if "first_error" in r), None)
+        error = NothingTrained("fedsim run", f"no round aggregated anything: in each of the {len(result.metrics)} "
+                               "rounds fewer clients answered than the strategy's min_train_nodes"
+                               + (f" (first error: {first_error})" if first_error else "")
+                               + f"; the final model in {run_dir} is the initial one",
+                               "lower [faults] dropout_rate / failure_rate, or strategy.min_train_nodes")
+        error.result = result
+        raise error
     return result
 
 
@@ -123,6 +132,7 @@ def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
     if (run_dir / "scenario.toml").read_text(encoding="utf-8") != state["scenario"]:
         raise RunDirError(str(run_dir / "scenario.toml"), "differs from the scenario the checkpoint was written with",
                           "restore the file, or start a new run")
+    rows_until(run_dir, state["round"])  # the rows a resume continues
     return scenario, state
 
 

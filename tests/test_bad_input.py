@@ -82,6 +82,19 @@ CASES = {
     "dp-unsupported-layer": (GOOD.replace('"mlp"', '"cnn"\nbatch_norm = true') +
                              '[privacy]\nmode = "dp-sgd"\nnoise_multiplier = 1.0\n', [],
                              r"model: DP-SGD cannot train layer 'features\.1' \(BatchNorm2d\)"),
+    # settings that would run, meaning nothing
+    "rounds-a-boolean": (GOOD.replace("rounds = 2", "rounds = true"), [],
+                         r"run\.rounds: a number is needed, not the boolean true"),
+    "lr-a-boolean-by-set": (GOOD, ["client.lr=true"], r"--set client\.lr: a number is needed, not the boolean true"),
+    "fraction-a-boolean": (GOOD, ["strategy.fraction_train=true"],
+                           r"--set strategy\.fraction_train: a number is needed"),
+    "negative-seed": (GOOD, ["run.seed=-1"], r"--set run\.seed: input should be greater than or equal to 0"),
+    "empty-file": ("", [], r"empty scenario"),
+    "krum-more-malicious-than-it-tolerates": (GOOD.replace('"fedavg"', '"krum"\nnum_malicious_nodes = 10'), [],
+                                              r"num_malicious_nodes = 10: Krum tolerates .* trains 4; use at most 0"),
+    "a-client-forgotten-twice": (GOOD.replace("rounds = 2", "rounds = 4") + "[unlearning]\n" + "".join(
+        f'[[unlearning.requests]]\nat_round = {r}\nkind = "client"\ntarget = 1\nmethod = ["retrain"]\n'
+        for r in (1, 2)), [], r"unlearning\.requests\.1: client 1 is already forgotten by request 0"),
 }
 
 
@@ -248,3 +261,35 @@ def test_a_setting_that_is_not_a_finite_number_is_refused(setting, expected, cli
     extra = ["--set", "strategy.name=fedadam"] if setting.startswith("strategy.") else []
     code, _, err = cli("validate", "quickstart", *extra, "--set", setting)
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_compare_refuses_a_target_outside_the_metrics_range(cli, tmp_path, small_scenario):
+    import fedsim
+
+    fedsim.run(small_scenario(run__rounds=1), out=tmp_path / "run")
+    for target in ("2.0", "-0.5"):
+        code, _, err = cli("compare", str(tmp_path / "run"), "--target", target)
+        assert code == 2 and err.startswith("error: --target: ") and "outside the range of accuracy" in err, err
+    assert cli("compare", str(tmp_path / "run"), "--target", "0.5", "--png", str(tmp_path / "c.png"))[0] == 0
+
+
+def test_a_run_that_trains_nothing_exits_1_and_skipped_rounds_are_counted(cli, tmp_path):
+    import json
+
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace("rounds = 2", "rounds = 3") + "[faults]\ndropout_rate = 1.0\n")
+    code, out, err = cli("run", str(path), "--out", str(tmp_path / "none"))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert "no round aggregated anything: in each of the 3 rounds" in lines[0] and "initial one" in lines[0]
+    assert json.loads((tmp_path / "none" / "summary.json").read_text())["skipped_rounds"] == 3
+    # some rounds skipped: the final line says how many, summary.json too
+    path.write_text(GOOD.replace("rounds = 2", "rounds = 6").replace('name = "fedavg"', 'name = "fedavg"\n'
+                    'min_train_nodes = 3') + "[faults]\ndropout_rate = 0.3\n")
+    code, out, err = cli("run", str(path), "--out", str(tmp_path / "some"))
+    rows = [json.loads(line) for line in (tmp_path / "some" / "metrics.jsonl").read_text().splitlines()]
+    skipped = sum(1 for r in rows if r.get("skipped"))
+    assert code == 0 and 0 < skipped < 6, (skipped, err)
+    final = next(line for line in out.splitlines() if line.startswith("final: "))
+    assert f"| {skipped} of 6 rounds skipped (too few clients answered) |" in final
+    assert json.loads((tmp_path / "some" / "summary.json").read_text())["skipped_rounds"] == skipped

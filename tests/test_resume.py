@@ -86,8 +86,9 @@ def scenario_with(small_scenario, extra: dict, runtime: str = "inline") -> Scena
     return Scenario.from_dict(raw)
 
 
-# make test keeps plain FedAvg; the other strategies and features are the slow tier's (make test-all)
-@pytest.mark.parametrize("case", [c if c == "fedavg" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
+# make test keeps a FedAvg kill (the one with its last checkpoint in flight, below); these are make test-all's
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
 def test_sigkill_mid_round_then_resume_equals_the_uninterrupted_run_inline(case, tmp_path, small_scenario):
     scenario = scenario_with(small_scenario, CASES[case][0])
     reference = fedsim.run(scenario, out=tmp_path / "reference")
@@ -195,6 +196,23 @@ def test_a_damaged_checkpoint_is_a_one_line_error_naming_the_file(damage, tmp_pa
         torch.save({"weights": torch.ones(2)}, path)
     code, _, err = cli("run", "--resume", str(run_dir))
     assert code == 2 and str(path) in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut", "reordered"])
+def test_resume_refuses_rows_that_do_not_end_where_the_checkpoint_does(damage, tmp_path, cli, small_scenario):
+    run_dir = interrupted_run(small_scenario, tmp_path)
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    assert checkpoint.read(run_dir)["round"] == 2 and len(lines) == 2
+    if damage == "deleted":
+        path.unlink()
+    else:
+        path.write_text(lines[0] if damage == "cut" else lines[1] + lines[0])
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code, _, err = cli("run", "--resume", str(run_dir))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{path}: " in err and "but the checkpoint is at round 2" in err, err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing written
 
 
 def test_resume_refuses_finished_runs_edited_scenarios_and_extra_arguments(tmp_path, cli, small_scenario):

@@ -35,7 +35,7 @@ def main() -> None:
             exc.fix = exc.fix.replace("RUN_DIR", str(exc.run_dir))
         for line in exc.lines():
             err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # (typer turns one raised inside a command into exit 130 itself)
         err_console.print("interrupted", markup=False, highlight=False)
         sys.exit(130)

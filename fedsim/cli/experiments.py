@@ -104,6 +104,9 @@ def compare(
     if not run_dirs:
         raise FedsimError("fedsim compare", "no run directories given", "pass run dirs, e.g. runs/my-sweep/*")
     groups = load_groups(run_dirs)
+    if target is not None and (target < 0 or groups[0].key == "accuracy" and target > 1):
+        raise FedsimError("--target", f"{target:g} is outside the range of {groups[0].key}",
+                          "an accuracy target lies in [0, 1] (e.g. 0.9), an mse target is at least 0")
     header, rows = summary_rows(groups, target)
     print_table(header, rows, f"{len(run_dirs)} runs, {len(groups)} settings", markdown)
     header, rows = unlearning_rows(groups)

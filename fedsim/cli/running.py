@@ -116,8 +116,11 @@ def _run_with_progress(job, name: str, rounds: int, quiet: bool, done: int = 0) 
     out_console.print(metric_table(result.metrics, f"{name}: central evaluation", max_rows=10))
     print_unlearning(result)
     startup = result.summary.get("startup_s")
-    print_line(f"final: {metrics_text(result.final)} | wall time {result.summary['wall_time_s']:.1f} s"
-                + (f" (start-up {startup:.1f} s)" if startup is not None else "") + f" | run dir: {result.run_dir}")
+    skipped = result.summary.get("skipped_rounds")
+    print_line(f"final: {metrics_text(result.final)}"
+               + (f" | {skipped} of {len(result.metrics)} rounds skipped (too few clients answered)" if skipped else "")
+               + f" | wall time {result.summary['wall_time_s']:.1f} s"
+               + (f" (start-up {startup:.1f} s)" if startup is not None else "") + f" | run dir: {result.run_dir}")
     because = result.summary.get("runtime", {}).get("one_by_one_because")
     if because:
         print_line(f"clients trained one by one: {because}")

@@ -9,7 +9,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from fedsim.errors import ScenarioError, suggest
-from fedsim.scenario.schema import ScenarioSchema, kind_tag
+from fedsim.scenario.schema import BOOLEAN_NUMBER, ScenarioSchema, kind_tag
 
 _KIND_LABEL = {"partitioner": "partitioner", "privacy": "privacy mode"}
 
@@ -42,6 +42,11 @@ def _path(loc: tuple, raw: Any) -> tuple[list, dict[int, str]]:
 def _one(err: dict, source: str, overrides: dict[str, Any], raw: dict[str, Any]) -> ScenarioError:
     path, kinds = _path(err["loc"], raw)
     kind = err["type"]
+    if kind == BOOLEAN_NUMBER:
+        path = [*path, err["ctx"]["key"]]
+        loc = ".".join(str(p) for p in path)
+        where = f"--set {loc}" if loc in overrides else f"{source}: {loc}"
+        return ScenarioError(where, err["msg"], "write a number (true / false are booleans)")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         path = [*path, err["ctx"]["discriminator"].strip("'")]
     loc = ".".join(str(p) for p in path)

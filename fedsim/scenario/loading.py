@@ -30,6 +30,9 @@ class Scenario(ScenarioSchema):
             raise ScenarioError(str(path), f"TOML syntax error: {exc}", "fix the TOML at that line") from None
         except UnicodeDecodeError:
             raise ScenarioError(str(path), "not a UTF-8 text file", "pass a TOML scenario file") from None
+        if not raw:
+            raise ScenarioError(str(path), "empty scenario (no section, no setting): it would run every default",
+                                "start from a shipped one, e.g. `fedsim list`, or write at least [run] and [data]")
         return cls.from_dict(raw, source=str(path), overrides=overrides).next_to(path.parent)
 
     def next_to(self, folder: Path) -> Scenario:

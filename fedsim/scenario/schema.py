@@ -8,10 +8,12 @@ Loading files, overrides and error messages are fedsim.scenario.loading, .overri
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal, get_args, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from fedsim.errors import suggest
 from fedsim.protocol import LocalTraining
@@ -38,7 +40,30 @@ def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
-class Section(BaseModel):
+BOOLEAN_NUMBER = "boolean_number"  # the error type of `rounds = true` (fedsim.scenario.errors names the key)
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field's type is int / float (optionally None) and nothing else: no bool among them."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    args = [a for a in args if a is not type(None)]
+    return bool(args) and all(a in (int, float) for a in args)
+
+
+class _NoBooleanNumbers(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, data: Any) -> Any:
+        """pydantic reads true as 1 for a number; `rounds = true` is a mistake, not one round."""
+        for key, value in data.items() if isinstance(data, dict) else ():
+            field = cls.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and _numbers_only(field.annotation):
+                raise PydanticCustomError(BOOLEAN_NUMBER, "a number is needed, not the boolean {value}",
+                                          {"key": key, "value": str(value).lower()})
+        return data
+
+
+class Section(_NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,  # 1 -> 1.0 for floats
                               allow_inf_nan=False)  # inf, -inf and nan are never a setting
 
@@ -54,7 +79,7 @@ class ResourcesSection(Section):
 
 class RunSection(Section):
     name: str = "fedsim"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     runtime: Literal["inline", "ray", "flower"] = "inline"
     ray_address: str | None = None
@@ -335,7 +360,7 @@ def _local_training_fields() -> dict[str, tuple[Any, Any]]:
 ClientSection = create_model("ClientSection", __base__=_ClientDevice, __module__=__name__, **_local_training_fields())
 
 
-class StrategySection(BaseModel):
+class StrategySection(_NoBooleanNumbers):
     """Flower strategy by name; keys other than the ones below are passed to its constructor."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
@@ -577,7 +602,20 @@ class ScenarioSchema(Section):
             raise ValueError("strategy.fraction_evaluate > 0 evaluates on clients' private data, which epsilon does "
                              "not cover; set it to 0 (central evaluation always runs), or privacy.report_uncovered "
                              "= true to release it anyway (the ledger then lists it as uncovered)")
+        if self.strategy.name == "krum" and self.strategy.params.get("num_malicious_nodes"):
+            f = self.strategy.params["num_malicious_nodes"]
+            per_round = max(int(n * self.strategy.fraction_train), self.strategy.node_minimums(n)["min_train_nodes"])
+            if isinstance(f, int) and 2 * f + 2 >= per_round:
+                raise ValueError(f"strategy.num_malicious_nodes = {f}: Krum tolerates f malicious clients among more "
+                                 f"than 2 f + 2 = {2 * f + 2} a round, and a round here trains {per_round}; use at "
+                                 f"most {max(0, (per_round - 3) // 2)}, or train more clients a round")
+        forgotten: dict[int, int] = {}
         for i, request in enumerate(self.unlearning.requests if self.unlearning else []):
+            if request.kind == "client" and request.target in forgotten:
+                raise ValueError(f"unlearning.requests.{i}: client {request.target} is already forgotten by "
+                                 f"request {forgotten[request.target]}; remove one of the two")
+            if request.kind == "client":
+                forgotten[request.target] = i
             if request.at_round >= self.run.rounds:
                 raise ValueError(f"unlearning.requests.{i}.at_round = {request.at_round} is not before the run's "
                                  f"last round ({self.run.rounds}); requests are served after round at_round, "

@@ -207,6 +207,7 @@ def test_a_run_given_a_model_is_resumed_with_it(small_scenario, tmp_path, cli):
     assert all(torch.equal(full.state_dict[k], resumed.state_dict[k]) for k in full.state_dict)
 
 
+@pytest.mark.slow  # ~8 s; make test keeps the own-model runs above
 def test_the_readme_examples_run(tmp_path, monkeypatch, cli):
     """README's "Your own experiment" files, written out as a reader would copy them, and its commands."""
     import re
@@ -249,6 +250,7 @@ def test_a_factory_model_trains_vectorised_and_under_dp_sgd(experiment, tmp_path
     assert private.summary["privacy"]["epsilon"] > 0 and private.summary["privacy"]["steps"] > 0
 
 
+@pytest.mark.slow  # spawned processes (~8 s)
 def test_a_sweep_over_a_factory_s_arguments_in_parallel_processes(experiment, tmp_path, cli):
     """Each run of a sweep (here two processes at once) imports the factory from the scenario's folder."""
     (experiment / "widths.toml").write_text('base = "experiment.toml"\nseeds = [0]\n\n[grid]\n'

@@ -19,6 +19,7 @@ from fedsim import checkpoint
 from fedsim.errors import RunDirError, StorageError
 from fedsim.files import atomic_write, load_tensors, save_tensors, storage
 from fedsim.loop import RoundCallback
+from fedsim.run_lock import RunLock
 from fedsim.scenario import Scenario
 
 TIMING_KEYS = ("time_s",)
@@ -100,7 +101,9 @@ class RunRecorder(RoundCallback):
         self.run_dir, self.scenario, self.on_round = run_dir, scenario, on_round
         self.rows: list[dict[str, Any]] = []
         self.initial: dict[str, float] = {}
+        self.lock = RunLock(run_dir)  # held while this process writes the dir
         if resume is not None:
+            self.lock.acquire()
             self.initial = checkpoint.decode(resume["initial"])  # written encoded (fedsim.callbacks.Checkpointer)
             self.rows = rows_until(run_dir, resume["round"])
             atomic_write(run_dir / "metrics.jsonl",
@@ -112,6 +115,7 @@ class RunRecorder(RoundCallback):
                 raise RunDirError(str(run_dir), "already exists and is not empty", "pick another --out or remove it")
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
                 (run_dir / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
                 if model is not None:
                     (run_dir / MODEL_RECORD).write_text(json.dumps(model, indent=2), encoding="utf-8")
@@ -175,12 +179,14 @@ class RunRecorder(RoundCallback):
         if self.scenario.output.save_model:
             save_tensors(state, self.run_dir / "model.pt")
         (self.run_dir / "checkpoint.pt").unlink(missing_ok=True)  # finished: model.pt and summary.json say it all
+        self.lock.release(remove=True)
         result = RunResult(self.run_dir, self.scenario, self.rows, summary, state)
         for finish in self.on_finish:
             finish(result)
         return result
 
     def discard(self) -> None:
+        self.lock.release()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 

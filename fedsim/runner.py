@@ -21,6 +21,7 @@ from fedsim.loop import RoundCallback
 from fedsim.models import describe_model
 from fedsim.models.factory import local_module
 from fedsim.results import RunRecorder, RunResult, new_run_dir, read_model_record, rows_until
+from fedsim.run_lock import refuse_if_live
 from fedsim.runtime import InlineGrid, VirtualNodesGrid
 from fedsim.scenario import Scenario
 from fedsim.server import Interrupted, Prepared, check_resumed_model, prepare, server_main
@@ -79,6 +80,7 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         arrays = server_main(grid, prepared, recorder, resume, stop, callbacks)
     except Interrupted as exc:
         exc.run_dir = run_dir
+        recorder.lock.release()
         raise
     except BaseException as exc:
         resumable = (run_dir / checkpoint.FILE).is_file() and \
@@ -87,12 +89,16 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
             exc.run_dir = run_dir  # for the CLI's "resume with" hint
         elif resume is None:
             recorder.discard()
+        recorder.lock.release()
         raise
     runtime = describe() if describe else {}
     if prepared.one_by_one_because:
         runtime["one_by_one_because"] = prepared.one_by_one_because
-    result = recorder.finish(in_model_dtypes(prepared.read(arrays), prepared.model), prepared.data.info.task,
-                             runtime)
+    try:
+        result = recorder.finish(in_model_dtypes(prepared.read(arrays), prepared.model), prepared.data.info.task,
+                                 runtime)
+    finally:
+        recorder.lock.release()  # (finish removes it once the run dir is complete)
     if recorder.diverged is not None:
         server_round, metric, value = recorder.diverged
         error = Diverged(f"round {server_round}", f"training diverged ({metric} is {value}); the run stopped, "
@@ -122,6 +128,7 @@ def in_model_dtypes(state: dict, model: nn.Module) -> dict:
 def resumable(run_dir: str | Path) -> tuple[Scenario, dict]:
     """The scenario and checkpoint of an interrupted run dir; RunDirError if it cannot be resumed."""
     run_dir = Path(run_dir)
+    refuse_if_live(run_dir)
     if (run_dir / "summary.json").is_file():
         raise RunDirError(str(run_dir), "is a finished run, there is nothing to resume",
                           "look at it with `fedsim show`")

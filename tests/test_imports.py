@@ -15,7 +15,7 @@ PACKAGE = "fedsim"
 LAYERS = {
     PACKAGE: 0, "fedsim.errors": 0, "fedsim._flower": 0, "fedsim.seeding": 0, "fedsim.files": 0, "fedsim.arrays": 0,
     "fedsim.reduction": 0, "fedsim.protocol": 0, "fedsim.privacy": 0, "fedsim.bag_theory": 0, "fedsim.checkpoint": 0,
-    "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.stacked": 0,
+    "fedsim.evaluation": 0, "fedsim.devices": 0, "fedsim.training": 0, "fedsim.run_lock": 0, "fedsim.stacked": 0,
           "fedsim.stacked_dp_sgd": 0, "fedsim.quiet": 0, "fedsim.inputs": 0,
     "fedsim.strategies.registry": 1, "fedsim.strategies.fedld": 1, "fedsim.strategies.fedbn": 1,
     "fedsim.strategies.dp_fedavg": 1, "fedsim.strategies.grid_view": 1,

@@ -313,3 +313,41 @@ def test_the_python_generator_comes_back_from_either_checkpoint_layout():
         random.seed(99)
         checkpoint.restore_rng(state)
         assert [random.random() for _ in range(3)] == want
+
+
+def test_a_run_dir_has_one_writer_and_show_says_when_it_is_live(tmp_path, cli, small_scenario):
+    from fedsim.run_lock import RunLock
+
+    run_dir = interrupted_run(small_scenario, tmp_path)
+    writer = RunLock(run_dir)  # as the process still running it holds it (flock: per open file, so also here)
+    writer.acquire()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code, _, err = cli("run", "--resume", str(run_dir))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"is being written by a running fedsim process (pid {os.getpid()})" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    code, out, _ = cli("show", str(run_dir))
+    assert code == 0 and f"live: 2 of 4 rounds so far, being written by process {os.getpid()}" in out
+    assert "resume" not in out
+    writer.release()
+    code, out, _ = cli("show", str(run_dir))
+    assert "not running (stopped or killed): resume with" in out
+    assert fedsim.resume(run_dir).summary["rounds"] == 4
+    assert not (run_dir / ".lock").exists()  # a finished run dir holds no lock file
+
+
+@pytest.mark.slow  # a real `fedsim run` process (~15 s)
+def test_a_live_run_refuses_a_second_writer_until_it_is_killed(tmp_path, small_scenario):
+    child, _, out = slow_run_in_child(small_scenario, tmp_path, rounds=30, delay_s=0.2)
+    try:
+        second = subprocess.run([FEDSIM, "run", "--resume", str(out), "-q"], capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert second.returncode == 2 and f"(pid {child.pid})" in second.stderr, second.stderr
+        shown = subprocess.run([FEDSIM, "show", str(out)], capture_output=True, text=True, timeout=120, check=False)
+        assert f"being written by process {child.pid}" in shown.stdout, shown.stdout
+    finally:
+        kill_group(child.pid)
+        child.communicate(timeout=60)
+    resumed = subprocess.run([FEDSIM, "run", "--resume", str(out), "-q"], capture_output=True, text=True,
+                             timeout=300, check=False)  # the kernel let go of the killed process's lock
+    assert resumed.returncode == 0, resumed.stderr

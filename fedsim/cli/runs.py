@@ -14,6 +14,7 @@ from fedsim.cli.render import metric_table, metrics_text, print_line, print_unle
 def show(run_dir: Annotated[Path, typer.Argument(help="A run directory (finished, running or interrupted).")]) -> None:
     """Print a run's metrics per round and its summary."""
     from fedsim.results import load_run
+    from fedsim.run_lock import holder
 
     result = load_run(run_dir, unfinished=True)
     out_console.print(metric_table(result.metrics, f"{result.scenario.run.name} ({run_dir})"))
@@ -22,9 +23,13 @@ def show(run_dir: Annotated[Path, typer.Argument(help="A run directory (finished
         if best else "n/a"
     print_line(f"final: {metrics_text(result.final)} | best: {best_text} | wall time "
                 f"{result.summary['wall_time_s']:.1f} s")
-    if result.summary.get("unfinished"):
-        print_line(f"unfinished: {result.summary['rounds']} of {result.scenario.run.rounds} rounds so far "
-                    f"(running, or resume with: fedsim run --resume {run_dir})")
+    pid = holder(run_dir)
+    if result.summary.get("unfinished") and pid is not None:
+        print_line(f"live: {result.summary['rounds']} of {result.scenario.run.rounds} rounds so far, being written "
+                   f"by process {pid}")
+    elif result.summary.get("unfinished"):
+        print_line(f"unfinished: {result.summary['rounds']} of {result.scenario.run.rounds} rounds so far, not "
+                   f"running (stopped or killed): resume with: fedsim run --resume {run_dir}")
     print_unlearning(result)
 
 def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (finished, running or interrupted).")]) -> None:

@@ -6,6 +6,7 @@ The lock is the kernel's (flock), so it goes with the process however that ends,
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -47,7 +48,7 @@ class RunLock:
         self.path, self._fd = Path(run_dir) / FILE, None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)  # held read-only: the disk can still turn ro
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -55,9 +56,9 @@ class RunLock:
             refuse_if_live(self.path.parent)
             raise RunDirError(str(self.path.parent), "is being written by another fedsim process",
                               "wait for it to finish, or stop it and then resume") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        with contextlib.suppress(OSError):  # whose it is, for the refusal's message (the run's own writes report a
+            self.path.write_text(str(os.getpid()))  # full or read-only disk)
 
     def release(self, remove: bool = False) -> None:
         """Let go of the lock; `remove`: also delete the lock file (a finished run dir)."""

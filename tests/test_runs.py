@@ -68,7 +68,7 @@ SET_UPS = ("dru-age-regression", "fedld-retina", "fedld-retina-cpu", "femnist-na
 SMALL_IMAGES = {"data.images.size": [16, 16], "client.batch_size": 8, "data.transforms": [
     {"kind": "random_resized_crop", "size": [16], "scale": [0.6, 1.0]}, {"kind": "horizontal_flip"}]}
 FEWER = {"cifar10": {"per_class": 5, "test_per_class": 2}, "faces": {"n": 60}}  # example images, for time
-HEAVY = ("bench-w5",)  # a ResNet-18 benchmark: make test-all runs it, smaller
+HEAVY = ("bench-w5", "bench-w2")  # a ResNet-18 benchmark (smaller), 10,000 registered clients: make test-all's
 SMALLER = {"bench-w5": {"data.generator.n_samples": 110, "data.partitioner.num_partitions": 4},
            "fedld-retina": {**SMALL_IMAGES, "model.name": "resnet18", "model.stem": "cifar", "model.norm": "group"},
            "fedld-retina-cpu": SMALL_IMAGES, "dru-age-regression": {"data.images.size": [16, 16]},

@@ -103,7 +103,8 @@ def test_models_with_running_statistics_are_not_vectorised():
     assert "Dropout draws its masks" in unsupported_model(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1)))
 
 
-@pytest.mark.parametrize("name", ENGINE_SCENARIOS)
+@pytest.mark.parametrize("name", [n if n != "bench-w3" else pytest.param(n, marks=pytest.mark.slow)  # ~4 s
+                                  for n in ENGINE_SCENARIOS])
 def test_vectorised_runs_equal_sequential_runs(name, tmp_path, monkeypatch, float64):
     monkeypatch.chdir(tmp_path)
     assert_runs_match(*run_both(name))

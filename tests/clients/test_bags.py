@@ -40,7 +40,7 @@ def _monte_carlo(n: int, d: int, k: int, rho: float, theta_scale: float, reps: i
     return float(np.mean(risks))
 
 
-@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("k", [2, pytest.param(5, marks=pytest.mark.slow)])  # Monte Carlo, ~2 s each
 def test_bag_level_risk_matches_the_corollary(k):
     n, d = 6000, 50
     m = n // k
@@ -49,7 +49,7 @@ def test_bag_level_risk_matches_the_corollary(k):
     assert predicted_risk(n, d, k, 0.0, snr=0.0) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("k", [2, pytest.param(5, marks=pytest.mark.slow)])  # Monte Carlo, ~2 s each
 def test_instance_level_variance_matches_the_corollary(k):
     n, d = 6000, 50
     psi = n / d

@@ -157,6 +157,9 @@ def standardise_columns(ds: Dataset, cfg: DataSection) -> tuple[dict[str, np.nda
     if missing or not feature_cols:
         raise DataError("data.feature_columns", f"unknown or empty columns {missing}",
                         f"choose from: {', '.join(ds.column_names)}")
+    if label in feature_cols:
+        raise DataError("data.feature_columns", f"holds the label column '{label}' (the model would read the answer)",
+                        f"remove '{label}' from data.feature_columns")
     feature = ds.features[label]
     characters = cfg.vocabulary is not None and _is_text(feature)
     if _is_text(feature) and not characters:
@@ -287,11 +290,20 @@ def make_dataset(columns: dict[str, np.ndarray]) -> Dataset:
     return Dataset.from_dict(arrays)
 
 
+MIN_TEST_EXAMPLES = 5  # below this, central accuracy moves in steps of more than 0.2: not a measurement
+
+
 def split_train_test(columns: dict[str, np.ndarray], test_fraction: float, seed: int) -> DatasetDict:
-    """A seeded random hold-out of `test_fraction` of the rows (at least one) for central evaluation."""
+    """A seeded random hold-out of `test_fraction` of the rows (at least MIN_TEST_EXAMPLES, and at least one row
+    left to train on) for central evaluation."""
     n = len(columns["label"])
     order = np.random.default_rng([seed, 17]).permutation(n)
     n_test = min(n - 1, max(1, math.ceil(n * test_fraction)))
+    if n_test < MIN_TEST_EXAMPLES:
+        raise DataError("data.test_fraction", f"{n} rows x test_fraction {test_fraction:g} leave a test set of "
+                        f"{n_test} example(s); central evaluation needs at least {MIN_TEST_EXAMPLES}",
+                        f"use more data or data.test_fraction >= {math.ceil(100 * MIN_TEST_EXAMPLES / n) / 100:g}"
+                        if n > MIN_TEST_EXAMPLES else "use more data")
     test, train = order[:n_test], np.sort(order[n_test:])
     return DatasetDict(train=make_dataset({k: v[train] for k, v in columns.items()}),
                        test=make_dataset({k: v[test] for k, v in columns.items()}))
@@ -309,5 +321,11 @@ def load_embedded(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]
 
 def load_file(cfg: DataSection, seed: int) -> tuple[DatasetDict, SourceInfo]:
     columns, shape, classes = standardise_columns(_read_file(cfg.dataset.split(":", 1)[1]), cfg)
+    present = np.unique(columns["label"]) if classes else None
+    if present is not None and present.size < 2:
+        raise DataError("data.label_column", f"'{cfg.label_column}' has one class ({present[0]}) in all "
+                        f"{len(columns['label'])} rows: there is nothing to classify",
+                        "use data with at least two classes (a number-valued label with many values is a "
+                        "regression target when its column holds floats)")
     info = SourceInfo(shape, classes)
     return split_train_test(columns, cfg.test_fraction, seed), info

@@ -293,3 +293,26 @@ def test_a_run_that_trains_nothing_exits_1_and_skipped_rounds_are_counted(cli, t
     final = next(line for line in out.splitlines() if line.startswith("final: "))
     assert f"| {skipped} of 6 rounds skipped (too few clients answered) |" in final
     assert json.loads((tmp_path / "some" / "summary.json").read_text())["skipped_rounds"] == skipped
+
+
+@pytest.mark.parametrize("rows, extra, expected", [
+    ("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(60)), 'feature_columns = ["a", "label"]\n',
+     r"data\.feature_columns: holds the label column 'label' \(the model would read the answer\); remove 'label'"),
+    ("a,b,label\n" + "".join(f"{i},{i % 3},1\n" for i in range(60)), "",
+     r"data\.label_column: 'label' has one class \(1\) in all 60 rows"),
+    ("a,b,label\n1,2,0\n3,4,1\n5,6,0\n", "",
+     (r"data\.test_fraction: 3 rows x test_fraction 0\.2 leave a test set of 1 example\(s\); central evaluation "
+     r"needs at least 5; use more data")),
+    ("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)), "",
+     r"test set of 4 example\(s\).*use more data or data\.test_fraction >= 0\.25"),
+])
+def test_degenerate_data_is_refused_with_its_numbers(rows, extra, expected, cli, tmp_path):
+    import re
+
+    data = tmp_path / "d.csv"
+    data.write_text(rows)
+    path = tmp_path / "s.toml"
+    path.write_text(GOOD.replace('dataset = "digits"', f'dataset = "file:{data}"\n{extra}').replace(
+        "num_partitions = 4", "num_partitions = 2"))
+    code, _, err = cli("validate", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(expected, err), err

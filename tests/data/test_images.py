@@ -74,7 +74,7 @@ def test_bad_files_and_splits_are_one_line_naming_them(tmp_path, change, message
 def test_mixed_sizes_are_resized_when_asked(tmp_path):
     class_folders(tmp_path / "imgs", per_class=3)
     write_png(tmp_path / "imgs" / "class0" / "big.png", np.zeros((12, 10, 3), dtype=np.uint8))
-    cfg = DataSection(dataset=f"folder:{tmp_path / 'imgs'}", partitioner={"num_partitions": 2})
+    cfg = DataSection(dataset=f"folder:{tmp_path / 'imgs'}", partitioner={"num_partitions": 2}, test_fraction=0.5)
     with pytest.raises(DataError, match="big.png: is 12x10 but 0.png is 6x5"):
         federated_data(cfg, 0)
     data = federated_data(cfg.model_copy(update={"images": ImagesSection(size=[4, 4])}), 0)

@@ -9,6 +9,7 @@ import numpy as np
 
 from fedsim.errors import FedsimError
 from fedsim.results import RunResult, load_run
+from fedsim.sweep import first_difference
 
 
 @dataclass
@@ -36,6 +37,19 @@ class Group:
         return out
 
 
+# settings that do not change what a run computes (the seed is the replicate): runs of one set-up may differ in them
+NOT_THE_SET_UP = {"run": ("seed", "runtime", "ray_address", "ray_connect_timeout_s", "resources", "checkpoint_every"),
+                  "output": ("dir", "save_model", "trackers", "mlflow_uri")}
+
+
+def _set_up(run: RunResult) -> dict:
+    settings = run.scenario.to_dict()
+    for section, keys in NOT_THE_SET_UP.items():
+        for key in keys:
+            settings.get(section, {}).pop(key, None)
+    return settings
+
+
 def load_groups(run_dirs: list[Path]) -> list[Group]:
     """The runs grouped by run name; runs of different tasks (classification / regression) are refused."""
     groups: dict[str, list[RunResult]] = {}
@@ -48,6 +62,16 @@ def load_groups(run_dirs: list[Path]) -> list[Group]:
         raise FedsimError("fedsim compare", "mixes " + " and ".join(f"{task} runs (e.g. {where})"
                                                                    for task, where in sorted(tasks.items())),
                           "compare runs of one task: their metrics (accuracy vs mse) do not share a scale")
+    for name, runs in groups.items():
+        first = _set_up(runs[0])
+        for other in runs[1:]:
+            found = first_difference(first, _set_up(other))
+            if found is not None:
+                key, a, b = found
+                raise FedsimError("fedsim compare", f"the runs named '{name}' differ in {key} beyond their seed "
+                                  f"({a!r} in {runs[0].run_dir}, {b!r} in {other.run_dir}), so their mean would "
+                                  "mix two set-ups", "compare the runs of one set-up, or give the set-ups "
+                                  "different run names")
     return [Group(name, runs) for name, runs in sorted(groups.items())]
 
 

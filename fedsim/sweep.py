@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedsim.errors import FedsimError, RunDirError, ScenarioError, suggest
 from fedsim.scenario import Scenario
@@ -39,6 +39,43 @@ class SweepFile(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     set: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed {twice[0]} is listed {seeds.count(twice[0])} times (one run dir per seed); "
+                             "list each seed once")
+        return seeds
+
+
+def first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, value in a, value in b) of the first setting two scenarios' dicts disagree on, or None."""
+    for key in sorted(set(a) | set(b)):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found = first_difference(left, right, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif left != right:
+            return f"{prefix}{key}", left, right
+    return None
+
+
+def check_resumable(runs: list[SweepRun]) -> None:
+    """Refuse to resume a sweep into run dirs that hold other runs than this sweep's (another base, grid, --set):
+    a RunDirError naming the first run dir and the first setting that differs."""
+    for item in runs:
+        stored = item.run_dir / "scenario.toml"
+        if not stored.is_file():
+            continue
+        found = first_difference(Scenario.from_run_dir(stored).to_dict(), item.scenario.to_dict())
+        if found is not None:
+            key, was, now = found
+            raise RunDirError(str(item.run_dir), f"was run with {key} = {was!r}, this sweep sets {now!r}",
+                              "resume with the sweep's own file and --set options (the stopped sweep printed them), "
+                              "or pass another --out")
 
 
 def shipped_sweeps() -> dict[str, Path]:
@@ -125,6 +162,8 @@ def run_sweep(sweep: SweepFile, out: Path, *, resume: bool = False, stop: thread
     those in progress finish; on Ray, the runs not finished are cancelled. Without `resume` a run dir left by an
     earlier sweep is an error; with it, finished runs are skipped and interrupted ones continued (on Ray: rerun)."""
     runs = plan(sweep, out)
+    if resume:
+        check_resumable(runs)
     if not resume:
         taken = next((r.run_dir for r in runs if r.run_dir.exists() and any(r.run_dir.iterdir())), None)
         if taken is not None:

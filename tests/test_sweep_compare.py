@@ -214,9 +214,29 @@ def test_sweep_cli_ctrl_c_says_where_it_stopped(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "stop_after_round", pressed)
     spec = tmp_path / "sw.toml"
     spec.write_text('base = "quickstart"\nseeds = [0, 1]\n')
-    code, _, err = cli("sweep", str(spec), "--out", str(tmp_path / "o"))
-    assert code == 130 and f"sweep stopped: 0 of 2 runs finished; continue with: fedsim sweep {spec} --resume --out " \
-        f"{tmp_path / 'o'}" in err
+    code, _, err = cli("sweep", str(spec), "--set", "run.rounds=60", "--set", "run.name=a b", "--out",
+                       str(tmp_path / "o"))
+    assert code == 130 and f"sweep stopped: 0 of 2 runs finished; continue with: fedsim sweep {spec} --set " \
+        f"run.rounds=60 --set 'run.name=a b' --resume --out {tmp_path / 'o'}" in err  # the sweep as it was started
+
+
+def test_a_sweep_resumes_only_its_own_runs_and_compare_refuses_mixed_set_ups(cli, tmp_path):
+    from fedsim.errors import RunDirError
+
+    with pytest.raises(ScenarioError, match="seeds.*seed 0 is listed 2 times"):
+        spec = tmp_path / "twice.toml"
+        spec.write_text('base = "quickstart"\nseeds = [0, 0]\n')
+        load_sweep(str(spec))
+    sweep = SweepFile(base="quickstart", seeds=[0, 1], set=SMALL)
+    run_sweep(sweep, tmp_path / "s")
+    other = sweep.model_copy(update={"set": {**SMALL, "run.rounds": 2}})
+    with pytest.raises(RunDirError, match=r"base-seed0: was run with run\.rounds = 3, this sweep sets 2"):
+        run_sweep(other, tmp_path / "s", resume=True)
+    assert [r.status for r in run_sweep(sweep, tmp_path / "s", resume=True)] == ["skipped", "skipped"]
+    # runs of one name but another set-up (a seed run again with more rounds) are not averaged together
+    run_sweep(other.model_copy(update={"seeds": [2]}), tmp_path / "s")
+    code, _, err = cli("compare", *(str(d) for d in sorted((tmp_path / "s").iterdir())))
+    assert code == 2 and "the runs named 'quickstart-base' differ in run.rounds beyond their seed (3 in" in err, err
 
 
 def load_rows(run_dir):

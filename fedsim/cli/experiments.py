@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -57,7 +58,10 @@ def sweep(
                          on_start=on_start, on_end=on_end)
     done = [r for r in runs if r.status in ("done", "skipped")]
     failed = [r for r in runs if r.status == "failed"]
-    again = f"fedsim sweep {sweep_file} --resume" + (f" --out {folder}" if out else "")
+    again = " ".join(["fedsim sweep", shlex.quote(sweep_file), *(f"--set {shlex.quote(o)}" for o in set_ or []),
+                      "--resume", *([f"--out {shlex.quote(str(folder))}"] if out else []),
+                      *([f"--parallel {parallel}"] if parallel > 1 else []),
+                      *([f"--ray-address {shlex.quote(ray_address)}"] if ray_address else [])])
     if stop.is_set():
         err_console.print(f"sweep stopped: {len(done)} of {total} runs finished; continue with: {again}",
                           markup=False, highlight=False, soft_wrap=True)

@@ -58,7 +58,8 @@ def test_instance_level_variance_matches_the_corollary(k):
     assert predicted_risk(n, d, k, 1.0, snr=0.0) == pytest.approx(1 / (k * (psi - 1)), rel=0.02)
 
 
-@pytest.mark.parametrize(("n", "d", "k", "theta_sq"), [(2000, 20, 4, 4.0), (6000, 50, 5, 1.0)])
+@pytest.mark.parametrize(("n", "d", "k", "theta_sq"), [(2000, 20, 4, 4.0),
+                                                       pytest.param(6000, 50, 5, 1.0, marks=pytest.mark.slow)])
 def test_instance_level_variance_with_a_nonzero_theta_includes_the_random_design_term(n, d, k, theta_sq):
     """At rho = 1 the estimator's mean is exactly theta / k (rows are exchangeable), so E|theta_1 - theta / k|^2 is
     its variance: the response noise's part plus the random-design part the corollary leaves out (here 1.8-4x
@@ -78,6 +79,7 @@ def test_instance_level_variance_with_a_nonzero_theta_includes_the_random_design
     assert terms.bias == pytest.approx((1 - 1 / k) ** 2 * theta_sq)
 
 
+@pytest.mark.slow  # Monte Carlo, ~3 s (make test keeps the design term alone at four rho, above)
 def test_interpolating_risk_with_a_nonzero_theta_matches_monte_carlo():
     n, d, k, rho = 6000, 50, 2, 0.5
     assert _monte_carlo(n, d, k, rho, theta_scale=1 / np.sqrt(d), reps=200, seed=21) == pytest.approx(

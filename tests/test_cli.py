@@ -149,3 +149,27 @@ def test_a_bad_scenario_is_answered_before_torch_or_flower_load():
                               timeout=60)
         assert done.stdout.split("\n")[-2] == "2 []", (args, done.stdout, done.stderr)
         assert done.stderr.startswith("error: "), done.stderr
+
+
+def test_tables_at_80_columns_never_cut_a_number(monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from fedsim.cli import render
+
+    header = ["setting", "request", "method", "seeds", "UA", "RA", "MIA", "Gap", "time s", "speed-up"]
+    rows = [["fedld-noniid-alpha0.1-fedld", "client 3 @ 20", "gradient-ascent", "10", "14.55 ± 15.05",
+             "93.90 ± 1.73", "33.75 ± 27.49", "8.89 ± 4.42", "0.004 ± 0.001", "226.7 ± 54.3"],
+            ["fedld-noniid-alpha0.1-fedld", "client 3 @ 20", "retrain", "10", "20.91 ± 12.09", "94.75 ± 1.71",
+             "54.20 ± 24.11", "0.00 ± 0.00", "0.942 ± 0.213", "1.0 ± 0.0"]]
+    for width, wide in ((80, False), (200, True)):
+        out = io.StringIO()
+        monkeypatch.setattr(render, "out_console", Console(width=width, file=out))
+        render.print_table(header, rows, "unlearning")
+        text = out.getvalue()
+        assert "…" not in text and all(len(line) <= width for line in text.splitlines())
+        assert all(cell in text for row in rows for cell in row)  # every name and number whole
+        assert ("┃" in text) == wide  # a table where it fits, a block per row where it does not
+    render.print_table(header, rows, "unlearning", markdown=True)
+    assert capsys.readouterr().out.endswith(" |\n\n")  # a blank line parts the table from what follows

@@ -40,16 +40,47 @@ def metric_table(rows: list[dict], title: str, max_rows: int | None = None) -> T
                       str(r.get("replies", "")), str(r.get("failures", "")), f"{r['time_s']:.2f}")
     return table
 
+KEY_COLUMNS = ("setting", "request", "method")  # what a row is
+
+
+def table_width(header: list[str], rows: list[list[str]]) -> int:
+    """The characters a rich table needs to show every cell whole ("| " + cell + " " per column, and "|")."""
+    return sum(max(len(str(t)) for t in [col, *(row[i] for row in rows)]) + 3 for i, col in enumerate(header)) + 1
+
+
+def record_lines(header: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """A table too wide for the terminal as one block per row: its key columns, then `name value` pairs wrapped
+    between pairs (never through a number)."""
+    keys = [i for i, col in enumerate(header) if col in KEY_COLUMNS]
+    lines = []
+    for row in rows:
+        lines.append(", ".join(row[i] for i in keys))
+        line = ""
+        for pair in (f"{header[i]} {row[i]}" for i in range(len(header)) if i not in keys):
+            if line and len(line) + 3 + len(pair) > width:
+                lines.append(line)
+                line = ""
+            line = f"{line} | {pair}" if line else f"  {pair}"
+        lines.append(line)
+    return lines
+
+
 def print_table(header: list[str], rows: list[list[str]], title: str, markdown: bool = False) -> None:
-    """A rich table, or Markdown printed as plain text (never wrapped)."""
+    """A rich table; where the terminal is too narrow for every cell whole, one block per row (record_lines);
+    or Markdown printed as plain text (never wrapped, a blank line after it)."""
     if markdown:
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for row in rows:
             print("| " + " | ".join(row) + " |")
+        print()
+        return
+    if table_width(header, rows) > out_console.width:
+        for line in [f"{title}:", *record_lines(header, rows, out_console.width)]:
+            print_line(line)
         return
     table = Table(title=title)
     for col in header:
-        table.add_column(col, justify="left" if col in ("setting", "request", "method") else "right")
+        table.add_column(col, justify="left" if col in KEY_COLUMNS else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
     out_console.print(table)

@@ -79,7 +79,7 @@ def test_instance_level_variance_with_a_nonzero_theta_includes_the_random_design
     assert terms.bias == pytest.approx((1 - 1 / k) ** 2 * theta_sq)
 
 
-@pytest.mark.slow  # Monte Carlo, ~3 s (make test keeps the design term alone at four rho, above)
+@pytest.mark.slow  # Monte Carlo, ~3 s (make test keeps the design term alone at four rho)
 def test_interpolating_risk_with_a_nonzero_theta_matches_monte_carlo():
     n, d, k, rho = 6000, 50, 2, 0.5
     assert _monte_carlo(n, d, k, rho, theta_scale=1 / np.sqrt(d), reps=200, seed=21) == pytest.approx(

@@ -16,6 +16,9 @@ tests/test_flower_internals.py; docs/design.md, "Flower's internals", lists them
 5. Flower's strategies sample nodes with Python's module-level `random` (strategy_utils.sample_nodes): fedsim seeds
    it right before each configure step (`seed_sampling`) and keeps the stream of ordinary rounds unchanged by the
    rounds an unlearning request runs in between (`sampling_kept`).
+6. A Flower process that fails logs the traceback, then its exit message, then runs its exit handlers newest
+   first, the last one flushing the run's log stream: a handler added while the app runs prints a line that
+   `flwr run` shows last (`print_after_flowers_exit_message`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ from collections.abc import Iterable, Iterator
 
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.exit import add_exit_handler
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 FLOWER_VERSION = "1.42"  # the version every assumption below was checked against
 
 __all__ = ["FLOWER_VERSION", "Run", "act_as_server", "array_from_parts", "assign_message_id",
-           "fill_record", "metric_record", "passes_as_array", "sampling_kept", "seed_sampling",
-           "shared_content_groups"]
+           "fill_record", "metric_record", "passes_as_array", "print_after_flowers_exit_message", "sampling_kept",
+           "seed_sampling", "shared_content_groups"]
 
 
 def assign_message_id(msg: Message, message_id: str) -> None:
@@ -98,3 +102,8 @@ def sampling_kept() -> Iterator[None]:
         yield
     finally:
         random.setstate(state)
+
+
+def print_after_flowers_exit_message(line: str) -> None:
+    """Print `line` when this Flower process exits, after Flower's own exit message (6)."""
+    add_exit_handler(lambda: print(line, flush=True))

@@ -7,14 +7,18 @@ strategies and ClientApp run unchanged. The run dir is written as with `fedsim r
 
 from __future__ import annotations
 
+import os
+
+import ray
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim import protocol
+from fedsim import _flower, protocol
 from fedsim.clients.app import app as client_app
 from fedsim.errors import FedsimError
 from fedsim.results import new_run_dir
 from fedsim.runner import run_on_grid
+from fedsim.runtime.ray_cluster import stale_cluster_file
 from fedsim.scenario import Scenario
 from fedsim.server import prepare
 from fedsim.strategies.grid_view import GridView
@@ -24,8 +28,34 @@ DEFAULT_SCENARIO = "quickstart"  # pyproject's [tool.flwr.app.config] scenario
 __all__ = ["client_app", "server_app"]
 
 
+def start_ray_here_if_its_cluster_file_is_stale() -> None:
+    """Under `flwr run`, Flower's simulation loads the ClientApp (this module) before it calls `ray.init()` with no
+    address, which would attach to the cluster Ray's `ray_current_cluster` file names: when nothing answers there,
+    start a local Ray instead (as `fedsim run` does) and say so, rather than hang for minutes without a word."""
+    if ray.is_initialized():  # a Ray worker, or a process already connected
+        return
+    stale = stale_cluster_file()
+    if stale is not None:
+        path, address = stale
+        os.environ["RAY_ADDRESS"] = "local"
+        print(f"note: {path} names a Ray cluster at {address} where nothing answers (stopped without `ray stop`); "
+              f"this run starts its own local Ray instead. Remove the stale file: rm {path}", flush=True)
+
+
+start_ray_here_if_its_cluster_file_is_stale()
+
+
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
+    try:
+        run_scenario(grid, context)
+    except FedsimError as exc:  # `flwr run` prints a traceback and its own exit message: make ours the last line
+        _flower.print_after_flowers_exit_message(f"error: {exc.line()}")
+        raise
+
+
+def run_scenario(grid: Grid, context: Context) -> None:
+    """The run config's scenario on Flower's Grid, written to a run dir as `fedsim run` writes it."""
     name = str(context.run_config[protocol.SCENARIO])
     scenario = Scenario.load(name)
     expected = scenario.data.partitioner.num_partitions

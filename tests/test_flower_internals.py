@@ -60,7 +60,7 @@ def test_4_flowers_strategies_send_one_content_to_every_train_message():
     assert list(_flower.shared_content_groups(messages).values()) == [[0, 1, 2, 3]]
 
 
-def test_6_flowers_sampling_draws_from_the_module_random():
+def test_5_flowers_sampling_draws_from_the_module_random():
     grid = InlineGrid(None, 20, {})
     _flower.seed_sampling(11)
     first = sample_nodes(grid, 1, 5)[0]
@@ -70,3 +70,14 @@ def test_6_flowers_sampling_draws_from_the_module_random():
     second = sample_nodes(grid, 1, 5)[0]
     _flower.seed_sampling(11)
     assert sample_nodes(grid, 1, 5)[0] == first and sample_nodes(grid, 1, 5)[0] == second
+
+
+def test_6_a_line_added_while_the_app_runs_prints_before_flowers_exit_handlers(capsys):
+    from flwr.supercore.exit import add_exit_handler
+    from flwr.supercore.exit.exit_handler import trigger_exit_handlers
+
+    add_exit_handler(lambda: print("flower flushes the log stream"))  # as flwr-simulation does before the app
+    _flower.print_after_flowers_exit_message("error: the last line")
+    trigger_exit_handlers(run_before_force_exit=True)
+    trigger_exit_handlers(run_before_force_exit=False)
+    assert capsys.readouterr().out.splitlines() == ["error: the last line", "flower flushes the log stream"]

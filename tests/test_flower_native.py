@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+from test_superlink_stop import stop_local_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow  # `make test-all` (and CI, after `make test`)
-
-
-def _stop_superlinks(flwr_home: Path) -> None:
-    """Terminate the local SuperLink `flwr run` started (its command line names our FLWR_HOME)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
-            os.kill(int(entry.name), signal.SIGTERM)
 
 
 def test_flwr_run_runs_a_fedsim_scenario_with_unlearning(tmp_path):
@@ -47,7 +38,7 @@ def test_flwr_run_runs_a_fedsim_scenario_with_unlearning(tmp_path):
                                "--federation-config", "num-supernodes=4"],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     finally:
-        _stop_superlinks(home)
+        stop_local_superlink(home)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "fedsim run dir:" in proc.stdout, proc.stdout[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -58,17 +49,32 @@ def test_flwr_run_runs_a_fedsim_scenario_with_unlearning(tmp_path):
     assert [r["method"] for r in summary["unlearning"]] == ["retrain", "pga"]  # query + train.unlearn messages
 
 
-def _flwr_run(tmp_path: Path, scenario: Path, supernodes: int) -> subprocess.CompletedProcess:
+def _flwr_run(tmp_path: Path, scenario: Path, supernodes: int, **env_vars: str) -> subprocess.CompletedProcess:
     home = tmp_path / "flwr-home"
     env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env_vars)
     run_config = f'scenario="{scenario}" out="{tmp_path / "flwr"}"'
     try:
         return subprocess.run([str(Path(sys.executable).with_name("flwr")), "run", str(ROOT), "--stream",
                                "--run-config", run_config, "--federation-config", f"num-supernodes={supernodes}"],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     finally:
-        _stop_superlinks(home)
+        stop_local_superlink(home)
+        _wait_until_nothing_answers_at(LOCAL_SUPERLINK_PORT)  # the README's stop command stopped the real one
+
+
+LOCAL_SUPERLINK_PORT = 39091  # Flower's local SuperLink (FLWR_LOCAL_SUPERLINK_HTTP_API_PORT)
+
+
+def _wait_until_nothing_answers_at(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"a SuperLink still answers at port {port} after the README's stop command")
 
 
 TINY = ('[run]\nname = "tiny"\nrounds = 3\n[data]\ndataset = "digits"\n[data.partitioner]\nname = "dirichlet"\n'
@@ -100,9 +106,32 @@ def test_flwr_run_with_the_wrong_number_of_supernodes_says_the_command(tmp_path)
     proc = _flwr_run(tmp_path, scenario, 2)
     text = proc.stdout + proc.stderr
     assert "Flower started 2 SuperNodes but scenario" in text and "has 4 clients" in text
-    assert f'run: flwr run . --stream --federation-config "num-supernodes=4" --run-config \'scenario="{scenario}"\'' \
-        in text
+    last = proc.stdout.strip().splitlines()[-1]  # after Flower's traceback and exit message
+    assert last.startswith("error: num-supernodes: Flower started 2 SuperNodes")
+    assert last.endswith(f'run: flwr run . --stream --federation-config "num-supernodes=4" --run-config '
+                         f"'scenario=\"{scenario}\"'")
+    assert proc.returncode == 0  # Flower's CLI streams the logs and exits 0 whatever the run did (README says so)
     assert not (tmp_path / "flwr").exists()
+
+
+def test_flwr_run_with_a_stale_ray_cluster_file_starts_its_own_ray_and_says_so(tmp_path):
+    """A cluster stopped without `ray stop` leaves ray_current_cluster behind; Flower's `ray.init()` would retry
+    its address for minutes without a word."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (ray_tmp / "ray").mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
+        scenario = tmp_path / "tiny.toml"
+        scenario.write_text(TINY)
+        proc = _flwr_run(tmp_path, scenario, 4, RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS="")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert f"names a Ray cluster at {dead} where nothing answers" in proc.stdout, proc.stdout[-2000:]
+    assert f"rm {ray_tmp / 'ray' / 'ray_current_cluster'}" in proc.stdout
+    assert json.loads((tmp_path / "flwr" / "summary.json").read_text())["rounds"] == 3
 
 
 def test_flwr_run_builds_a_factory_model_next_to_the_scenario(tmp_path):

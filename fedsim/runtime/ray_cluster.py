@@ -53,6 +53,27 @@ def reachable(address: str, timeout_s: float) -> None:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+def stale_cluster_file(timeout_s: float = 2.0) -> tuple[Path, str] | None:
+    """Ray's `ray_current_cluster` file and the address it names, when nothing answers there (a cluster stopped
+    by killing its processes, not by `ray stop`): an address-less `ray.init()`, as Flower's simulation makes, would
+    retry that address for many minutes without a word. None when $RAY_ADDRESS is set, there is no such file, or
+    something answers. (fedsim's own Ray runtime starts a local instance, `address="local"`, and never reads it.)"""
+    from ray._common.utils import get_ray_address_file
+
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    path = Path(get_ray_address_file(None))
+    try:
+        address = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        reachable(address, timeout_s)
+    except FedsimError:
+        return path, address
+    return None
+
+
 def attach(address: str, connect_timeout_s: float = 30.0, runtime_env: dict | None = None,
            ship_code: bool | None = None) -> Path | None:
     """Connect this process to the existing Ray cluster at `address` (bounded by `connect_timeout_s`), shipping

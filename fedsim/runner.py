@@ -17,6 +17,7 @@ from fedsim.clients.app import app as client_app
 from fedsim.clients.train_together import train_together
 from fedsim.clients.workspace import ClientSpec, workspace_of
 from fedsim.errors import Diverged, FedsimError, NothingTrained, RunDirError, ScenarioError, StorageError
+from fedsim.features.bags import divergence_cause
 from fedsim.loop import RoundCallback
 from fedsim.models import describe_model
 from fedsim.models.factory import local_module
@@ -101,8 +102,10 @@ def run_on_grid(prepared: Prepared, grid: Grid, out: str | Path | None = None,
         recorder.lock.release()  # (finish removes it once the run dir is complete)
     if recorder.diverged is not None:
         server_round, metric, value = recorder.diverged
+        cause = divergence_cause(prepared.scenario.bags, prepared.data.info.task)
         error = Diverged(f"round {server_round}", f"training diverged ({metric} is {value}); the run stopped, "
-                         f"{run_dir} holds its rounds", "lower client.lr (or set run.stop_on_nan = false to run on)")
+                         f"{run_dir} holds its rounds", (f"{cause}, or lower client.lr" if cause else "lower client.lr")
+                         + " (or set run.stop_on_nan = false to run on)")
         error.result = result
         raise error
     if result.metrics and result.summary.get("skipped_rounds") == len(result.metrics):

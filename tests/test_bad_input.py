@@ -89,6 +89,8 @@ CASES = {
     "fraction-a-boolean": (GOOD, ["strategy.fraction_train=true"],
                            r"--set strategy\.fraction_train: a number is needed"),
     "negative-seed": (GOOD, ["run.seed=-1"], r"--set run\.seed: input should be greater than or equal to 0"),
+    "seed-beyond-32-bits": (GOOD, [f"run.seed={2**64}"],
+                            r"--set run\.seed: input should be less than or equal to 4294967295"),
     "empty-file": ("", [], r"empty scenario"),
     "krum-more-malicious-than-it-tolerates": (GOOD.replace('"fedavg"', '"krum"\nnum_malicious_nodes = 10'), [],
                                               r"num_malicious_nodes = 10: Krum tolerates .* trains 4; use at most 0"),

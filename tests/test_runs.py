@@ -167,6 +167,15 @@ def test_a_diverged_run_stops_after_that_round_with_one_line_and_strict_json(cli
     assert raised.value.result.summary["rounds"] == 1  # the Python API still gets the run so far
 
 
+def test_a_bagged_run_diverging_under_label_dp_noise_names_that_cause(cli, tmp_path):
+    """Cross-entropy against a noisy (negative) bag proportion has no lower bound: a smaller lr only delays it."""
+    code, _, err = cli("run", "quickstart", "--set", "run.rounds=3", "--set", "bags.k=2", "--set", "bags.rho=1.0",
+                       "--set", "bags.epsilon=1e-3", "--out", str(tmp_path / "run"), "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "training diverged" in err, err
+    assert "bags.epsilon = 0.001 adds Laplace noise of scale 1e+03 to the bag proportions" in err
+    assert "raise bags.epsilon or bags.k, or lower client.lr" in err
+
+
 def test_stop_on_nan_false_runs_on_and_writes_null_for_what_is_not_finite(cli, tmp_path, small_scenario):
     result = fedsim.run(small_scenario(client__lr=1e20, run__rounds=3, run__stop_on_nan=False), out=tmp_path / "run")
     assert result.summary["rounds"] == 3 and "stopped" not in result.summary

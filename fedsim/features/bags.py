@@ -58,6 +58,16 @@ def bag_loss(outputs: torch.Tensor, targets: torch.Tensor, rho: float, task: str
     return total
 
 
+def divergence_cause(bags, task: str) -> str | None:
+    """Why a bagged classification run with label-DP noise can diverge whatever its learning rate, or None: the
+    noisy bag proportions can be negative, and cross-entropy against a negative target has no lower bound."""
+    if bags is None or bags.epsilon is None or task != "classification":
+        return None
+    return (f"bags.epsilon = {bags.epsilon:g} adds Laplace noise of scale {2.0 / (bags.k * bags.epsilon):.3g} to the "
+            "bag proportions, and a negative proportion leaves the cross-entropy unbounded below: raise bags.epsilon "
+            "or bags.k")
+
+
 def released_bags(state, pid: int, y: torch.Tensor, num_classes: int, cfg, seed: int) -> tuple[torch.Tensor,
                                                                                                torch.Tensor]:
     """This client's bags and released targets, drawn once (seeded by client) and kept in `context.state`."""

@@ -79,7 +79,7 @@ class ResourcesSection(Section):
 
 class RunSection(Section):
     name: str = "fedsim"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # every stream is derived from its 32 bits (fedsim.seeding)
     rounds: int = Field(10, ge=1)
     runtime: Literal["inline", "ray", "flower"] = "inline"
     ray_address: str | None = None

@@ -32,8 +32,9 @@ lock:
 run: install
 	$(BIN)/fedsim run quickstart
 
+# one pytest worker per core, one torch thread each (more threads per worker only contend for the same cores)
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n auto
 
 test-all: install
 	$(BIN)/python -m pytest -q

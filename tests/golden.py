@@ -236,18 +236,18 @@ def float64_runs():
         fedsim.data._cached.cache_clear()
         workspace._workspace.cache_clear()
 
-    def float64_arrays(*args, **kwargs):
-        x, y = to_arrays(*args, **kwargs)
+    def float64_arrays(*args, **kwargs):  # every table fedsim.data reads becomes arrays here
+        x, y = table_arrays(*args, **kwargs)
         return x.astype(np.float64), y.astype(np.float64) if y.dtype.kind == "f" else y
 
-    to_arrays, before = fedsim.data.to_arrays, torch.get_default_dtype()
-    fedsim.data.to_arrays = float64_arrays
+    table_arrays, before = fedsim.data.table_arrays, torch.get_default_dtype()
+    fedsim.data.table_arrays = float64_arrays
     torch.set_default_dtype(torch.float64)
     forget_built_data_and_models()
     try:
         yield
     finally:
-        fedsim.data.to_arrays = to_arrays
+        fedsim.data.table_arrays = table_arrays
         torch.set_default_dtype(before)
         forget_built_data_and_models()
 

@@ -21,6 +21,23 @@ def all_rows(fd):
     return torch.cat([fd.partition(i)[0] for i in range(fd.num_partitions)])
 
 
+@pytest.mark.parametrize("dataset,num_partitions", [("digits", 7), ("digits", 100), ("wine", 3),
+                                                    ("synthetic-images", 9)])
+def test_an_iid_partition_read_as_a_slice_equals_flower_datasets_own(dataset, num_partitions, monkeypatch):
+    """The IID fast path (no Dataset built per client) gives what IidPartitioner.load_partition gives, row for row,
+    whether or not the partitions divide the training set evenly."""
+    from fedsim.data import table_of
+
+    fd = federated_data(data(dataset=dataset, partitioner={"name": "iid", "num_partitions": num_partitions}), 0)
+    fd._cache.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(Dataset, "select", lambda *a, **k: pytest.fail("a Dataset was built for a partition"))
+        ours = [fd.partition(pid) for pid in range(num_partitions)]
+    for pid, (x, y) in enumerate(ours):
+        x_flower, y_flower = fd._arrays(table_of(fd.partitioner.load_partition(pid)))
+        assert np.array_equal(x.numpy(), x_flower) and np.array_equal(y.numpy(), y_flower)
+
+
 @pytest.mark.parametrize("name,extra", [
     ("iid", {}), ("dirichlet", {"alpha": 0.3}), ("pathological", {"classes_per_partition": 2}),
     ("shard", {"shards_per_partition": 2}), ("linear", {}), ("square", {}), ("exponential", {}),
@@ -153,9 +170,9 @@ def test_data_errors():
 
 
 def test_an_empty_client_keeps_the_feature_width():
-    from fedsim.data import to_arrays
+    from fedsim.data import table_arrays, table_of
     from fedsim.sources import make_dataset
 
     ds = make_dataset({"x": np.ones((3, 4), dtype=np.float32), "label": np.array([0, 1, 0])})
-    x, y = to_arrays(ds.select([]))
+    x, y = table_arrays(table_of(ds.select([])))
     assert x.shape == (0, 4) and y.shape == (0,)

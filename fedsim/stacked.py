@@ -16,6 +16,7 @@ Cohorts are cut into chunks whose stacked parameters, optimizer state and activa
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +82,17 @@ def schedule(sizes: list[int], cfg: LocalTraining, generators: list[torch.Genera
     size, epochs = cfg.batch_size, cfg.local_epochs
     per_epoch = [math.ceil(n / size) for n in sizes]
     steps = max((epochs * b for b in per_epoch), default=0)
-    rows = torch.full((len(sizes), steps * size), -1, dtype=torch.long)
-    for c, (n, generator, batches) in enumerate(zip(sizes, generators, per_epoch)):
-        for epoch in range(epochs):  # an epoch's batches fill its slots in order; its last one is padded
-            start = epoch * batches * size
-            rows[c, start : start + n] = torch.randperm(n, generator=generator)
+    rows = torch.full((len(sizes) * steps * size,), -1, dtype=torch.long)
+    # an epoch's batches fill its slots in order (its last one padded): one permutation per (client, epoch),
+    # written to slots from c * steps * size + epoch * batches * size on, all in one indexed write
+    perms = [torch.randperm(n, generator=generator) for n, generator in zip(sizes, generators) for _ in range(epochs)]
+    if perms:
+        lengths = torch.tensor([n for n in sizes for _ in range(epochs)])
+        starts = torch.tensor([c * steps * size + epoch * batches * size
+                               for c, batches in enumerate(per_epoch) for epoch in range(epochs)])
+        first = torch.cumsum(lengths, 0) - lengths  # each permutation's first position in the concatenation
+        slots = torch.repeat_interleave(starts - first, lengths) + torch.arange(int(lengths.sum()))
+        rows[slots] = torch.cat(perms)
     rows = rows.view(len(sizes), steps, size)
     real = rows >= 0
     offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).view(-1, 1, 1)
@@ -190,8 +197,20 @@ class Optimizer:
 CPU_STEP_ACTIVATIONS = 2**20
 
 
+_ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+
+
 def activations_per_example(model: nn.Module, sample: torch.Tensor) -> int:
-    """Every module's output size for one example (one forward pass)."""
+    """Every module's output size for one example (one forward pass, once per model and input shape: a client
+    process asks every round with the same model)."""
+    shapes = _ACTIVATIONS.setdefault(model, {})
+    key = (tuple(sample.shape[1:]), sample.dtype)
+    if key not in shapes:
+        shapes[key] = _count_activations(model, sample)
+    return shapes[key]
+
+
+def _count_activations(model: nn.Module, sample: torch.Tensor) -> int:
     activations = 0
 
     def count(_module, _inputs, output):

@@ -141,3 +141,30 @@ def test_auto_vectorises_where_it_pays_off():
     model, sample = ConvNet((3, 32, 32), [32, 64], [128], 10), torch.randn(1, 3, 32, 32)
     assert activations_per_example(model, sample) * 10 > CPU_STEP_ACTIVATIONS
     assert pays_off(model, sample, 10, "cuda") and not pays_off(model, sample, 10, "cpu")
+
+
+def test_a_models_activations_are_counted_once_per_input_shape():
+    """chunk_size asks every round: one forward pass per (model, input shape), the same count after."""
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    first = activations_per_example(model, torch.randn(4, 12))
+    assert first == 8 + 8 + 3 + 3 and activations_per_example(model, torch.randn(9, 12)) == first
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_schedule_holds_each_clients_sequential_batches(epochs):
+    """Client c's real rows at its steps are the batches `minibatches` draws from the same generator, offset into
+    the concatenated data; a client whose batches have run out has none (sizes uneven, one client empty)."""
+    from fedsim.stacked import schedule
+    from fedsim.training import minibatches
+
+    sizes, cfg = [14, 0, 5, 40, 17], LocalTraining(lr=0.1, batch_size=16, local_epochs=epochs)
+    plan = schedule(sizes, cfg, [torch.Generator().manual_seed(c) for c in range(len(sizes))])
+    offsets = [sum(sizes[:c]) for c in range(len(sizes))]
+    for c, n in enumerate(sizes):
+        expected = list(minibatches(n, 16, epochs, torch.Generator().manual_seed(c)))
+        drawn = [plan.rows[t, c][plan.mask[t, c].bool()] - offsets[c] for t in range(plan.rows.shape[0])
+                 if plan.counts[t, c] > 0]
+        assert len(drawn) == len(expected) and all(torch.equal(a, b) for a, b in zip(drawn, expected))

@@ -38,6 +38,22 @@ def test_an_iid_partition_read_as_a_slice_equals_flower_datasets_own(dataset, nu
         assert np.array_equal(x.numpy(), x_flower) and np.array_equal(y.numpy(), y_flower)
 
 
+@pytest.mark.parametrize("size", [300, 3000])
+def test_a_natural_partition_read_directly_equals_flower_datasets_own(size, monkeypatch):
+    """The natural partitioner's fast path (no Dataset built per client) gives NaturalIdPartitioner's rows."""
+    from fedsim.data import table_of
+
+    fd = federated_data(data(dataset="leaf-synthetic", generator={"n_samples": size},
+                             partitioner={"name": "natural", "num_partitions": 40}), 0)
+    fd._cache.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(Dataset, "select", lambda *a, **k: pytest.fail("a Dataset was built for a partition"))
+        ours = [fd.partition(pid) for pid in range(fd.num_partitions)]
+    for pid, (x, y) in enumerate(ours):
+        x_flower, y_flower = fd._arrays(table_of(fd.partitioner.load_partition(pid)))
+        assert np.array_equal(x.numpy(), x_flower) and np.array_equal(y.numpy(), y_flower)
+
+
 @pytest.mark.parametrize("name,extra", [
     ("iid", {}), ("dirichlet", {"alpha": 0.3}), ("pathological", {"classes_per_partition": 2}),
     ("shard", {"shards_per_partition": 2}), ("linear", {}), ("square", {}), ("exponential", {}),

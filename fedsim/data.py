@@ -157,7 +157,7 @@ class FederatedData:
         self.cfg, self.seed, self.partitioner, self.info = cfg, seed, partitioner, info
         self._load_partition = load_partition or partitioner.load_partition
         self._decode = decode
-        x, y = self._arrays(test)
+        x, y = self._arrays(table_of(test))
         self.test = torch.from_numpy(x), torch.from_numpy(y)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -199,10 +199,8 @@ class FederatedData:
         codes = np.unique(self.partitioner.dataset.data.column(NATURAL_COLUMN).to_numpy(), return_inverse=True)[1]
         return np.split(np.argsort(codes, kind="stable"), np.cumsum(np.bincount(codes))[:-1])
 
-    def _arrays(self, ds) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) of a Dataset or an Arrow table as writable arrays: features, or for image data the decoded pixels
-        of its rows."""
-        table = table_of(ds) if isinstance(ds, Dataset) else ds
+    def _arrays(self, table) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of an Arrow table's rows as writable arrays: features, or for image data the decoded pixels."""
         if self._decode is None:
             x, y = table_arrays(table)
             return x.copy(), y.copy()

@@ -28,6 +28,14 @@ from fedsim.scenario import Scenario
 from fedsim.server import Interrupted, Prepared, check_resumed_model, prepare, server_main
 
 
+def _warmed_up(grid: VirtualNodesGrid, scenario: Scenario) -> VirtualNodesGrid:
+    """`grid`, its clients' one-off training costs paid first where a run times unlearning methods against each
+    other (fedsim.training.warm_up)."""
+    if scenario.unlearning is not None:
+        grid.warm_up()
+    return grid
+
+
 def make_grid(prepared: Prepared) -> VirtualNodesGrid:
     """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Where `prepare`
     decided the scenario's clients train together (Prepared.vectorize), it hands each round's clients to the
@@ -41,19 +49,19 @@ def make_grid(prepared: Prepared) -> VirtualNodesGrid:
             raise ScenarioError("run.round_timeout_s", "an in-process client cannot be interrupted",
                                 "use runtime = 'ray' for per-round timeouts, or remove round_timeout_s")
         workspace_of(run_config).read = prepared.read  # in one process, server and clients read each model once
-        return InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
-                          cohort=train_together if vectorize else None,
-                          threads=max(1, int(scenario.run.resources.num_cpus)))
+        return _warmed_up(InlineGrid(client_app, n, run_config, faults=scenario.faults, seed=scenario.run.seed,
+                                     cohort=train_together if vectorize else None,
+                                     threads=max(1, int(scenario.run.resources.num_cpus))), scenario)
     if scenario.run.runtime == "ray":
         from fedsim.runtime.ray_grid import RayGrid
 
         address = scenario.run.ray_address or os.environ.get("RAY_ADDRESS") or None
         model = scenario.model
         own = local_module(model.factory, model.factory_path) if model.factory is not None else None
-        return RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
-                       cohort="fedsim.clients.train_together:train_together" if vectorize else None,
-                       seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s,
-                       user_modules=[own] if own is not None else [])
+        return _warmed_up(RayGrid(n, run_config, scenario.run.resources, address=address, faults=scenario.faults,
+                                  cohort="fedsim.clients.train_together:train_together" if vectorize else None,
+                                  seed=scenario.run.seed, connect_timeout_s=scenario.run.ray_connect_timeout_s,
+                                  user_modules=[own] if own is not None else []), scenario)
     raise ScenarioError("run.runtime", "'flower' runs through Flower's own CLI",
                         f"run from the project root: flwr run . --stream --federation-config \"num-supernodes={n}\" "
                         "--run-config 'scenario=\"<the scenario file>\"'")
@@ -171,8 +179,6 @@ def run_from_checkpoint(run_dir: str | Path, scenario: Scenario, state: dict,
     check_resumed_model(prepared, checkpoint.decode(state["arrays"]))
     grid = make_grid(prepared)
     try:
-        if scenario.unlearning is not None:
-            grid.warm_up()  # its methods are timed against each other
         return run_on_grid(prepared, grid, run_dir, on_round, grid.describe, resume=state, stop=stop, started=started)
     finally:
         grid.close()
@@ -192,8 +198,6 @@ def run(scenario: Scenario, out: str | Path | None = None, on_round: Callable[[d
     prepared = prepare(scenario, strategy, new_run_dir(scenario, out), model)
     grid = make_grid(prepared)
     try:
-        if scenario.unlearning is not None:
-            grid.warm_up()  # its methods are timed against each other
         return run_on_grid(prepared, grid, None, on_round, grid.describe, stop=stop, callbacks=callbacks,
                            started=started)
     finally:

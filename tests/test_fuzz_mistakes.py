@@ -11,22 +11,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from test_bad_input import GOOD
 from test_runs import strict_json
 
-BASE = """[run]
-name = "fuzz"
-rounds = 2
-[data]
-dataset = "digits"
-[data.partitioner]
-name = "iid"
-num_partitions = 4
-[model]
-name = "mlp"
-hidden = [16]
-[strategy]
-name = "fedavg"
-"""
+BASE = GOOD.replace('name = "mlp"', 'name = "mlp"\nhidden = [16]')  # test_bad_input's valid scenario
 
 # Mistakes given as `--set` overrides, each kind with the values users gave it
 SETTINGS = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import threading
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -39,7 +39,7 @@ def _raise(rnd: int, pid: int) -> None:
 
 def _hang(rnd: int, pid: int) -> None:
     if rnd == 2 and pid == 0:
-        time.sleep(600)
+        threading.Event().wait()  # never returns: only the round timeout (replacing the actor) ends it
 
 
 dies_once = _misbehaving(_die_once)

@@ -146,8 +146,11 @@ class Optimizer:
         self.cfg, self.steps = cfg, 0
         self.state: dict[str, list[torch.Tensor]] = {}
 
-    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor) -> None:
-        cfg, everyone = self.cfg, bool(active.all())
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor | None = None
+             ) -> None:
+        """One update of `params` (the first len(params) clients of those the first step saw: a prefix keeps its
+        optimizer state's rows) from `grads`; with `active`, clients where it is False are left as they are."""
+        cfg, everyone = self.cfg, active is None or bool(active.all())
         self.steps += 1
         for name, p in params.items():
             g = grads[name]
@@ -168,18 +171,19 @@ class Optimizer:
     def _momentum(self, name: str, g: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         if name not in self.state:  # torch.optim.SGD: the first step's buffer is the gradient itself
             self.state[name] = [g.clone()]
-        elif keep is None:
-            self.state[name][0].mul_(self.cfg.momentum).add_(g)
+            return self.state[name][0]
+        buf = self.state[name][0][: len(g)]
+        if keep is None:
+            buf.mul_(self.cfg.momentum).add_(g)
         else:
-            buf = self.state[name][0]
             buf.copy_(torch.where(keep, buf * self.cfg.momentum + g, buf))
-        return self.state[name][0]
+        return buf
 
     def _adam(self, name: str, g: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults (fedsim sets only lr, weight_decay)
         if name not in self.state:
             self.state[name] = [torch.zeros_like(g), torch.zeros_like(g)]
-        m, v = self.state[name]
+        m, v = (s[: len(g)] for s in self.state[name])
         m_new, v_new = m.lerp(g, 1 - beta1), v.mul(beta2).addcmul_(g, g, value=1 - beta2)
         if keep is not None:
             m_new, v_new = torch.where(keep, m_new, m), torch.where(keep, v_new, v)
@@ -274,32 +278,46 @@ def train_stacked(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]
 def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], cfg: LocalTraining, task: str,
                  generators: list[torch.Generator], augmentations: list[torch.Generator | None]
                  ) -> StackedClients:
+    """Clients with more steps first: the clients still training at step t are then the stack's first rows (a
+    view), so a step costs what its active clients cost, not the longest client's cohort (partitions of unequal
+    sizes)."""
     classification = task == "classification"
     start = {name: p.detach() for name, p in model.named_parameters()}
     plan = schedule([len(x) for x, _ in data], cfg, generators)
+    clients = len(data)
+    steps = (plan.counts > 0).sum(0)
+    order = torch.argsort(steps, descending=True, stable=True)
+    reordered = not torch.equal(order, torch.arange(clients))
+    if reordered:
+        plan = Schedule(plan.rows[:, order], plan.mask[:, order], plan.counts[:, order])
+        augmentations = [augmentations[c] for c in order.tolist()]
     x_all = torch.cat([x for x, _ in data])
     y_all = torch.cat([y for _, y in data])
     rows, mask = plan.rows.to(x_all.device), plan.mask.to(x_all.device)
-    params = stacked(start, len(data))
+    params = stacked(start, clients)
     objectives = _objectives(model, cfg, classification, start)
     optimizer = Optimizer(cfg)
-    clients = len(data)
     loss_sum = torch.zeros(clients, dtype=torch.float64, device=x_all.device)
     correct = torch.zeros(clients, dtype=torch.float64, device=x_all.device)
     counts = plan.counts.to(x_all.device)
-    for t in range(rows.shape[0]):
+    active = (plan.counts > 0).sum(1).tolist()  # clients still training at each step: the first active[t]
+    for t, k in enumerate(active):
         with torch.enable_grad():
-            leaves = {name: p.requires_grad_() for name, p in params.items()}
-            x = x_all[rows[t]]
+            leaves = {name: p[:k].detach().requires_grad_() for name, p in params.items()}
+            x = x_all[rows[t, :k]]
             if augmentations[0] is not None:
-                x = augment_stack(model, x, plan.counts[t].tolist(), augmentations)
-            total, loss, hits = objectives(leaves, x, y_all[rows[t]], mask[t])
+                x = augment_stack(model, x, plan.counts[t, :k].tolist(), augmentations[:k])
+            total, loss, hits = objectives(leaves, x, y_all[rows[t, :k]], mask[t, :k])
             grads = dict(zip(leaves, torch.autograd.grad(total.sum(), list(leaves.values()))))
         with torch.no_grad():
-            optimizer.step(params, grads, counts[t] > 0)
-        loss_sum += loss.double() * counts[t]
-        correct += hits.double()
-    weights, steps = plan.counts.sum(0), (plan.counts > 0).sum(0)
+            optimizer.step({name: p[:k] for name, p in params.items()}, grads)
+        loss_sum[:k] += loss.double() * counts[t, :k]
+        correct[:k] += hits.double()
+    weights, taken = plan.counts.sum(0), (plan.counts > 0).sum(0)
     losses, hits = loss_sum.tolist(), correct.tolist()
-    stats = [Stats(losses[c], int(weights[c]), round(hits[c]), int(steps[c])) for c in range(clients)]
+    stats = [Stats(losses[c], int(weights[c]), round(hits[c]), int(taken[c])) for c in range(clients)]
+    if reordered:  # back to the clients' order
+        back = torch.argsort(order)
+        params = {name: p[back.to(p.device)] for name, p in params.items()}
+        stats = [stats[c] for c in back.tolist()]
     return stacked_clients(params, stats)

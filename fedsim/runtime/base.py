@@ -112,6 +112,7 @@ class VirtualNodesGrid(Grid):
             for pid in range(num_nodes)
         }
         self._node_ids = list(self.contexts)
+        self._ran: set[int] = set()  # nodes whose ClientApp has run: the only ones whose state can be non-empty
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
         self._reduction: Reduction | None = None  # what the push under way asks cohorts to send (send_and_reduce)
@@ -156,6 +157,7 @@ class VirtualNodesGrid(Grid):
         if self.faults is not None:
             known = self._inject_faults(known)
         self._replies.update(self._execute(known, timeout, self._reduction))
+        self._ran.update(m.metadata.dst_node_id for m in known)
         return [m.metadata.message_id for m in batch]
 
     def _inject_faults(self, messages: list[Message]) -> list[Message]:
@@ -199,14 +201,16 @@ class VirtualNodesGrid(Grid):
 
     def checkpoint_state(self) -> dict:
         """What a resumed run needs: the nodes still offered, client states, the simulated clock."""
+        states = {n: self.contexts[n].state for n in sorted(self._ran)}
         return {"node_ids": list(self._node_ids), "sim_time_s": self.sim_time_s,
-                "contexts": encode({n: c.state for n, c in self.contexts.items() if len(c.state)})}
+                "contexts": encode({n: s for n, s in states.items() if len(s)})}
 
     def restore_checkpoint(self, state: dict) -> None:
         self._node_ids = [int(n) for n in state["node_ids"]]
         self.sim_time_s = self._sim_taken = float(state.get("sim_time_s", 0.0))
         for node, records in decode(state["contexts"]).items():
             self.contexts[node].state = records
+            self._ran.add(node)
 
     def take_fault_counts(self) -> dict[str, float]:
         """Faults injected since the last call (one call per round, for metrics.jsonl), and the simulated

@@ -172,7 +172,7 @@ class FederatedData:
                     warnings.filterwarnings("ignore", message="The specified min_partition_size")
                     # pyarrow >= 25 deprecates an argument flwr-datasets' shard partitioner passes when sorting
                     warnings.filterwarnings("ignore", message="Specifying null_placement", category=FutureWarning)
-                    x, y = self._arrays(self._partition_table(partition_id))
+                    x, y = self._partition_arrays(partition_id)
             except (ValueError, KeyError) as exc:
                 raise DataError("data.partitioner", f"partitioning failed: {exc}", _partition_fix(self.cfg)) from None
             if self.cfg.feature_skew is not None:
@@ -181,17 +181,40 @@ class FederatedData:
         return self._cache[partition_id]
 
     def _partition_table(self, partition_id: int):
-        """The partition's rows as an Arrow table. IID and natural partitions of an unshuffled table are read
-        directly, the rows the partitioner's load_partition selects, without building a Dataset (~1 ms a client):
-        IID's contiguous slice, a natural partition's rows (NaturalIdPartitioner: those of the p-th smallest id)."""
+        """The partition's rows as an Arrow table (read directly where `_direct_rows` knows them)."""
+        rows = self._direct_rows(partition_id)
+        if rows is None:
+            return table_of(self._load_partition(partition_id))
+        table = self.partitioner.dataset.data
+        return table.slice(rows.start, len(rows)) if isinstance(rows, range) else table.table.take(rows)
+
+    def _direct_rows(self, partition_id: int) -> range | np.ndarray | None:
+        """The rows of the training table the partitioner's load_partition selects, where they are known without
+        building a Dataset (~1 ms a client): IID's contiguous slice and a natural partition's rows
+        (NaturalIdPartitioner: those of the p-th smallest id), of an unshuffled table; None otherwise."""
         dataset = getattr(self.partitioner, "dataset", None)
-        if self._load_partition == self.partitioner.load_partition and getattr(dataset, "_indices", True) is None:
-            if type(self.partitioner) is fp.IidPartitioner:
-                rows = iid_rows(len(dataset), self.num_partitions, partition_id)
-                return dataset.data.slice(rows.start, len(rows))
-            if type(self.partitioner) is fp.NaturalIdPartitioner:
-                return dataset.data.table.take(self._natural_rows[partition_id])
-        return table_of(self._load_partition(partition_id))
+        if self._load_partition != self.partitioner.load_partition or getattr(dataset, "_indices", True) is not None:
+            return None
+        if type(self.partitioner) is fp.IidPartitioner:
+            return iid_rows(len(dataset), self.num_partitions, partition_id)
+        if type(self.partitioner) is fp.NaturalIdPartitioner:
+            return self._natural_rows[partition_id]
+        return None
+
+    def _partition_arrays(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of a partition: rows known directly are taken from the training table's arrays (converted once),
+        not from an Arrow table built per client."""
+        rows = self._direct_rows(partition_id) if self._decode is None else None
+        if rows is None:
+            return self._arrays(self._partition_table(partition_id))
+        x, y = self._training_arrays
+        if isinstance(rows, range):
+            return x[rows.start : rows.stop].copy(), y[rows.start : rows.stop].copy()
+        return x[rows], y[rows]
+
+    @functools.cached_property
+    def _training_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return table_arrays(self.partitioner.dataset.data.table)
 
     @functools.cached_property
     def _natural_rows(self) -> list[np.ndarray]:

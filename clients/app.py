@@ -16,7 +16,7 @@ from fedsim import protocol as p
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
-from fedsim.evaluation import evaluate, outputs_of, task_loss
+from fedsim.evaluation import evaluate, measured_loss, outputs_of
 from fedsim.features import ClientJob, RoundSetup
 from fedsim.inputs import augmentation_generator
 from fedsim.models import norm_keys
@@ -91,7 +91,7 @@ def received_loss(config: ConfigRecord, model: torch.nn.Module, x: torch.Tensor,
     if not config.get(p.REPORT_TRAIN_LOSS, False):
         return {}
     # in batches bounded as evaluation's are (one batch unless the examples are large images)
-    return {p.TRAIN_LOSS: task_loss(task, outputs_of(model, x), y).item()}
+    return {p.TRAIN_LOSS: measured_loss(task, outputs_of(model, x), y)}
 
 
 def train_seed(ws: Workspace, config: ConfigRecord, pid: int) -> int:

@@ -18,6 +18,15 @@ def task_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.
     return F.cross_entropy(outputs, targets)
 
 
+def measured_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """task_loss's value, for measuring (no gradient). Cross-entropy takes its log-softmax along the examples'
+    axis of the transposed outputs: the same values, ~9x faster than torch's kernel over a short class axis (10
+    classes, 48k test examples: 0.8 vs 7.4 ms)."""
+    if task == "regression" or outputs.dim() != 2:
+        return task_loss(task, outputs, targets).item()
+    return F.nll_loss(torch.log_softmax(outputs.t().contiguous(), 0).t(), targets).item()
+
+
 LARGE_BATCH = 4096  # examples per evaluation batch while an example has at most this many inputs
 BATCH_INPUTS = 2**24  # beyond, batches hold about this many model inputs (64 MB of float32; e.g. 37 384x384 RGB)
 
@@ -51,7 +60,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batc
              ) -> dict[str, float]:
     """Evaluate in large batches; returns {'loss', 'accuracy'} or {'loss', 'mse', 'mae'}."""
     outputs = predict(model, x, batch_size)
-    loss = task_loss(task, outputs, y).item()
+    loss = measured_loss(task, outputs, y)
     if task == "regression":
         return {"loss": loss, "mse": loss, "mae": (outputs.squeeze(-1) - y).abs().mean().item()}
     return {"loss": loss, "accuracy": (outputs.argmax(1) == y).float().mean().item()}

@@ -8,6 +8,7 @@ fedsim's runtimes only supply the Grid.
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,19 @@ def _checkpoints_on_disk(checkpointer: Checkpointer) -> Iterator[None]:
     checkpointer.wait()
 
 
+@contextlib.contextmanager
+def _setup_frozen() -> Iterator[None]:
+    """While the rounds run, the garbage collector leaves the objects that exist before them (data, every virtual
+    node's context, models, imported modules) out of its full collections: one walked them all for ~230 ms with
+    bench-w2's 10,000 contexts and found nothing to free. gc.freeze's objects are freed as usual by reference
+    counting; after the rounds they return to the collector's care (gc.unfreeze)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class Interrupted(Exception):
     """The run stopped on request (Ctrl-C, SIGTERM) after a complete round, whose checkpoint is on disk."""
 
@@ -244,7 +258,7 @@ def server_main(grid: Grid, prepared: Prepared, recorder: RunRecorder, resume: d
     callbacks, checkpointer = round_callbacks(grid, prepared, recorder, extra, resume["scenario"] if resume else None)
     if resume:
         checkpointer.restore(resume)
-    with quiet("flwr"), _checkpoints_on_disk(checkpointer):  # fedsim reports rounds itself
+    with quiet("flwr"), _checkpoints_on_disk(checkpointer), _setup_frozen():  # fedsim reports rounds itself
         outcome = run_rounds(prepared.strategy, grid, initial, first_round=done + 1,
                              last_round=scenario.run.rounds, train_config=train_config(prepared),
                              evaluate_fn=central_evaluation, callbacks=callbacks,

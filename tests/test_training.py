@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fedsim.errors import FedsimError
-from fedsim.evaluation import task_loss
+from fedsim.evaluation import measured_loss, task_loss
 from fedsim.protocol import LocalTraining
 from fedsim.training import minibatches
 from fedsim.unlearning.methods.gradient_ascent import gradient_ascent
@@ -75,3 +75,14 @@ def test_dp_sgd_refuses_loss_terms_opacus_would_drop(overrides, field, small_sce
     scenario = small_scenario(privacy__mode="dp-sgd", privacy__noise_multiplier=1.0).with_overrides(overrides)
     with pytest.raises(FedsimError, match=f"^{re.escape(field)}: DP-SGD cannot train"):
         prepare(scenario)
+
+
+@pytest.mark.parametrize("shape", [(4096, 10), (7, 3), (0, 10), (5, 2, 4)])
+def test_measured_loss_is_the_training_loss(shape):
+    torch.manual_seed(0)
+    outputs = torch.randn(*shape) * 5
+    targets = torch.randint(0, shape[1], (shape[0], *shape[2:]))
+    expected = task_loss("classification", outputs, targets).item()
+    assert measured_loss("classification", outputs, targets) == pytest.approx(expected, rel=1e-6, nan_ok=True)
+    outputs, y = torch.randn(7, 1), torch.randn(7)
+    assert measured_loss("regression", outputs, y) == task_loss("regression", outputs, y).item()

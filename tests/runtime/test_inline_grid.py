@@ -43,6 +43,22 @@ def test_nodes_replies_and_state():
     assert replies[0].content["m"]["n"] == 2  # context.state persisted across rounds
 
 
+def test_the_checkpoint_holds_the_state_of_every_node_that_ran_and_restores_it():
+    from fedsim.checkpoint import decode
+
+    grid = InlineGrid(echo_app(), 6, {})
+    ids = grid.get_node_ids()
+    send(grid, [ids[4], ids[1]])
+    send(grid, [ids[1]])
+    state = grid.checkpoint_state()
+    assert list(decode(state["contexts"])) == [ids[1], ids[4]]  # those that ran, in node order; the rest are empty
+    resumed = InlineGrid(echo_app(), 6, {})
+    resumed.restore_checkpoint(state)
+    assert [resumed.contexts[n].state["seen"]["n"] for n in (ids[1], ids[4])] == [2, 1]
+    assert resumed.checkpoint_state()["contexts"] == state["contexts"]  # restored nodes are checkpointed again
+    assert send(resumed, [ids[1]])[0].content["m"]["n"] == 3
+
+
 def test_a_failing_client_is_an_error_reply():
     grid = InlineGrid(echo_app(fail_on={1}), 3, {})
     replies = send(grid, grid.get_node_ids())

@@ -10,8 +10,8 @@ start-up/shut-down. Steady-state seconds per round are the mean over rounds 2..R
                                50 a round, batch 10, a 2-conv CNN of 1.6M parameters
   W5  scenarios/bench-w5.toml  a ResNet-18 (CIFAR stem, GroupNorm, 11.2M parameters) round: 50 clients x 50
                                synthetic 3x32x32 images, all 50 a round, batch 10; sequential vs vectorised
-  profile                      where a vectorised W1 round's time goes, with and without early reduction
-                               (benchmarks/round_profile.py)
+  profile                      where a vectorised W1 round's time goes, with and without early reduction, and
+                               a W2 and a W4 round's (benchmarks/round_profile.py)
   fedld                        FedLD's aggregation vs the Gram matrices it needs (m = 50, 1M parameters)
   dp                           DP-SGD local training vs plain, on the quickstart clients
 """
@@ -104,9 +104,12 @@ def _profile() -> str:
     from round_profile import describe, measure
 
     early, each = measure("bench-w1"), measure("bench-w1", reduce_early=False)
+    w2, w4 = measure("bench-w2"), measure("bench-w4", rounds=2)
     return (f"bench-w1 vectorised, inline, mean per round, in one process: with early reduction (a cohort's one "
             f"partial result) {describe(early)}. With one reply per client (`run.reduce_early = false`, as before "
-            f"it): {describe(each)}. Round: {early['round'] / each['round']:.2f}x.")
+            f"it): {describe(each)}. Round: {early['round'] / each['round']:.2f}x.\n\n"
+            f"bench-w2 (100 of 10,000 devices a round), the same way: {describe(w2)}.\n\n"
+            f"bench-w4 (50 clients a round, 1.6M parameters; 2 rounds), the same way: {describe(w4)}.")
 
 
 def _gpu() -> str:
@@ -180,7 +183,7 @@ def main() -> None:
         console.print(table)
         console.print(verdict)
         lines += ["", verdict, ""]
-    for key, title in (("profile", "Where a vectorised round goes (W1)"), ("fedld", "FedLD aggregation"),
+    for key, title in (("profile", "Where a vectorised round goes (W1, W2, W4)"), ("fedld", "FedLD aggregation"),
                        ("dp", "DP-SGD overhead"), ("scale", "Scale: 100,000 clients"), ("sweep", "Parallel sweeps")):
         if not args.only or key in args.only:
             text = MICRO[key]()

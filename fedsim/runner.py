@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from fedsim import checkpoint
+from fedsim.allocator import keep_freed_memory
 from fedsim.clients.app import app as client_app
 from fedsim.clients.train_together import train_together
 from fedsim.clients.workspace import ClientSpec, workspace_of
@@ -40,6 +41,7 @@ def make_grid(prepared: Prepared) -> VirtualNodesGrid:
     """The Grid for `run.runtime`: inline, or Ray (local, or `run.ray_address` / $RAY_ADDRESS). Where `prepare`
     decided the scenario's clients train together (Prepared.vectorize), it hands each round's clients to the
     handler that trains them at once (fedsim.clients.train_together)."""
+    keep_freed_memory()  # this process runs the rounds (and inline, the clients)
     scenario = prepared.scenario
     run_config = ClientSpec.of(scenario, prepared.given).run_config()
     n = scenario.data.partitioner.num_partitions

@@ -16,13 +16,13 @@ Cohorts are cut into chunks whose stacked parameters, optimizer state and activa
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fedsim.activations import activations_per_example
 from fedsim.inputs import augment_stack
 from fedsim.protocol import LocalTraining
 from fedsim.training import Stats
@@ -199,37 +199,6 @@ class Optimizer:
 # (`DEVICE=cpu bash benchmarks/gpu_check.sh`, `make bench`): bench-w3's CNN on 8x8 digits (~230k a step) trains
 # 1.3x faster vectorised, bench-w4's CNN on 32x32 images (~2.0M) 1.3-1.4x slower.
 CPU_STEP_ACTIVATIONS = 2**20
-
-
-_ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
-
-
-def activations_per_example(model: nn.Module, sample: torch.Tensor) -> int:
-    """Every module's output size for one example (one forward pass, once per model and input shape: a client
-    process asks every round with the same model)."""
-    shapes = _ACTIVATIONS.setdefault(model, {})
-    key = (tuple(sample.shape[1:]), sample.dtype)
-    if key not in shapes:
-        shapes[key] = _count_activations(model, sample)
-    return shapes[key]
-
-
-def _count_activations(model: nn.Module, sample: torch.Tensor) -> int:
-    activations = 0
-
-    def count(_module, _inputs, output):
-        nonlocal activations
-        if isinstance(output, torch.Tensor):
-            activations += output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(sample[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    return activations
 
 
 def pays_off(model: nn.Module, sample: torch.Tensor, batch_size: int, device_type: str) -> bool:

@@ -15,13 +15,13 @@ from golden import ENGINE_SCENARIOS, FLOAT64_ROUNDOFF, assert_runs_match, relati
 from torch import nn
 
 import fedsim
+from fedsim.activations import activations_per_example
 from fedsim.errors import ScenarioError
 from fedsim.models import ConvNet, SmallCNN
 from fedsim.protocol import LocalTraining
 from fedsim.server import prepare
 from fedsim.stacked import (
     CPU_STEP_ACTIVATIONS,
-    activations_per_example,
     bytes_per_client,
     chunk_size,
     pays_off,

@@ -86,3 +86,23 @@ def test_measured_loss_is_the_training_loss(shape):
     assert measured_loss("classification", outputs, targets) == pytest.approx(expected, rel=1e-6, nan_ok=True)
     outputs, y = torch.randn(7, 1), torch.randn(7)
     assert measured_loss("regression", outputs, y) == task_loss("regression", outputs, y).item()
+
+
+def test_counting_activations_leaves_running_statistics_alone():
+    from fedsim.activations import activations_per_example
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert activations_per_example(model, torch.randn(3, 4) * 10) == 6 + 6 + 6  # each module, the Sequential too
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_cpu_evaluation_batch_bounds_its_activations():
+    from fedsim.evaluation import CPU_BATCH_ACTIVATIONS, LARGE_BATCH, batch_size_for, evaluate
+
+    wide = nn.Sequential(nn.Linear(8, 2**16), nn.ReLU(), nn.Linear(2**16, 3))  # ~131k activations an example
+    x, y = torch.randn(300, 8), torch.randint(0, 3, (300,))
+    size = batch_size_for(wide, x)
+    assert size == CPU_BATCH_ACTIVATIONS // (2 * 2**16 + 3) and size < len(x)
+    assert batch_size_for(nn.Linear(8, 3), x) == LARGE_BATCH
+    assert evaluate(wide, x, y, "classification") == pytest.approx(evaluate(wide, x, y, "classification", 300))

@@ -44,6 +44,9 @@ class ClientWorker:
     def __init__(self, client_app: str, num_threads: int, cohort: str | None = None) -> None:
         import torch
 
+        from fedsim.allocator import keep_freed_memory
+
+        keep_freed_memory()
         torch.set_num_threads(num_threads)
         self.app = load_object(client_app)
         self.cohort = load_object(cohort) if cohort else None

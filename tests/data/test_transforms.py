@@ -167,14 +167,17 @@ def test_augmented_images_from_disk_train_on_ray_as_inline(tmp_path):
 
 def test_evaluation_batches_are_bounded_by_the_model_s_input_size():
     """A raw uint8 batch grows to the model's input in the pipeline: 4096 FedLD test images at 384 px would be 7 GB."""
-    from fedsim.evaluation import BATCH_INPUTS, batch_size_for
+    from fedsim.evaluation import BATCH_INPUTS, CPU_BATCH_ACTIVATIONS, batch_size_for
     from fedsim.inputs import InputPipeline
 
     small = torch.nn.Linear(64, 10)
     assert batch_size_for(small, torch.zeros(5, 64)) == 4096
     big = torch.nn.Identity()
     big.register_forward_pre_hook(InputPipeline((1, 256, 256), 3, [], [Op("resize", size=(384,))]))
-    assert batch_size_for(big, torch.zeros(5, 256 * 256, dtype=torch.uint8)) == BATCH_INPUTS // (3 * 384 * 384) == 37
+    raw = torch.zeros(5, 256 * 256, dtype=torch.uint8)
+    assert batch_size_for(big, raw.to("meta")) == BATCH_INPUTS // (3 * 384 * 384) == 37
+    # on a CPU also by its activations (here the Identity's output, the pipeline's image)
+    assert batch_size_for(big, raw) == CPU_BATCH_ACTIVATIONS // (3 * 384 * 384) == 18
 
 
 def test_q_fedavg_s_received_loss_is_bounded_the_same_way():

@@ -197,7 +197,7 @@ class Optimizer:
 # A client's batch step above this many activations (floats) is compute-bound on a CPU: stacking clients saves no
 # per-operation overhead there, and the stacked copies fall out of cache. Measured with one torch thread
 # (`DEVICE=cpu bash benchmarks/gpu_check.sh`, `make bench`): bench-w3's CNN on 8x8 digits (~230k a step) trains
-# 1.3x faster vectorised, bench-w4's CNN on 32x32 images (~2.0M) 1.3-1.4x slower.
+# 1.3x faster vectorised, bench-w4's CNN on 32x32 images (~2.0M) 1.1x slower (1.3-1.4x before fedsim.allocator).
 CPU_STEP_ACTIVATIONS = 2**20
 
 

@@ -112,7 +112,8 @@ class VirtualNodesGrid(Grid):
             for pid in range(num_nodes)
         }
         self._node_ids = list(self.contexts)
-        self._ran: set[int] = set()  # nodes whose ClientApp has run: the only ones whose state can be non-empty
+        self._ran: set[int] = set()  # nodes whose ClientApp has run (since the last checkpoint, or whose state it
+        # held): the only ones whose state can be non-empty
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
         self._reduction: Reduction | None = None  # what the push under way asks cohorts to send (send_and_reduce)
@@ -201,9 +202,9 @@ class VirtualNodesGrid(Grid):
 
     def checkpoint_state(self) -> dict:
         """What a resumed run needs: the nodes still offered, client states, the simulated clock."""
-        states = {n: self.contexts[n].state for n in sorted(self._ran)}
+        self._ran = {n for n in self._ran if len(self.contexts[n].state)}  # empty until it runs again
         return {"node_ids": list(self._node_ids), "sim_time_s": self.sim_time_s,
-                "contexts": encode({n: s for n, s in states.items() if len(s)})}
+                "contexts": encode({n: self.contexts[n].state for n in sorted(self._ran)})}
 
     def restore_checkpoint(self, state: dict) -> None:
         self._node_ids = [int(n) for n in state["node_ids"]]

@@ -30,10 +30,11 @@ def measured_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> fl
 
 LARGE_BATCH = 4096  # examples per evaluation batch while an example has at most this many inputs
 BATCH_INPUTS = 2**24  # beyond, batches hold about this many model inputs (64 MB of float32; e.g. 37 384x384 RGB)
-CPU_BATCH_ACTIVATIONS = 2**23  # on a CPU, a batch's activations stay within this many floats (32 MB): beyond, its
-# largest tensors pass glibc's mmap threshold (32 MB at most) and are page-faulted afresh every batch. bench-w4's CNN
-# (196k activations an example) evaluated 4,096 examples a batch took 1.9x as long as 32 a batch (2.7 s of it in
-# the kernel, against 0.01 s)
+CPU_BATCH_ACTIVATIONS = 2**23  # on a CPU, a batch's activations stay within this many floats (32 MB): beyond, under
+# glibc's default malloc, its tensors are page-faulted afresh every batch. bench-w4's CNN (196k activations an
+# example) evaluated 4,096 examples a batch took 1.9x as long as 32 a batch (2.7 s of it in the kernel, against
+# 0.01 s). fedsim.allocator spares fedsim's own processes most of that; this bound serves every process (the plain
+# loop's, Flower's own under `flwr run`)
 
 
 def batch_size_for(model: nn.Module, x: torch.Tensor) -> int:

@@ -59,6 +59,26 @@ def test_the_checkpoint_holds_the_state_of_every_node_that_ran_and_restores_it()
     assert send(resumed, [ids[1]])[0].content["m"]["n"] == 3
 
 
+def test_a_node_found_empty_is_checkpointed_once_it_holds_state():
+    from fedsim.checkpoint import decode
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        if "write" in msg.content:  # only when asked: a node may run and keep an empty state
+            context.state["seen"] = ConfigRecord({"n": 1})
+        return Message(RecordDict(), reply_to=msg)
+
+    grid = InlineGrid(app, 3, {})
+    ids = grid.get_node_ids()
+    grid.send_and_receive([Message(RecordDict(), n, "train") for n in ids])
+    assert decode(grid.checkpoint_state()["contexts"]) == {}  # every node ran, none holds state
+    grid.send_and_receive([Message(RecordDict({"write": ConfigRecord({})}), ids[2], "train")])
+    assert list(decode(grid.checkpoint_state()["contexts"])) == [ids[2]]
+    assert list(decode(grid.checkpoint_state()["contexts"])) == [ids[2]]  # kept while it holds state
+
+
 def test_a_failing_client_is_an_error_reply():
     grid = InlineGrid(echo_app(fail_on={1}), 3, {})
     replies = send(grid, grid.get_node_ids())

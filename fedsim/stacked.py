@@ -158,15 +158,13 @@ class Optimizer:
                 g = g.add(p, alpha=cfg.weight_decay)
             keep = None if everyone else active.view(-1, *([1] * (p.dim() - 1)))
             if cfg.optimizer == "adam":
-                update = self._adam(name, g, keep)
-            elif cfg.momentum:
-                update = self._momentum(name, g, keep).mul(cfg.lr)
-            else:
-                update = g.mul_(cfg.lr)
+                direction, rate = self._adam(name, g, keep), 1.0
+            else:  # SGD's step as torch.optim.SGD takes it: param.add_(direction, alpha=-lr)
+                direction, rate = (self._momentum(name, g, keep) if cfg.momentum else g), cfg.lr
             if keep is None:
-                p.sub_(update)
+                p.add_(direction, alpha=-rate)
             else:
-                p.copy_(torch.where(keep, p - update, p))
+                p.copy_(torch.where(keep, p.add(direction, alpha=-rate), p))
 
     def _momentum(self, name: str, g: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         if name not in self.state:  # torch.optim.SGD: the first step's buffer is the gradient itself
@@ -282,9 +280,9 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
             optimizer.step({name: p[:k] for name, p in params.items()}, grads)
         loss_sum[:k] += loss.double() * counts[t, :k]
         correct[:k] += hits.double()
-    weights, taken = plan.counts.sum(0), (plan.counts > 0).sum(0)
+    weights, taken = plan.counts.sum(0).tolist(), (plan.counts > 0).sum(0).tolist()
     losses, hits = loss_sum.tolist(), correct.tolist()
-    stats = [Stats(losses[c], int(weights[c]), round(hits[c]), int(taken[c])) for c in range(clients)]
+    stats = [Stats(losses[c], weights[c], round(hits[c]), taken[c]) for c in range(clients)]
     if reordered:  # back to the clients' order
         back = torch.argsort(order)
         params = {name: p[back.to(p.device)] for name, p in params.items()}

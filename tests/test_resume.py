@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from announcing_cli import wait_for_row
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from golden import measure, run_counting_steps, snapshot
 
@@ -133,12 +133,9 @@ def slow_run_in_child(small_scenario, tmp_path: Path, rounds: int, delay_s: floa
     path = tmp_path / "slow.toml"
     path.write_text(Scenario.from_dict(raw).to_toml())
     out = tmp_path / "run"
-    child = subprocess.Popen([FEDSIM, "run", str(path), "--out", str(out), "-q"], start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
-        assert time.monotonic() < deadline and child.poll() is None
-        time.sleep(0.05)
+    child = subprocess.Popen([sys.executable, str(TESTS / "announcing_cli.py"), "run", str(path), "--out", str(out),
+                              "-q"], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_row(child, 1)
     return child, path, out
 
 

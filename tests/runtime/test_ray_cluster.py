@@ -18,6 +18,8 @@ from fedsim.scenario import ResourcesSection
 
 pytestmark = pytest.mark.slow  # `make test-all` (and CI, after `make test`)
 
+TESTS = Path(__file__).resolve().parents[1]
+
 
 @ray.remote(num_cpus=0)
 def _shipped_fedsim() -> list[str]:
@@ -121,7 +123,8 @@ def test_a_run_survives_losing_a_worker_node(tmp_path, small_scenario):
     2: the run finishes on the head with the metrics of an undisturbed run, and summary.json names the lost node."""
     import os
     import signal
-    import time
+
+    from announcing_cli import wait_for_row
 
     import fedsim
     from fedsim.results import load_run, without_timings
@@ -132,13 +135,10 @@ def test_a_run_survives_losing_a_worker_node(tmp_path, small_scenario):
     path, out = tmp_path / "s.toml", tmp_path / "run"
     path.write_text(scenario.to_toml())
     with two_node_cluster() as (address, worker):
-        child = subprocess.Popen([str(Path(sys.executable).with_name("fedsim")), "run", str(path), "--ray-address",
+        child = subprocess.Popen([sys.executable, str(TESTS / "announcing_cli.py"), "run", str(path), "--ray-address",
                                   address, "--out", str(out), "-q"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 180
-        while len((out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []) < 2:
-            assert time.monotonic() < deadline and child.poll() is None, child.communicate()
-            time.sleep(0.1)
+        wait_for_row(child, 2)
         os.kill(_raylet_of(worker["RayletSocketName"]), signal.SIGKILL)
         _, err = child.communicate(timeout=300)
     assert child.returncode == 0, err[-3000:]

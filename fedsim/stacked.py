@@ -252,7 +252,7 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
     start = {name: p.detach() for name, p in model.named_parameters()}
     plan = schedule([len(x) for x, _ in data], cfg, generators)
     clients = len(data)
-    steps = (plan.counts > 0).sum(0)
+    weights, steps = plan.counts.sum(0), (plan.counts > 0).sum(0)  # each client's examples and steps, in its order
     order = torch.argsort(steps, descending=True, stable=True)
     reordered = not torch.equal(order, torch.arange(clients))
     if reordered:
@@ -280,11 +280,10 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
             optimizer.step({name: p[:k] for name, p in params.items()}, grads)
         loss_sum[:k] += loss.double() * counts[t, :k]
         correct[:k] += hits.double()
-    weights, taken = plan.counts.sum(0).tolist(), (plan.counts > 0).sum(0).tolist()
-    losses, hits = loss_sum.tolist(), correct.tolist()
-    stats = [Stats(losses[c], weights[c], round(hits[c]), taken[c]) for c in range(clients)]
     if reordered:  # back to the clients' order
-        back = torch.argsort(order)
-        params = {name: p[back.to(p.device)] for name, p in params.items()}
-        stats = [stats[c] for c in back.tolist()]
+        back = torch.argsort(order).to(x_all.device)
+        params = {name: p[back] for name, p in params.items()}
+        loss_sum, correct = loss_sum[back], correct[back]
+    losses, hits, weights, steps = loss_sum.tolist(), correct.tolist(), weights.tolist(), steps.tolist()
+    stats = [Stats(losses[c], weights[c], round(hits[c]), steps[c]) for c in range(clients)]
     return stacked_clients(params, stats)

@@ -3,11 +3,12 @@
 
 Times the parts of every round by wrapping the functions that do them (wall clock, inclusive), after a warm-up
 run: local training (fedsim.stacked), the rest of the client side (partitions, received loss, the cohort's partial
-result or reply Messages), the aggregation (fedsim.strategies.early.aggregate: Flower's aggregate_train on the
-partial results, or on one reply per client), central evaluation, the checkpoint on the round's path (encoding
-its snapshot; the write itself runs in the background), and the remainder (sampling, configure, callbacks,
-metrics.jsonl). Means per round over all rounds (the initial model's evaluation left out); "outside training" is the
-round minus local training, and without central evaluation (the workload's own test-set pass) what fedsim adds.
+result or reply Messages), Flower's configure_train (FedAvg's, and its subclasses' that keep it: a Message per
+client), the aggregation (fedsim.strategies.early.aggregate: Flower's aggregate_train on the partial results, or on
+one reply per client), central evaluation, the checkpoint on the round's path (encoding its snapshot; the write
+itself runs in the background), and the remainder (sampling, callbacks, metrics.jsonl). Means per round over all
+rounds (the initial model's evaluation left out); "outside training" is the round minus local training, and without
+Flower's configure_train and central evaluation (the workload's own test-set pass) what fedsim adds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from flwr.serverapp.strategy import FedAvg
 
 import fedsim
 from fedsim import callbacks, loop, server
@@ -26,9 +28,11 @@ from fedsim.clients import train_together as handler
 from fedsim.runtime import inline
 
 TRAINING = "client side: local training (fedsim.stacked)"  # inside the client side's total
+CONFIGURE = "Flower's configure_train"
 PARTS = {  # label -> (object, attribute) whose calls are timed
     TRAINING: (handler, "train_stacked"),
     "client side: total (partitions, received loss, training, partial results / replies)": (inline, "run_clients"),
+    CONFIGURE: (FedAvg, "configure_train"),
     "aggregation": (loop, "aggregate"),
     "central evaluation": (server, "evaluate"),
     "checkpoint": (callbacks.Checkpointer, "after_round"),
@@ -83,11 +87,11 @@ def describe(parts: dict[str, float]) -> str:
     rows = [f"{label} {ms:.1f} ms ({ms / total:.0%})" for label, ms in parts.items()
             if label not in ("round", "clients")]
     rest, outside = total - named, total - parts[TRAINING]
-    overhead = outside - parts["central evaluation"]
+    overhead = outside - parts["central evaluation"] - parts[CONFIGURE]
     return (f"round {total:.1f} ms: " + "; ".join(rows) + f"; the rest {rest:.1f} ms ({rest / total:.0%}). Outside "
-            f"local training: {outside:.1f} ms ({outside / total:.0%}); outside local training and central evaluation "
-            f"(fedsim's own work): {overhead:.1f} ms ({overhead / total:.0%}), {overhead / max(clients, 1):.2f} ms "
-            "per client")
+            f"local training: {outside:.1f} ms ({outside / total:.0%}); outside local training, Flower's "
+            f"configure_train and central evaluation (fedsim's own work): {overhead:.1f} ms ({overhead / total:.0%}), "
+            f"{overhead / max(clients, 1):.2f} ms per client")
 
 
 def main() -> None:

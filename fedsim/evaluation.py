@@ -19,13 +19,18 @@ def task_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.
     return F.cross_entropy(outputs, targets)
 
 
+def class_log_softmax(outputs: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the classes of (examples, classes) outputs, taken along the examples' axis of the transposed
+    outputs: the same values, faster than torch's kernel over a short class axis (10 classes: 48k test examples
+    0.8 vs 7.4 ms; a stacked step's 100 clients x 16 examples, forward and backward, ~0.3 vs ~0.7 ms)."""
+    return torch.log_softmax(outputs.t().contiguous(), 0).t()
+
+
 def measured_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """task_loss's value, for measuring (no gradient). Cross-entropy takes its log-softmax along the examples'
-    axis of the transposed outputs: the same values, ~9x faster than torch's kernel over a short class axis (10
-    classes, 48k test examples: 0.8 vs 7.4 ms)."""
+    """task_loss's value, for measuring (no gradient; cross-entropy from class_log_softmax)."""
     if task == "regression" or outputs.dim() != 2:
         return task_loss(task, outputs, targets).item()
-    return F.nll_loss(torch.log_softmax(outputs.t().contiguous(), 0).t(), targets).item()
+    return F.nll_loss(class_log_softmax(outputs), targets).item()
 
 
 LARGE_BATCH = 4096  # examples per evaluation batch while an example has at most this many inputs

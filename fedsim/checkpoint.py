@@ -10,7 +10,7 @@ strings, lists and dicts, so it loads with `torch.load(weights_only=True)`: noth
 from __future__ import annotations
 
 import random
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def encode(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return _tagged("ndarray", torch.from_numpy(np.array(value)))
     if isinstance(value, ArrayRecord):
-        return _tagged("arrays", {k: torch.from_numpy(a.numpy()) for k, a in value.items()})
+        return _tagged("arrays", {k: torch.from_numpy(a.numpy()) for k, a in value.items()})  # fresh copies
     if isinstance(value, ConfigRecord | MetricRecord):
         return _tagged(type(value).__name__, {k: encode(v) for k, v in value.items()})
     if isinstance(value, RecordDict):
@@ -59,6 +59,12 @@ def encode(value: Any) -> Any:
     if isinstance(value, dict):
         return _tagged("dict", [[encode(k), encode(v)] for k, v in value.items()])
     raise Unencodable(type(value).__name__)
+
+
+def encode_arrays(state: dict[str, torch.Tensor]) -> dict:
+    """An ArrayRecord as `encode` writes it, from the state dict already read from it (fedsim.arrays.StateReader:
+    the round's global model is parsed once, for central evaluation and the checkpoint)."""
+    return _tagged("arrays", {k: encode(t) for k, t in state.items()})
 
 
 def decode(value: Any) -> Any:
@@ -136,30 +142,36 @@ class BackgroundWriter:
     """Writes checkpoints on a background thread, one after another, off the round's critical path. The payload is
     already encoded (`encode` copies every tensor: a snapshot the next round cannot change); `wait()` returns once
     the last one is on disk and raises its error (a full disk, say), so a run's end, a stop or a purge that needs it
-    waits for it. A crash before the rename leaves the previous checkpoint, from which a resume is just as exact."""
+    waits for it. A crash before the rename leaves the previous checkpoint, from which a resume is just as exact.
+    One thread serves all the writes until `close()` (starting one per write cost ~0.1 ms a round)."""
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     def write(self, run_dir: Path, payload: dict) -> None:
         self.wait()
-        self._thread = threading.Thread(target=self._write, args=(run_dir, payload), name="fedsim-checkpoint")
-        self._thread.start()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-checkpoint")
+        self._pending = self._pool.submit(self._write, run_dir, payload)
 
     def _write(self, run_dir: Path, payload: dict) -> None:
-        try:
-            write(run_dir, payload)
-        except BaseException as exc:  # noqa: BLE001 - raised in the run's thread by wait()
-            self._error = exc
+        write(run_dir, payload)
 
     def wait(self, raise_error: bool = True) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
+        pending, self._pending = self._pending, None
+        error = pending.exception() if pending is not None else None
         if error is not None and raise_error:
             raise error
+
+    def close(self, raise_error: bool = True) -> None:
+        """wait(), then let the thread go (a later write starts another)."""
+        try:
+            self.wait(raise_error)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
 
 def read(run_dir: Path) -> dict:

@@ -186,9 +186,9 @@ def _checkpoints_on_disk(checkpointer: Checkpointer) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        checkpointer.wait(raise_error=False)
+        checkpointer.close(raise_error=False)
         raise
-    checkpointer.wait()
+    checkpointer.close()
 
 
 @contextlib.contextmanager
@@ -231,7 +231,7 @@ def round_callbacks(grid: Grid, prepared: Prepared, recorder: RunRecorder, extra
     if scenario.run.stop_on_nan:
         callbacks.append(StopOnDivergence())
     checkpointer = Checkpointer(recorder.run_dir, scenario.run.checkpoint_every, scenario_text or scenario.to_toml(),
-                                grid, stateful, lambda: recorder.initial)
+                                grid, stateful, lambda: recorder.initial, prepared.read)
     if hasattr(grid, "checkpoint_state"):  # Flower's own runtime keeps client state out of reach
         callbacks.append(checkpointer)
     if prepared.unlearning is not None:

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from announcing_cli import wait_for_row
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from golden import measure, run_counting_steps, snapshot
 
 import fedsim
 from fedsim import checkpoint
-from fedsim.arrays import state_to_record
+from fedsim.arrays import NpyArray, state_to_record
 from fedsim.results import load_run, without_timings
 from fedsim.scenario import Scenario
 
@@ -242,6 +242,25 @@ def test_checkpoint_holds_only_plain_data_and_round_trips():
     assert dict(back["records"]["c"]) == {"k": 1} and back["scalar"] == 2.5
     with pytest.raises(checkpoint.Unencodable):
         checkpoint.encode(lambda: 0)
+
+
+def test_the_global_model_is_checkpointed_from_the_servers_own_read_of_it(tmp_path, small_scenario, monkeypatch):
+    """The checkpoint's arrays are the state the server read for central evaluation (not a second parse of the
+    record), encoded as the record itself would be; every write of a run goes through one thread."""
+    record = state_to_record({"w": torch.randn(3, 2), "b": torch.arange(4, dtype=torch.int64)})
+    ours, flowers = checkpoint.encode_arrays(record.to_torch_state_dict()), checkpoint.encode(record)
+    assert ours.keys() == flowers.keys() and ours[next(iter(ours))] == "arrays"
+    for key, tensor in flowers["value"].items():
+        assert ours["value"][key].dtype == tensor.dtype and torch.equal(ours["value"][key], tensor)
+
+    parsed, threads = [], []
+    for cls in (Array, NpyArray):
+        monkeypatch.setattr(cls, "numpy", lambda self, read=cls.numpy: parsed.append(self) or read(self))
+    write = checkpoint.write
+    monkeypatch.setattr(checkpoint, "write", lambda *a: threads.append(threading.get_ident()) or write(*a))
+    fedsim.run(small_scenario(run__rounds=3, run__vectorize=False), out=tmp_path / "run")
+    assert parsed and len(parsed) == len({id(a) for a in parsed})  # no array (a global model's, a reply's) parsed twice
+    assert len(threads) == 3 and len(set(threads)) == 1 and threading.get_ident() not in threads
 
 
 def test_checkpoint_is_written_every_n_rounds_and_loads_weights_only(tmp_path, small_scenario):

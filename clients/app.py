@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim import features
 from fedsim import protocol as p
+from fedsim._flower import reply_with
 from fedsim.arrays import record_to_state, state_to_record
 from fedsim.clients.workspace import Workspace, workspace
 from fedsim.errors import FedsimError
@@ -113,8 +114,7 @@ def reply_metrics(config: ConfigRecord, metrics: dict[str, float], num_examples:
 
 def train_reply(msg: Message, state: dict[str, torch.Tensor], metrics: dict[str, float]) -> Message:
     """A train reply: the trained weights and their metrics (reply_metrics)."""
-    content = RecordDict({p.ARRAYS: state_to_record(state), p.METRICS: MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    return reply_with(msg, {p.ARRAYS: state_to_record(state), p.METRICS: MetricRecord(metrics)})
 
 
 @app.evaluate()

@@ -19,15 +19,20 @@ tests/test_flower_internals.py; docs/design.md, "Flower's internals", lists them
 6. A Flower process that fails logs the traceback, then its exit message, then runs its exit handlers newest
    first, the last one flushing the run's log stream: a handler added while the app runs prints a line that
    `flwr run` shows last (`print_after_flowers_exit_message`).
+7. A Message's and its Metadata's attributes: fedsim's clients build a reply with the metadata Flower derives from
+   the message it answers, and its RecordDict, without the constructors' argument dispatch and per-item checks
+   (`reply_with`: a cohort of 100 clients' replies ~1.2 -> ~0.3 ms a round).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import Iterable, Iterator
 
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.exit import add_exit_handler
 from flwr.supercore.run import Run
@@ -36,8 +41,8 @@ from flwr.supercore.task_identity import TaskIdentity
 FLOWER_VERSION = "1.42"  # the version every assumption below was checked against
 
 __all__ = ["FLOWER_VERSION", "Run", "act_as_server", "array_from_parts", "assign_message_id",
-           "fill_record", "metric_record", "passes_as_array", "print_after_flowers_exit_message", "sampling_kept",
-           "seed_sampling", "shared_content_groups"]
+           "fill_record", "metric_record", "passes_as_array", "print_after_flowers_exit_message", "reply_with",
+           "sampling_kept", "seed_sampling", "shared_content_groups"]
 
 
 def assign_message_id(msg: Message, message_id: str) -> None:
@@ -73,6 +78,23 @@ def metric_record(values: dict[str, int | float]) -> MetricRecord:
     record = MetricRecord()
     fill_record(record, values)
     return record
+
+
+def reply_with(msg: Message, records: dict[str, ArrayRecord | MetricRecord]) -> Message:
+    """Message(RecordDict(records), reply_to=msg), for records fedsim built itself (7): the metadata Flower gives a
+    reply (the nodes and tasks swapped, the run, group and type kept, the time to live what is left of msg's)."""
+    content = RecordDict()
+    content.__dict__["_data"].update(records)
+    sent, now = msg.metadata.__dict__, time.time()  # Flower's now().timestamp()
+    metadata = Metadata.__new__(Metadata)
+    metadata.__dict__.update(
+        _run_id=sent["_run_id"], _message_id="", _src_node_id=sent["_dst_node_id"], _dst_node_id=sent["_src_node_id"],
+        _src_task_id=sent["_dst_task_id"], _dst_task_id=sent["_src_task_id"], _reply_to_message_id=sent["_message_id"],
+        _group_id=sent["_group_id"], _created_at=now, _ttl=sent["_created_at"] + sent["_ttl"] - now,
+        _message_type=sent["_message_type"], _delivered_at="")
+    reply = Message.__new__(Message)
+    reply.__dict__.update(_metadata=metadata, _content=content, _error=None)
+    return reply
 
 
 def passes_as_array(cls: type[Array]) -> type[Array]:

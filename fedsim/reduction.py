@@ -22,7 +22,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 
 from fedsim import protocol
-from fedsim._flower import metric_record
+from fedsim._flower import metric_record, reply_with
 from fedsim.arrays import state_to_record
 
 if TYPE_CHECKING:  # torch loads with the first partial result, not with a scenario's validation (the registry's
@@ -243,7 +243,7 @@ def group_message(partial: Partial, arrayrecord_key: str, weighted_by_key: str) 
 
 def metrics_reply(msg: Message, metrics: dict[str, float]) -> Message:
     """A reduced client's own reply: its metrics (its arrays are in its group's partial)."""
-    return Message(content=RecordDict({protocol.METRICS: metric_record(metrics)}), reply_to=msg)
+    return reply_with(msg, {protocol.METRICS: metric_record(metrics)})
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,23 @@ def test_6_a_line_added_while_the_app_runs_prints_before_flowers_exit_handlers(c
     trigger_exit_handlers(run_before_force_exit=True)
     trigger_exit_handlers(run_before_force_exit=False)
     assert capsys.readouterr().out.splitlines() == ["error: the last line", "flower flushes the log stream"]
+
+
+def test_7_a_reply_built_by_fedsim_is_the_reply_flower_builds():
+    from flwr.app import MetricRecord
+
+    _flower.act_as_server(3)
+    sent = Message(RecordDict(), 1004, "train", group_id="2", dst_task_id=9)
+    _flower.assign_message_id(sent, "msg-12")
+    metrics = MetricRecord({"loss": 0.5})
+    ours, flowers = _flower.reply_with(sent, {"metrics": metrics}), Message(RecordDict({"metrics": metrics}),
+                                                                            reply_to=sent)
+    assert vars(ours).keys() == vars(flowers).keys() and not ours.has_error()
+    assert ours.content == flowers.content and ours.content.object_id == flowers.content.object_id
+    mine, theirs = vars(ours.metadata), vars(flowers.metadata)
+    timed = {"_created_at", "_ttl"}
+    assert mine.keys() == theirs.keys() and {k: mine[k] for k in mine.keys() - timed} == {
+        k: theirs[k] for k in theirs.keys() - timed}
+    assert abs(ours.metadata.created_at - flowers.metadata.created_at) < 1
+    assert abs(ours.metadata.ttl - flowers.metadata.ttl) < 1 and ours.metadata.ttl <= sent.metadata.ttl
+    assert ours.metadata.src_node_id == 1004 and ours.metadata.reply_to_message_id == "msg-12"

@@ -13,7 +13,6 @@ from flwr.app import ArrayRecord
 
 from fedsim import checkpoint
 from fedsim._flower import seed_sampling
-from fedsim.arrays import record_to_state
 from fedsim.loop import Phase, RoundCallback
 from fedsim.seeding import derive_seed
 from fedsim.strategies.unlearning import Unlearning
@@ -48,8 +47,8 @@ class Checkpointer(RoundCallback):
     """
 
     def __init__(self, run_dir: Path, every: int, scenario_toml: str, grid, stateful: dict[str, Any],
-                 initial_metrics: Callable[[], dict],
-                 read: Callable[[ArrayRecord], dict[str, torch.Tensor]] = record_to_state) -> None:
+                 initial_metrics: Callable[[], dict], read: Callable[[ArrayRecord], dict[str, torch.Tensor]]
+                 ) -> None:
         self.run_dir, self.every, self.scenario_toml, self.grid = run_dir, every, scenario_toml, grid
         self.stateful, self.initial_metrics, self.read = stateful, initial_metrics, read
         self.writer = checkpoint.BackgroundWriter()

@@ -63,8 +63,9 @@ def encode(value: Any) -> Any:
 
 def encode_arrays(state: dict[str, torch.Tensor]) -> dict:
     """An ArrayRecord as `encode` writes it, from the state dict already read from it (fedsim.arrays.StateReader:
-    the round's global model is parsed once, for central evaluation and the checkpoint)."""
-    return _tagged("arrays", {k: encode(t) for k, t in state.items()})
+    the round's global model is parsed once, for central evaluation and the checkpoint). A reader's tensors are
+    never changed in place, so they are the snapshot themselves (no copy of the model a round)."""
+    return _tagged("arrays", {k: t.detach().cpu() for k, t in state.items()})
 
 
 def decode(value: Any) -> Any:
@@ -140,7 +141,7 @@ def write(run_dir: Path, payload: dict) -> Path:
 
 class BackgroundWriter:
     """Writes checkpoints on a background thread, one after another, off the round's critical path. The payload is
-    already encoded (`encode` copies every tensor: a snapshot the next round cannot change); `wait()` returns once
+    already encoded (a snapshot the next round cannot change: `encode` copies every tensor); `wait()` returns once
     the last one is on disk and raises its error (a full disk, say), so a run's end, a stop or a purge that needs it
     waits for it. A crash before the rename leaves the previous checkpoint, from which a resume is just as exact.
     One thread serves all the writes until `close()` (starting one per write cost ~0.1 ms a round)."""
@@ -153,10 +154,7 @@ class BackgroundWriter:
         self.wait()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-checkpoint")
-        self._pending = self._pool.submit(self._write, run_dir, payload)
-
-    def _write(self, run_dir: Path, payload: dict) -> None:
-        write(run_dir, payload)
+        self._pending = self._pool.submit(write, run_dir, payload)
 
     def wait(self, raise_error: bool = True) -> None:
         pending, self._pending = self._pending, None

@@ -35,14 +35,14 @@ def main() -> None:
     out, kill_round = sys.argv[2], int(sys.argv[3])
     seen = []
     if "--hold-checkpoint" in sys.argv[4:]:
-        write = checkpoint.BackgroundWriter._write
+        write = checkpoint.write
 
-        def held_write(self, run_dir, payload):
+        def held_write(run_dir, payload):
             if payload["round"] == kill_round - 1:
                 threading.Event().wait()  # never set: the process dies with this write in flight
-            write(self, run_dir, payload)
+            return write(run_dir, payload)
 
-        checkpoint.BackgroundWriter._write = held_write
+        checkpoint.write = held_write
 
     run_client = base.run_client
 
